@@ -1,0 +1,368 @@
+"""The study's five AlexNet variants: one configurable builder and a table of presets.
+
+Every layer mirrors one Keras layer of the seed post, so the layer table, the parameter counts and
+imported Keras weights line up one to one:
+
+* convolutions and max-pools use TensorFlow's "same" padding (asymmetric where TensorFlow pads
+  asymmetrically; a padded cell never wins a max-pool);
+* the flatten before the dense head reads the feature map in Keras' (H, W, C) order;
+* kernels start from the Keras 2 initialiser each variant names, biases from zero.
+
+The model returns raw logits; apply ``softmax`` for the probabilities the Keras model outputs
+(see :func:`predict_proba`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "AlexNet",
+    "AlexNetConfig",
+    "PRESETS",
+    "PUBLISHED_PARAMS",
+    "UnknownModelError",
+    "build_model",
+    "get_config",
+    "layer_table",
+    "model_names",
+    "predict_proba",
+    "tf_same_padding",
+]
+
+# Keras 2's he_normal draws from a normal truncated at two standard deviations; dividing the
+# scale by the standard deviation of that truncated unit normal makes the final std sqrt(2/fan_in).
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+@dataclass(frozen=True)
+class AlexNetConfig:
+    """The shape of one AlexNet variant, as data.
+
+    stem: ``"imagenet"`` is conv 11x11 stride 4 followed by max-pool 3/2 (the original AlexNet);
+    ``"slim"`` is one conv 3x3 stride 1 and no pool (the post's change for 32x32 inputs).
+    """
+
+    name: str = "custom"
+    stem: str = "slim"
+    widths: tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)
+    dense: tuple[int, int] = (4096, 4096)
+    conv_init: str = "uniform"  # "uniform" (Keras U(-0.05, 0.05)) or "he_normal"
+    l2: float = 0.0  # Keras kernel_regularizer=l2(l2) on every conv kernel
+    dropout: float = 0.5
+    num_classes: int = 10
+    image_size: int = 32
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.stem not in ("imagenet", "slim"):
+            raise ValueError(f"stem must be 'imagenet' or 'slim', not {self.stem!r}")
+        if self.conv_init not in ("uniform", "he_normal"):
+            raise ValueError(f"conv_init must be 'uniform' or 'he_normal', not {self.conv_init!r}")
+        if len(self.widths) != 5 or len(self.dense) != 2:
+            raise ValueError("widths needs 5 conv widths and dense 2 hidden widths")
+        if min(self.widths) < 1 or min(self.dense) < 1 or self.num_classes < 2:
+            raise ValueError("widths and dense sizes must be positive and num_classes >= 2")
+        if not 0.0 <= self.dropout < 1.0 or self.l2 < 0:
+            raise ValueError("dropout must lie in [0, 1) and l2 must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AlexNetConfig:
+        d = dict(d)
+        d["widths"] = tuple(d["widths"])
+        d["dense"] = tuple(d["dense"])
+        return cls(**d)
+
+
+_FULL = (96, 256, 384, 384, 256)
+PRESETS: dict[str, AlexNetConfig] = {
+    c.name: c
+    for c in [
+        AlexNetConfig("alexnet", stem="imagenet", conv_init="uniform"),
+        AlexNetConfig("alexnet_slim", stem="slim", conv_init="uniform"),
+        AlexNetConfig("alexnet_slim_regular", stem="slim", conv_init="he_normal", l2=1e-4),
+        # The post says "halve every width"; its published count, 6,074,250, is reproduced
+        # exactly (and only) by these widths: the last conv at 64 and the dense layers at 1024.
+        AlexNetConfig(
+            "alexnet_thinner_2",
+            widths=(48, 128, 192, 192, 64),
+            dense=(1024, 1024),
+            conv_init="he_normal",
+            l2=1e-4,
+        ),
+        AlexNetConfig(
+            "alexnet_thinner_4",
+            widths=(24, 64, 96, 96, 64),
+            dense=(1024, 1024),
+            conv_init="he_normal",
+            l2=1e-4,
+        ),
+    ]
+}
+
+#: Total parameters the seed post prints for each variant (Keras ``model.summary()``).
+PUBLISHED_PARAMS: dict[str, int] = {
+    "alexnet": 21_622_154,
+    "alexnet_slim": 87_650_186,
+    "alexnet_slim_regular": 87_650_186,
+    "alexnet_thinner_2": 6_074_250,
+    "alexnet_thinner_4": 5_488_106,
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not one of the presets."""
+
+
+def model_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_config(name: str, num_classes: int = 10) -> AlexNetConfig:
+    """The preset called ``name``; an unknown name raises an error that lists the valid ones."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} Valid models: {', '.join(PRESETS)}"
+        )
+    cfg = PRESETS[name]
+    return cfg if num_classes == cfg.num_classes else replace(cfg, num_classes=num_classes)
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding along one axis: (before, after).
+
+    The output has ceil(size / stride) cells; the extra cell of an odd total goes after.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """Keras ``Conv2D(padding="same", activation="relu")``: TF padding, then conv, then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1):
+        symmetric = stride == 1 and kernel % 2 == 1
+        # Stride-1 odd kernels pad symmetrically in TF too, so the built-in padding is exact.
+        super().__init__(
+            in_channels, out_channels, kernel, stride, padding=kernel // 2 if symmetric else 0
+        )
+        self._explicit_pad = not symmetric
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._explicit_pad:
+            k, s = self.kernel_size[0], self.stride[0]
+            top, bottom = tf_same_padding(x.shape[-2], k, s)
+            left, right = tf_same_padding(x.shape[-1], k, s)
+            x = F.pad(x, (left, right, top, bottom))
+        return F.relu(super().forward(x))
+
+
+class MaxPool2dSame(nn.Module):
+    """Keras ``MaxPooling2D(padding="same")``: padded cells are -inf, so they never win."""
+
+    def __init__(self, kernel: int = 3, stride: int = 2):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = tf_same_padding(x.shape[-2], self.kernel, self.stride)
+        left, right = tf_same_padding(x.shape[-1], self.kernel, self.stride)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}, padding=same"
+
+
+class FlattenHWC(nn.Module):
+    """Keras ``Flatten`` on a channels-last map: features in (H, W, C) order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # On a channels_last tensor this permute is a free view.
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
+class Dense(nn.Linear):
+    """Keras ``Dense``, optionally with its ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, relu: bool):
+        super().__init__(in_features, out_features)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return F.relu(y) if self.relu else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu" if self.relu else "")
+
+
+class AlexNet(nn.Module):
+    """One AlexNet variant. ``forward`` maps normalised NCHW images to logits."""
+
+    def __init__(self, config: AlexNetConfig):
+        super().__init__()
+        self.config = config
+        w1, w2, w3, w4, w5 = config.widths
+        c = config.in_channels
+        layers: list[tuple[str, nn.Module]] = []
+        if config.stem == "imagenet":
+            layers += [("conv1", Conv2dSame(c, w1, 11, 4)), ("pool1", MaxPool2dSame())]
+        else:
+            layers += [("conv1", Conv2dSame(c, w1, 3, 1))]
+        layers += [
+            ("conv2", Conv2dSame(w1, w2, 5)),
+            ("pool2", MaxPool2dSame()),
+            ("conv3", Conv2dSame(w2, w3, 3)),
+            ("conv4", Conv2dSame(w3, w4, 3)),
+            ("conv5", Conv2dSame(w4, w5, 3)),
+            ("pool3", MaxPool2dSame()),
+            ("flatten", FlattenHWC()),
+        ]
+        side = config.image_size
+        for pool_or_stride in ([4, 2] if config.stem == "imagenet" else []) + [2, 2]:
+            side = -(-side // pool_or_stride)
+        d1, d2 = config.dense
+        layers += [
+            ("fc1", Dense(side * side * w5, d1, relu=True)),
+            ("drop1", nn.Dropout(config.dropout)),
+            ("fc2", Dense(d1, d2, relu=True)),
+            ("drop2", nn.Dropout(config.dropout)),
+            ("fc3", Dense(d2, config.num_classes, relu=False)),
+        ]
+        self.layers = nn.Sequential(OrderedDict(layers))
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def convs(self) -> list[Conv2dSame]:
+        return [m for m in self.layers if isinstance(m, Conv2dSame)]
+
+    def denses(self) -> list[Dense]:
+        return [m for m in self.layers if isinstance(m, Dense)]
+
+    def regularized_parameters(self) -> list[nn.Parameter]:
+        """The kernels that carry the L2 penalty (conv kernels of the ``_regular`` variants)."""
+        return [m.weight for m in self.convs()] if self.config.l2 > 0 else []
+
+    def l2_penalty(self) -> torch.Tensor:
+        """``l2 * sum(w**2)`` over the regularised kernels: the term Keras adds to the loss."""
+        params = self.regularized_parameters()
+        if not params:
+            return torch.zeros((), device=self.layers.fc3.weight.device)
+        return self.config.l2 * torch.stack([p.float().pow(2).sum() for p in params]).sum()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Keras 2 initialisation: conv kernels per ``conv_init``, dense glorot_uniform, biases 0."""
+        for conv in self.convs():
+            w = conv.weight
+            if self.config.conv_init == "uniform":
+                w.uniform_(-0.05, 0.05, generator=generator)
+            else:
+                fan_in = w[0].numel()  # kh * kw * in_channels
+                std = math.sqrt(2.0 / fan_in) / _TRUNCATED_NORMAL_STD
+                nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
+            conv.bias.zero_()
+        for dense in self.denses():
+            fan_out, fan_in = dense.weight.shape
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            dense.weight.uniform_(-limit, limit, generator=generator)
+            dense.bias.zero_()
+
+
+def build_model(name: str, num_classes: int = 10) -> AlexNet:
+    """Build the preset ``name``, freshly initialised (Keras 2 initialisers), in train mode.
+
+    The module returns logits; ``predict_proba`` gives the softmax the Keras model outputs.
+    Initialisation draws from torch's global RNG: call ``torch.manual_seed`` first to fix it.
+    For a shape that is not a preset, build ``AlexNet(AlexNetConfig(...))`` directly.
+    """
+    return AlexNet(get_config(name, num_classes))
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (the Keras model's softmax output) for normalised images."""
+    return torch.softmax(model(x).float(), dim=1)
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]  # Keras order: (H, W, C) or (features,)
+    params: int
+    macs: int  # multiply-accumulates per image
+
+
+@dataclass
+class LayerTable:
+    config: AlexNetConfig
+    rows: list[LayerRow] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def macs(self) -> int:
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def size_mb(self) -> float:
+        """float32 weights in MB (10^6 bytes)."""
+        return self.params * 4 / 1e6
+
+
+def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> LayerTable:
+    """Per-layer output shape, parameters and MACs, from one forward pass on the meta device."""
+    cfg = (
+        name_or_config
+        if isinstance(name_or_config, AlexNetConfig)
+        else get_config(name_or_config, num_classes)
+    )
+    with torch.device("meta"):
+        model = AlexNet(cfg)
+        x = torch.empty(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    table = LayerTable(cfg)
+    table.rows.append(
+        LayerRow("input", "InputLayer", (cfg.image_size, cfg.image_size, cfg.in_channels), 0, 0)
+    )
+    kinds = {
+        Conv2dSame: "Conv2D",
+        MaxPool2dSame: "MaxPooling2D",
+        FlattenHWC: "Flatten",
+        Dense: "Dense",
+        nn.Dropout: "Dropout",
+    }
+    for name, layer in model.layers.named_children():
+        x = layer(x)
+        shape = tuple(x.shape[1:])
+        if x.dim() == 4:
+            shape = (shape[1], shape[2], shape[0])
+        params = sum(p.numel() for p in layer.parameters())
+        if isinstance(layer, Conv2dSame):
+            kh, kw = layer.kernel_size
+            macs = shape[0] * shape[1] * shape[2] * kh * kw * layer.in_channels
+        elif isinstance(layer, Dense):
+            macs = layer.in_features * layer.out_features
+        else:
+            macs = 0
+        table.rows.append(LayerRow(name, kinds[type(layer)], shape, params, macs))
+    return table
