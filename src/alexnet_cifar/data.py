@@ -1,0 +1,468 @@
+"""CIFAR-10 from its official files: the binary or the python version, checked before it is trusted.
+
+``load_cifar10`` looks in ``data_dir``, else ``$CIFAR10_DIR``, else a per-user cache directory;
+it accepts the folder that holds ``cifar-10-batches-bin`` / ``cifar-10-batches-py`` or that folder
+itself. When nothing is found it downloads the official binary archive into that place, checks
+its md5 and extracts it atomically. It only ever reads a folder that already holds the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CIFAR10",
+    "CLASSES",
+    "DataError",
+    "DataNotFoundError",
+    "balanced_subset",
+    "default_cache_dir",
+    "download_cifar10",
+    "find_cifar10",
+    "load_cifar10",
+]
+
+CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+BINARY_DIR = "cifar-10-batches-bin"
+PYTHON_DIR = "cifar-10-batches-py"
+RECORD_BYTES = 1 + 3 * 32 * 32
+OFFICIAL_RECORDS = 10_000
+
+# Published md5 of every official file (binary release; python release as torchvision lists it).
+BINARY_MD5 = {
+    "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
+    "data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
+    "data_batch_3.bin": "942cd6a4bcdd0dd3c604fbe906cb4421",
+    "data_batch_4.bin": "ae636b3ba5c66a11e91e8cb52e771fcb",
+    "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
+    "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
+}
+PYTHON_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+
+HOW_TO_GET = (
+    "Get the official binary version (cifar-10-binary.tar.gz, from the CIFAR-10 page of the "
+    "University of Toronto) and extract it so that <DIR>/cifar-10-batches-bin exists, then pass "
+    "--data-dir DIR or set CIFAR10_DIR=DIR. The python version (cifar-10-batches-py) works too."
+)
+
+
+class DataError(ValueError):
+    """The data files are missing, damaged or not CIFAR-10; the message names the file."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """No CIFAR-10 folder where we looked, and it could not be downloaded."""
+
+
+@dataclass
+class CIFAR10:
+    """The whole data set in memory: images uint8 (N, 32, 32, 3) RGB, labels int64 in 0..9."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    path: Path | None = None
+    format: str = "binary"
+
+    def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> CIFAR10:
+        """A class-balanced subset of each split, fixed by ``seed`` (None keeps a split whole)."""
+        out = self
+        if limit_train is not None and limit_train < len(self.y_train):
+            i = balanced_subset(self.y_train, limit_train, seed, stream=1)
+            out = replace(out, x_train=self.x_train[i], y_train=self.y_train[i])
+        if limit_test is not None and limit_test < len(self.y_test):
+            i = balanced_subset(self.y_test, limit_test, seed, stream=2)
+            out = replace(out, x_test=self.x_test[i], y_test=self.y_test[i])
+        return out
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int, stream: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` samples, as evenly spread over the classes as ``n`` allows.
+
+    Each class gives ``n // k`` samples (the first ``n % k`` classes one more), drawn at random
+    by a generator fixed by (seed, stream).
+    """
+    classes = np.unique(labels)
+    k = len(classes)
+    if not 1 <= n <= len(labels):
+        raise ValueError(f"a subset of {n} samples needs 1 <= n <= {len(labels)}")
+    rng = np.random.default_rng([seed, stream])
+    picked = []
+    for rank, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        want = n // k + (1 if rank < n % k else 0)
+        if want > len(members):
+            raise ValueError(
+                f"class {c} has only {len(members)} samples; cannot take {want} for a balanced "
+                f"subset of {n}"
+            )
+        picked.append(rng.choice(members, size=want, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "alexnet-cifar"
+
+
+def _root_candidates(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
+    """The folder to use, and where its choice came from (for messages)."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "--data-dir"
+    env = os.environ.get("CIFAR10_DIR")
+    if env:
+        return Path(env).expanduser(), "CIFAR10_DIR"
+    return default_cache_dir(), "the cache directory"
+
+
+def find_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[Path, str] | None:
+    """(batches folder, "binary" | "python") found for ``data_dir``, or None."""
+    root, _ = _root_candidates(data_dir)
+    for folder in (root / BINARY_DIR, root):
+        if (folder / "data_batch_1.bin").exists() or (folder / "test_batch.bin").exists():
+            return folder, "binary"
+    for folder in (root / PYTHON_DIR, root):
+        if (folder / "data_batch_1").exists() or (folder / "test_batch").exists():
+            return folder, "python"
+    return None
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    verify: bool = True,
+    download: bool = True,
+    progress: bool = True,
+) -> CIFAR10:
+    """Load CIFAR-10 (train 50,000 and test 10,000 images for the official files).
+
+    ``verify`` checks every official file against its published md5 before reading it. Any file
+    that is missing, truncated, of the wrong size, not a CIFAR-10 pickle, or holding a label
+    outside 0..9 raises :class:`DataError` naming the file. Pickles are read by an unpickler
+    that admits only numpy array reconstruction and plain containers: nothing in them runs.
+    """
+    found = find_cifar10(data_dir)
+    if found is None:
+        root, origin = _root_candidates(data_dir)
+        if not download:
+            raise DataNotFoundError(f"no CIFAR-10 in {root} (from {origin}). {HOW_TO_GET}")
+        download_cifar10(root, progress=progress)
+        found = find_cifar10(root)
+        assert found is not None
+    folder, fmt = found
+    if fmt == "binary":
+        return _load_binary(folder, verify)
+    return _load_python(folder, verify)
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _read_checked(path: Path, expected_md5: str | None, verify: bool) -> bytes:
+    if not path.is_file():
+        raise DataError(
+            f"missing file {path}: a CIFAR-10 folder holds data_batch_1..5 and test_batch. "
+            + HOW_TO_GET
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    if verify and expected_md5 is not None:
+        digest = _md5(data)
+        if digest != expected_md5:
+            raise DataError(
+                f"{path} is not the official file: md5 {digest}, published {expected_md5}. "
+                "The file is damaged or was changed; download it again "
+                "(or pass --no-verify / verify=False to read it anyway)."
+            )
+    return data
+
+
+def _check_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))[0])
+        raise DataError(
+            f"{path}: record {bad} has label {int(labels[bad])}, outside 0..9; "
+            "this is not a CIFAR-10 file or it is damaged"
+        )
+    return labels.astype(np.int64)
+
+
+def _binary_records(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    if path.is_file():
+        size = path.stat().st_size
+        expected = OFFICIAL_RECORDS * RECORD_BYTES
+        if size == 0 or size % RECORD_BYTES:
+            raise DataError(
+                f"{path} is truncated or of the wrong size: {size} bytes is not a whole number "
+                f"of {RECORD_BYTES}-byte records (the official file has {expected} bytes)"
+            )
+        if verify and size != expected:
+            raise DataError(f"{path} has {size} bytes; the official file has {expected}")
+    data = _read_checked(path, BINARY_MD5.get(path.name), verify)
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    labels = _check_labels(records[:, 0], path)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _load_binary(folder: Path, verify: bool) -> CIFAR10:
+    train = [_binary_records(folder / f"data_batch_{i}.bin", verify) for i in range(1, 6)]
+    _check_same_counts(train, [folder / f"data_batch_{i}.bin" for i in range(1, 6)])
+    x_test, y_test = _binary_records(folder / "test_batch.bin", verify)
+    classes = list(CLASSES)
+    meta = folder / "batches.meta.txt"
+    if meta.is_file():
+        names = [n.strip() for n in meta.read_text(errors="replace").splitlines() if n.strip()]
+        if len(names) != len(CLASSES):
+            raise DataError(f"{meta} should list 10 class names, one a line; it lists {len(names)}")
+        classes = names
+    return CIFAR10(
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        x_test,
+        y_test,
+        classes,
+        folder,
+        "binary",
+    )
+
+
+def _check_same_counts(batches: list[tuple[np.ndarray, np.ndarray]], paths: list[Path]) -> None:
+    counts = [len(y) for _, y in batches]
+    common = max(set(counts), key=counts.count)
+    for n, path in zip(counts, paths):
+        if n != common:
+            raise DataError(
+                f"{path} holds {n} records but the other training batches hold {common}: "
+                "the file was truncated or resized"
+            )
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global the restricted unpickler would not load."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's pickles need: numpy arrays, dtypes and plain containers."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[(module, name)]
+        raise _Refused(
+            f"refused to load {module}.{name}: a CIFAR-10 pickle holds only numpy arrays, "
+            "lists and dicts, so this file is not one and nothing in it was run"
+        )
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(text, "latin1").
+    if encoding.replace("-", "").lower() != "latin1":
+        raise _Refused(f"refused to decode with codec {encoding!r}")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    try:
+        from numpy._core import multiarray as _ma
+        from numpy._core import numeric as _num
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray as _ma  # type: ignore[no-redef]
+        from numpy.core import numeric as _num  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _ma._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = _ma.scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = _num._frombuffer
+    return allowed
+
+
+_ALLOWED_GLOBALS = _allowed_globals()
+
+
+def _unpickle(data: bytes, path: Path) -> dict:
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _Refused as e:
+        raise DataError(f"{path}: {e}") from e
+    except Exception as e:  # truncated or garbled streams raise many kinds of error
+        raise DataError(f"{path} is truncated or not a pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _python_records(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(_read_checked(path, PYTHON_MD5.get(path.name), verify), path)
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path} lacks 'data' or 'labels': not a CIFAR-10 batch")
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", type(data).__name__)
+        raise DataError(f"{path}: 'data' should be an N x 3072 array, found {shape}")
+    if data.dtype != np.uint8:
+        raise DataError(f"{path}: 'data' should be uint8, found {data.dtype}")
+    try:
+        labels = np.asarray(batch["labels"], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: 'labels' is not a list of integers") from e
+    if len(labels) != len(data):
+        raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels")
+    labels = _check_labels(labels, path)
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _load_python(folder: Path, verify: bool) -> CIFAR10:
+    paths = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    train = [_python_records(p, verify) for p in paths]
+    _check_same_counts(train, paths)
+    x_test, y_test = _python_records(folder / "test_batch", verify)
+    classes = list(CLASSES)
+    meta_path = folder / "batches.meta"
+    if meta_path.is_file():
+        meta = _unpickle(_read_checked(meta_path, PYTHON_MD5["batches.meta"], verify), meta_path)
+        names = meta.get("label_names")
+        if not isinstance(names, list) or len(names) != len(CLASSES):
+            raise DataError(f"{meta_path}: 'label_names' should list 10 class names")
+        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return CIFAR10(
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        x_test,
+        y_test,
+        classes,
+        folder,
+        "python",
+    )
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download_cifar10(
+    root: str | os.PathLike,
+    *,
+    url: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download the official binary archive into ``root``, check its md5, extract it atomically.
+
+    The archive goes to a temporary file and is unpacked into a temporary folder beside the
+    destination; only a complete, checked ``cifar-10-batches-bin`` is renamed into place.
+    """
+    url = url or ARCHIVE_URL
+    md5 = md5 or ARCHIVE_MD5
+    root = Path(root)
+    dest = root / BINARY_DIR
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=".cifar10-download-", dir=root))
+    except OSError as e:
+        raise DataNotFoundError(
+            f"no CIFAR-10 in {root}, and cannot download into it ({e.strerror or e}). {HOW_TO_GET}"
+        ) from e
+    try:
+        archive = workdir / "cifar-10-binary.tar.gz"
+        _fetch(url, archive, md5, progress)
+        with tarfile.open(archive, "r:gz") as tar:
+            _safe_extract(tar, workdir / "x")
+        extracted = workdir / "x" / BINARY_DIR
+        if not (extracted / "data_batch_1.bin").is_file():
+            raise DataError(f"the archive from {url} holds no {BINARY_DIR}/data_batch_1.bin")
+        try:
+            os.rename(extracted, dest)
+        except OSError:
+            if not (dest / "data_batch_1.bin").is_file():  # not merely a concurrent download
+                raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return dest
+
+
+def _fetch(url: str, out: Path, md5: str, progress: bool) -> None:
+    try:
+        response = urllib.request.urlopen(url, timeout=60)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataNotFoundError(
+            f"CIFAR-10 is not here and the download from {url} failed ({reason}). {HOW_TO_GET}"
+        ) from e
+    digest = hashlib.md5(usedforsecurity=False)
+    total = int(response.headers.get("Content-Length") or 0) or None
+    from tqdm.auto import tqdm
+
+    with response, open(out, "wb") as f, tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="downloading CIFAR-10",
+        disable=not progress,
+    ) as bar:
+        while chunk := response.read(1 << 20):
+            f.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != md5:
+        raise DataError(
+            f"the download from {url} is damaged: md5 {digest.hexdigest()}, published {md5}; "
+            "try again"
+        )
+
+
+def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    dest.mkdir()
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for member in tar.getmembers():  # pragma: no cover - Python without extraction filters
+        target = (dest / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or dest.resolve() not in target.parents:
+            raise DataError(f"refused archive member {member.name!r}")
+    tar.extractall(dest)  # pragma: no cover
