@@ -1,0 +1,241 @@
+"""Checkpoints and run folders: written atomically, read safely, refused when they do not fit.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values, read back with
+``torch.load(weights_only=True)``: loading one never runs code. It is written to a temporary
+file, flushed and fsynced, and only then renamed over ``checkpoint.pt``; the one it replaces is
+kept as ``checkpoint.prev.pt`` until the next one is complete, so a crash at any point leaves
+at least one whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT",
+    "CheckpointError",
+    "MODEL_FILE",
+    "PREV_CHECKPOINT",
+    "RunLock",
+    "RunLockedError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT = "checkpoint.pt"
+PREV_CHECKPOINT = "checkpoint.prev.pt"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FORMAT = "alexnet-cifar-checkpoint"
+MODEL_FORMAT = "alexnet-cifar-model"
+FORMAT_VERSION = 1
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file that is missing, damaged or of another model."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process trains in this run folder."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_failed(path: Path, e: BaseException) -> CheckpointError:
+    # torch.save reports a failed write as a RuntimeError; look for the OSError behind it.
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        why = "the disk is full" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+    else:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CheckpointError(
+        f"could not write {path}: {why}. Nothing half-written was left behind; the files that "
+        f"were there before are intact. Free some space (or choose another --out) and resume."
+    )
+
+
+def atomic_write(path: Path, write, keep_previous: Path | None = None) -> None:
+    """Write ``path`` through ``write(file)`` to a temp file, fsync, rename into place.
+
+    With ``keep_previous``, the old ``path`` is renamed there first (after the new one is
+    complete), so the previous good version survives until the next write succeeds.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_failed(path, e) from e
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give it a normal file's mode
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    except BaseException as e:
+        _remove_quietly(tmp)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e).lower()):
+            raise _write_failed(path, e) from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def _remove_quietly(p: str | Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> Path:
+    """Write ``run_dir/checkpoint.pt`` atomically, keeping the previous one as the fallback."""
+    run_dir = Path(run_dir)
+    state = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, **state}
+    path = run_dir / CHECKPOINT
+    atomic_write(path, lambda f: torch.save(state, f), keep_previous=run_dir / PREV_CHECKPOINT)
+    return path
+
+
+def save_model_file(path: Path, model_config: dict, state_dict: dict, meta: dict) -> None:
+    """The final weights, with what it takes to rebuild the model."""
+    obj = {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "model_config": model_config,
+        "model": state_dict,
+        "meta": meta,
+    }
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def read_state(path: Path) -> dict:
+    """``torch.load(weights_only=True)`` of a checkpoint or model file, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint or model file at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CheckpointError(
+            f"{path} is damaged or not a checkpoint of this tool ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})"
+        ) from e
+    if not isinstance(obj, dict) or obj.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
+        raise CheckpointError(f"{path} is not a checkpoint or model file of alexnet-cifar")
+    if obj.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer alexnet-cifar (format {obj['version']}); upgrade"
+        )
+    return obj
+
+
+def load_checkpoint(run_dir: Path, warn=print) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt``.
+
+    A damaged newest checkpoint is reported through ``warn`` and the previous one is used.
+    """
+    run_dir = Path(run_dir)
+    errors = []
+    for name in (CHECKPOINT, PREV_CHECKPOINT):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = read_state(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        if state.get("format") != CHECKPOINT_FORMAT:
+            errors.append(f"{path} is a model file, not a training checkpoint")
+            continue
+        if errors:
+            warn(f"warning: {errors[-1]}; falling back to the previous checkpoint {path}")
+        return state, path
+    if errors:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
+    raise CheckpointError(f"no checkpoint in {run_dir}: nothing to resume")
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held for the life of a training process.
+
+    It is an ``flock`` on ``RUN/.lock``: the kernel drops it when the process dies, however it
+    dies, so a killed trainer never leaves a lock that blocks the next one.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"another trainer (pid {holder}) is using {self.path.parent}; wait for it to "
+                "finish or choose another --out"
+            ) from e
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,592 @@
+"""The training loop: the seed recipe, step by step, with checkpoints that resume exactly.
+
+Data flows one way: uint8 images on the device -> normalise and augment the batch -> model ->
+Keras loss and Keras-form SGD -> metrics summed on the device, read once an epoch -> logs and
+checkpoints. All randomness of the data (shuffle, shifts, flips) comes from one CPU generator,
+drawn once per epoch, so a run gives the same draws on any device and a resumed run redraws
+exactly what the interrupted one drew.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .augment import draw_seed_augmentation, normalize, translate_flip
+from .checkpoint import (
+    CHECKPOINT,
+    MODEL_FILE,
+    CheckpointError,
+    RunLock,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    save_model_file,
+)
+from .data import CIFAR10, load_cifar10
+from .evaluate import evaluate_model
+from .models import AlexNet, get_config
+from .optim import keras_crossentropy, make_optimizer, set_learning_rate
+from .recipe import Recipe
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "NonFiniteLossError",
+    "RunSetupError",
+    "TrainOptions",
+    "Trainer",
+    "TrainingInterrupted",
+    "resolve_device",
+    "train",
+]
+
+METRIC_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+RESULT_FILE = "result.json"
+
+
+class RunSetupError(RuntimeError):
+    """The run cannot start as asked (folder, device, resume mismatch); nothing was trained."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Stopped by a signal at a safe point, after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything a training run needs; ``config.json`` records it."""
+
+    model: str
+    out: Path
+    recipe: Recipe = field(default_factory=Recipe)
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    verify: bool = True
+    limit_train: int | None = None
+    limit_test: int | None = None
+    num_classes: int = 10
+    eval_batch_size: int | None = None  # None: 500 on CPU, 2000 on CUDA
+    channels_last: bool | None = None  # None: the faster layout for the device
+    resume: bool = False
+    quiet: bool = False
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    tensorboard: bool = True
+
+    def run_identity(self) -> dict:
+        """The fields that define what is computed: a resume must match them."""
+        return {
+            "model": self.model,
+            "num_classes": self.num_classes,
+            "recipe": self.recipe.to_dict(),
+            "seed": self.seed,
+            "limit_train": self.limit_train,
+            "limit_test": self.limit_test,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RunSetupError(
+                "--device cuda was asked for but no CUDA GPU is visible to PyTorch "
+                f"(torch {torch.__version__}); use --device cpu or auto"
+            )
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise RunSetupError(f"unknown device {name!r}; use auto, cpu or cuda (or cuda:N)")
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there, before any training starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunSetupError(
+            f"cannot write to the run folder {folder}: {e.strerror or e}. "
+            "Choose a writable --out."
+        ) from e
+
+
+class _SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag checked at safe points; a second signal stops at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # second signal: the user means it
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _versions(device: torch.device) -> dict:
+    v = {
+        "alexnet_cifar": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        v["cuda"] = torch.version.cuda
+        v["gpu"] = torch.cuda.get_device_name(device)
+    return v
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Trainer:
+    """One training run in one run folder. ``run()`` trains to the end (or to an interruption)."""
+
+    def __init__(
+        self,
+        options: TrainOptions,
+        data: CIFAR10 | None = None,
+        on_step: Callable[[Trainer, int, int], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.opts = options
+        self.out = Path(options.out)
+        self.device = resolve_device(options.device)
+        self.on_step = on_step
+        self._log = log or (lambda msg: print(msg, flush=True))
+        self._given_data = data
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ output helpers
+    def say(self, msg: str) -> None:
+        if not self.opts.quiet:
+            self._log(msg)
+
+    def warn(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ setup
+    def _load_resume_state(self) -> dict | None:
+        has_ckpt = any((self.out / n).exists() for n in (CHECKPOINT, "checkpoint.prev.pt"))
+        if not self.opts.resume:
+            if has_ckpt:
+                raise RunSetupError(
+                    f"{self.out} already holds a run. Add --resume to continue it, or choose "
+                    "another --out for a new run."
+                )
+            return None
+        if not has_ckpt:
+            self.say(f"nothing to resume in {self.out}: starting a new run there")
+            return None
+        state, path = load_checkpoint(self.out, warn=self.warn)
+        mine = self.opts.run_identity()
+        theirs = state.get("run_identity", {})
+        diffs = [
+            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}"
+            for k in mine
+            if theirs.get(k) != mine[k]
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume {path} with different settings:\n  "
+                + "\n  ".join(diffs)
+                + "\nResume with the original settings (leave the flags out to reuse them) or "
+                "start a new run in another --out."
+            )
+        if state["epoch"] >= self.opts.recipe.epochs:
+            self.say(f"{self.out} has finished all {state['epoch']} epochs: nothing to train")
+        else:
+            self.say(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
+        return state
+
+    def setup(self) -> None:
+        opts = self.opts
+        check_writable(self.out)
+        self.lock = RunLock(self.out).acquire()
+        try:
+            self._setup_locked()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup_locked(self) -> None:
+        opts = self.opts
+        self.resume_state = self._load_resume_state()
+        dev = self.device
+        self.channels_last = (
+            opts.channels_last if opts.channels_last is not None else dev.type == "cuda"
+        )
+        self.eval_batch_size = opts.eval_batch_size or (2000 if dev.type == "cuda" else 500)
+
+        data = self._given_data or load_cifar10(
+            opts.data_dir, verify=opts.verify, progress=not opts.quiet
+        )
+        data = data.subset(opts.limit_train, opts.limit_test, opts.seed)
+        self.classes = data.classes
+        # The whole data set on the device as uint8: 150 MB for CIFAR-10, not 600 MB as floats.
+        self.x_train = torch.from_numpy(data.x_train).to(dev)
+        self.y_train = torch.from_numpy(data.y_train).to(dev)
+        self.x_test = torch.from_numpy(data.x_test).to(dev)
+        self.y_test = torch.from_numpy(data.y_test).to(dev)
+        self.n_train = len(self.y_train)
+
+        torch.manual_seed(opts.seed)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed_all(opts.seed)
+        self.model: AlexNet = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, opts.recipe)
+        self.data_gen = torch.Generator().manual_seed(opts.seed + 1)
+        self.start_epoch, self.start_step, self.partial = 0, 0, None
+
+        if self.resume_state is not None:
+            st = self.resume_state
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.data_gen.set_state(st["rng"]["data"])
+            torch.set_rng_state(st["rng"]["cpu"])
+            if dev.type == "cuda" and st["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(st["rng"]["cuda"], dev)
+            self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
+            self.partial = st.get("partial")
+            self.history = list(st.get("history", []))
+        else:
+            self._write_config()
+        self.steps_per_epoch = math.ceil(self.n_train / opts.recipe.batch_size)
+
+    def _write_config(self) -> None:
+        o = self.opts
+        config = {
+            "model": o.model,
+            "model_config": self.model.config.to_dict(),
+            "recipe": o.recipe.to_dict(),
+            "seed": o.seed,
+            "limit_train": o.limit_train,
+            "limit_test": o.limit_test,
+            "num_classes": o.num_classes,
+            "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
+            "verify": o.verify,
+            "device": str(self.device),
+            "channels_last": self.channels_last,
+            "eval_batch_size": self.eval_batch_size,
+            "n_train": int(self.n_train),
+            "n_test": int(len(self.y_test)),
+            "versions": _versions(self.device),
+            "command": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_json(self.out / CONFIG_FILE, config)
+
+    # ------------------------------------------------------------------ checkpoints and logs
+    def _rng_state(self, data_state: torch.Tensor) -> dict:
+        return {
+            "data": data_state,
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def _save(self, epoch: int, step: int, data_state: torch.Tensor, partial: dict | None):
+        save_checkpoint(
+            self.out,
+            {
+                "model_name": self.opts.model,
+                "model_config": self.model.config.to_dict(),
+                "run_identity": self.opts.run_identity(),
+                "epoch": epoch,
+                "step": step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": self._rng_state(data_state),
+                "partial": partial,
+                "history": self.history,
+            },
+        )
+
+    def _write_metrics(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for row in self.history:
+            w.writerow({k: row[k] for k in METRIC_COLUMNS})
+        atomic_write_text(self.out / METRICS_FILE, buf.getvalue())
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, dy, dx, flip):
+        """One optimiser step on a uint8 NHWC batch; returns (loss incl. L2, correct) tensors."""
+        recipe = self.opts.recipe
+        x = normalize(xb)
+        if recipe.augment:
+            x = translate_flip(x, dy, dx, flip)
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        logits = self.model(x)
+        ce = keras_crossentropy(logits, yb, recipe.loss_clip_eps).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        ce.backward()
+        with torch.no_grad():
+            penalty = self.model.l2_penalty()  # at the weights the loss was computed with
+            correct = (logits.argmax(1) == yb).sum()
+        self.optimizer.step()
+        return ce.detach() + penalty, correct
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        self.setup()
+        try:
+            with _SignalGuard() as guard:
+                self.guard = guard
+                return self._run()
+        finally:
+            self.lock.release()
+
+    def _progress_enabled(self) -> bool:
+        if self.opts.quiet:
+            return False
+        if self.opts.progress is not None:
+            return self.opts.progress
+        return sys.stderr.isatty()
+
+    def _run(self) -> dict:
+        opts, recipe = self.opts, self.opts.recipe
+        tb = None
+        if opts.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run logged past its last checkpoint.
+            tb = SummaryWriter(str(self.out), purge_step=self.start_epoch + 1)
+        self.run_start = time.perf_counter()
+        try:
+            for epoch in range(self.start_epoch, recipe.epochs):
+                row = self._train_epoch(epoch)
+                self.history.append(row)
+                self._write_metrics()
+                if tb is not None:
+                    for k in METRIC_COLUMNS[1:]:
+                        tb.add_scalar(k, row[k], epoch + 1)
+                    tb.flush()
+                self._save(epoch + 1, 0, self.data_gen.get_state(), None)
+                self._report_epoch(row)
+                if self.guard.signum is not None:
+                    self._interrupted(epoch + 1, 0)
+        finally:
+            if tb is not None:
+                tb.close()
+        return self._finish()
+
+    def _report_epoch(self, row: dict) -> None:
+        epochs = self.opts.recipe.epochs
+        done = row["epoch"]
+        recent = [r["seconds"] for r in self.history[-5:]]
+        eta = (epochs - done) * (sum(recent) / len(recent))
+        self.say(
+            f"epoch {done}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
+            f"lr {row['lr']:g}  {row['seconds']:.1f}s"
+            + (f"  ETA {_fmt_duration(eta)}" if done < epochs else "")
+        )
+
+    def _interrupted(self, epoch: int, step: int) -> None:
+        signum = self.guard.signum or signal.SIGINT
+        name = signal.Signals(signum).name
+        cmd = f"alexnet-cifar train {self.opts.model} --out {self.out} --resume"
+        where = f"in epoch {epoch + 1} after step {step}" if step else f"after epoch {epoch}"
+        raise TrainingInterrupted(
+            f"{name}: stopped {where} and saved {self.out / CHECKPOINT}.\nResume with: {cmd}",
+            signum,
+        )
+
+    def _train_epoch(self, epoch: int) -> dict:
+        opts, recipe = self.opts, self.opts.recipe
+        dev, bs, n = self.device, recipe.batch_size, self.n_train
+        lr = recipe.lr_at(epoch)
+        set_learning_rate(self.optimizer, lr)
+
+        epoch_state = self.data_gen.get_state()
+        perm = torch.randperm(n, generator=self.data_gen).to(dev)
+        dy, dx, flip = draw_seed_augmentation(
+            n, self.data_gen, dev, recipe.max_shift, recipe.flip_p
+        )
+
+        start_step, seconds_before = 0, 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = 0
+        if epoch == self.start_epoch and self.start_step:
+            start_step = self.start_step
+            p = self.partial or {}
+            loss_sum += p.get("loss_sum", 0.0)
+            correct += p.get("correct", 0)
+            seen = int(p.get("seen", 0))
+            seconds_before = float(p.get("seconds", 0.0))
+
+        self.model.train()
+        t0 = time.perf_counter()
+        bar = None
+        if self._progress_enabled():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=start_step,
+                desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        last_refresh = 0.0
+        for step in range(start_step, self.steps_per_epoch):
+            sl = slice(step * bs, min((step + 1) * bs, n))
+            idx = perm[sl]
+            loss, ok = self.train_step(
+                self.x_train[idx], self.y_train[idx], dy[sl], dx[sl], flip[sl]
+            )
+            b = sl.stop - sl.start
+            loss_sum += loss.double() * b
+            correct += ok
+            seen += b
+            if self.on_step is not None:
+                self.on_step(self, epoch, step)
+            now = time.perf_counter()
+            check = dev.type == "cpu" or now - last_refresh > 2.0 or step + 1 == self.steps_per_epoch
+            if check and not torch.isfinite(loss_sum):
+                raise self._nonfinite(epoch, step)
+            if bar is not None:
+                bar.update(1)
+                if check:
+                    last_refresh = now
+                    elapsed = now - t0
+                    bar.set_postfix(
+                        loss=f"{float(loss_sum) / seen:.4f}",
+                        acc=f"{int(correct) / seen:.4f}",
+                        img_s=f"{(seen - start_step * bs) / max(elapsed, 1e-9):.0f}",
+                        refresh=False,
+                    )
+            if self.guard.signum is not None and step + 1 < self.steps_per_epoch:
+                if bar is not None:
+                    bar.close()
+                partial = {
+                    "loss_sum": float(loss_sum),
+                    "correct": int(correct),
+                    "seen": seen,
+                    "seconds": seconds_before + time.perf_counter() - t0,
+                }
+                self._save(epoch, step + 1, epoch_state, partial)
+                self._interrupted(epoch, step + 1)
+        if bar is not None:
+            bar.close()
+
+        ev = evaluate_model(
+            self.model,
+            self.x_test,
+            self.y_test,
+            classes=self.classes,
+            batch_size=self.eval_batch_size,
+            loss_clip_eps=recipe.loss_clip_eps,
+            channels_last=self.channels_last,
+        )
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = seconds_before + time.perf_counter() - t0
+        return {
+            "epoch": epoch + 1,
+            "loss": float(loss_sum) / seen,
+            "accuracy": int(correct) / seen,
+            "val_loss": ev.loss,
+            "val_accuracy": ev.accuracy,
+            "lr": lr,
+            "seconds": round(seconds, 3),
+        }
+
+    def _nonfinite(self, epoch: int, step: int) -> NonFiniteLossError:
+        last = self.history[-1]["epoch"] if self.history else 0
+        kept = (
+            f"the last good checkpoint ({self.out / CHECKPOINT}, end of epoch {last}) is kept"
+            if last
+            else "no checkpoint was written"
+        )
+        return NonFiniteLossError(
+            f"the loss became NaN or infinite in epoch {epoch + 1}, at or before step {step + 1}; "
+            f"training stopped and {kept}. A lower learning rate usually helps."
+        )
+
+    def _finish(self) -> dict:
+        opts = self.opts
+        model_path = self.out / MODEL_FILE
+        if not self.history:
+            raise CheckpointError(f"{self.out} holds no finished epoch")
+        final = self.history[-1]
+        best = max(self.history, key=lambda r: r["val_accuracy"])
+        result = {
+            "model": opts.model,
+            "run_dir": str(self.out),
+            "epochs": final["epoch"],
+            "final": {k: final[k] for k in METRIC_COLUMNS if k != "epoch"},
+            "test_accuracy": final["val_accuracy"],
+            "test_loss": final["val_loss"],
+            "best_test_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+            "train_seconds": round(sum(r["seconds"] for r in self.history), 3),
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "model_file": str(model_path),
+        }
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        save_model_file(
+            model_path,
+            self.model.config.to_dict(),
+            state,
+            {"model_name": opts.model, "epochs": final["epoch"], "run_identity": opts.run_identity()},
+        )
+        atomic_write_json(self.out / RESULT_FILE, result)
+        return result
+
+
+def train(options: TrainOptions, **kwargs) -> dict:
+    """Train as ``options`` say; returns the result summary (also written to result.json)."""
+    return Trainer(options, **kwargs).run()
