@@ -1,0 +1,365 @@
+"""The ``alexnet-cifar`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one message, never as a traceback."""
+
+
+# ---------------------------------------------------------------------- argument types
+
+
+def _int_at_least(lo: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {lo}, not {v}")
+        if v > 10**9:
+            raise argparse.ArgumentTypeError(f"{what} of {v} is too large")
+        return v
+
+    return parse
+
+
+def _positive_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}")
+        if not (v > 0 and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{what} must be a positive number, not {text}")
+        return v
+
+    return parse
+
+
+def _device(text: str) -> str:
+    t = text.strip().lower()
+    if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (or cuda:N)")
+
+
+def _model_name(text: str) -> str:
+    from .models import UnknownModelError, get_config
+
+    try:
+        get_config(text)
+    except UnknownModelError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return text
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="alexnet-cifar",
+        description="AlexNet and four variants on CIFAR-10, trained with the seed post's "
+        "Keras recipe in PyTorch.",
+    )
+    p.add_argument("--version", action="version", version=f"alexnet-cifar {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser(
+        "train",
+        help="train one variant with the seed recipe",
+        description="Train one variant with the seed recipe (SGD 0.01, Nesterov 0.9, drops x0.1 "
+        "at 1/3 and 2/3 of the epochs, batch 64, shifts of up to 4 pixels and flips). The run "
+        "folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every epoch) "
+        "and model.pt (the final weights).",
+    )
+    t.add_argument("model", type=_model_name, metavar="MODEL", help="variant (see 'models')")
+    t.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="default 300")
+    t.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="default 64")
+    t.add_argument("--lr", type=_positive_float("--lr"), help="initial learning rate (0.01)")
+    t.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
+    t.add_argument("--data-dir", help="folder holding cifar-10-batches-bin (or -py); "
+                   "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)")
+    t.add_argument("--out", type=Path, help="run folder (default runs/MODEL)")
+    t.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
+    t.add_argument("--limit-train", type=_int_at_least(1, "--limit-train"), metavar="N",
+                   help="train on a class-balanced subset of N images fixed by the seed")
+    t.add_argument("--limit-test", type=_int_at_least(1, "--limit-test"), metavar="N",
+                   help="evaluate on a class-balanced subset of N test images")
+    t.add_argument("--eval-batch-size", type=_int_at_least(1, "--eval-batch-size"),
+                   help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (flags left out are "
+                   "taken from the run)")
+    t.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    t.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="channels_last memory format (default: on for CUDA)")
+    t.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", "-q", action="store_true",
+                   help="print nothing but errors and the final result")
+    t.add_argument("--json", action="store_true", help="print the final result as JSON")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="test loss, accuracy, per-class accuracy and confusion matrix of a trained model",
+    )
+    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    e.add_argument("--data-dir")
+    e.add_argument("--device", type=_device, default="auto")
+    e.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=500)
+    e.add_argument("--limit-test", type=_int_at_least(1, "--limit-test"), metavar="N")
+    e.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0,
+                   help="fixes the --limit-test subset")
+    e.add_argument("--no-verify", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("models", help="the five variants: parameters, MACs, size")
+    m.add_argument("--json", action="store_true", help="a JSON list of objects")
+    m.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("summary", help="a Keras-like layer table of one variant")
+    s.add_argument("model", type=_model_name, metavar="MODEL")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_summary)
+    return p
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_models(args) -> int:
+    from .models import PRESETS, PUBLISHED_PARAMS, layer_table
+
+    rows = []
+    for name, cfg in PRESETS.items():
+        t = layer_table(name)
+        rows.append(
+            {
+                "name": name,
+                "params": t.params,
+                "published_params": PUBLISHED_PARAMS[name],
+                "macs": t.macs,
+                "size_mb": round(t.size_mb, 2),
+                "stem": cfg.stem,
+                "widths": list(cfg.widths),
+                "dense": list(cfg.dense),
+                "conv_init": cfg.conv_init,
+                "l2": cfg.l2,
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'model':<22}{'params':>13}{'MACs/image':>13}{'fp32 MB':>10}  init, L2")
+    for r in rows:
+        extra = r["conv_init"] + (f", L2 {r['l2']:g}" if r["l2"] else "")
+        print(
+            f"{r['name']:<22}{r['params']:>13,}{r['macs'] / 1e9:>12.3f}G{r['size_mb']:>10.1f}  "
+            f"{extra}"
+        )
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .models import layer_table
+
+    t = layer_table(args.model)
+    if args.json:
+        _print_json(
+            {
+                "name": args.model,
+                "layers": [
+                    {
+                        "name": r.name,
+                        "type": r.kind,
+                        "output_shape": list(r.output_shape),
+                        "params": r.params,
+                        "macs": r.macs,
+                    }
+                    for r in t.rows
+                ],
+                "params": t.params,
+                "macs": t.macs,
+            }
+        )
+        return 0
+    line = "_" * 66
+    print(f'Model: "{args.model}"')
+    print(line)
+    print(f"{'Layer (type)':<29}{'Output Shape':<26}{'Param #':>11}")
+    print("=" * 66)
+    for i, r in enumerate(t.rows):
+        shape = "(None, " + ", ".join(str(d) for d in r.output_shape) + ")"
+        print(f"{r.name + ' (' + r.kind + ')':<29}{shape:<26}{r.params:>11,}")
+        print("=" * 66 if i == len(t.rows) - 1 else line)
+    print(f"Total params: {t.params:,}")
+    print(f"Trainable params: {t.params:,}")
+    print("Non-trainable params: 0")
+    print(f"MACs per image: {t.macs:,}   float32 size: {t.size_mb:.1f} MB")
+    return 0
+
+
+def _run_settings(out: Path) -> dict:
+    cfg = out / "config.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def cmd_train(args) -> int:
+    from .recipe import Recipe
+    from .train import TrainOptions, train
+
+    out = args.out if args.out is not None else Path("runs") / args.model
+    prev = _run_settings(out) if args.resume else {}
+    prev_recipe = prev.get("recipe", {})
+
+    def pick(flag, key, default):
+        if flag is not None:
+            return flag
+        if key in prev_recipe:
+            return prev_recipe[key]
+        return default
+
+    try:
+        recipe = Recipe(
+            epochs=pick(args.epochs, "epochs", 300),
+            batch_size=pick(args.batch_size, "batch_size", 64),
+            lr=pick(args.lr, "lr", 0.01),
+        )
+    except ValueError as e:
+        raise UserError(str(e))
+    opts = TrainOptions(
+        model=args.model,
+        out=out,
+        recipe=recipe,
+        seed=args.seed if args.seed is not None else prev.get("seed", 0),
+        device=args.device,
+        data_dir=args.data_dir,
+        verify=not args.no_verify,
+        limit_train=args.limit_train if args.limit_train is not None else prev.get("limit_train"),
+        limit_test=args.limit_test if args.limit_test is not None else prev.get("limit_test"),
+        eval_batch_size=args.eval_batch_size,
+        channels_last=args.channels_last,
+        resume=args.resume,
+        quiet=args.quiet or args.json,
+        progress=False if args.no_progress else None,
+        tensorboard=not args.no_tensorboard,
+    )
+    result = train(opts)
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{result['model']}: test accuracy {result['test_accuracy']:.4f} "
+            f"(test loss {result['test_loss']:.4f}) after {result['epochs']} epochs, "
+            f"best {result['best_test_accuracy']:.4f} at epoch {result['best_epoch']}; "
+            f"{result['train_seconds']:.1f} s; run folder {out}"
+        )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .data import load_cifar10
+    from .evaluate import evaluate_model, load_model
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.path, device=device)
+    data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
+    data = data.subset(None, args.limit_test, args.seed)
+    res = evaluate_model(
+        model,
+        torch.from_numpy(data.x_test),
+        torch.from_numpy(data.y_test),
+        classes=data.classes,
+        batch_size=args.batch_size,
+        channels_last=device.type == "cuda",
+    )
+    if args.json:
+        _print_json({"path": str(args.path), "model": model.config.name, **res.to_dict()})
+        return 0
+    print(f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+          f"accuracy {res.accuracy:.4f}")
+    print("\nper-class accuracy:")
+    for c, a in zip(res.classes, res.per_class_accuracy):
+        print(f"  {c:<12}{a:.4f}")
+    width = max(6, max(len(c) for c in res.classes[:10]) if res.classes else 6)
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    print(" " * (width + 1) + "".join(f"{c[:5]:>6}" for c in res.classes))
+    for c, row in zip(res.classes, res.confusion):
+        print(f"{c:<{width + 1}}" + "".join(f"{v:>6}" for v in row))
+    return 0
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    from .checkpoint import CheckpointError, RunLockedError
+    from .data import DataError
+    from .models import UnknownModelError
+    from .train import NonFiniteLossError, RunSetupError, TrainingInterrupted
+
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (
+        UserError,
+        DataError,
+        CheckpointError,
+        RunLockedError,
+        RunSetupError,
+        UnknownModelError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # `alexnet-cifar models | head`: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

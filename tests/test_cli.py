@@ -1,0 +1,109 @@
+"""The command line: clear messages and non-zero exits for a user's mistakes, never a traceback."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alexnet_cifar.cli import main
+
+from .test_train import run_cli
+
+NO_NET = {"ALEXNET_CIFAR_DATA_URL": "http://127.0.0.1:9/cifar-10-binary.tar.gz"}
+
+
+def _fails_cleanly(p, *needles):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in p.stderr, p.stderr
+
+
+def cli(capsys, *args):
+    """Run the command in this process: (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse exits for usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_help_lists_commands():
+    p = run_cli("--help")
+    assert p.returncode == 0
+    for c in ("train", "evaluate", "models", "summary"):
+        assert c in p.stdout
+    p = run_cli("train", "--help")
+    assert p.returncode == 0 and "--limit-train" in p.stdout and "--resume" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "alexnet_big"], "Valid models: alexnet, alexnet_slim"),
+        (["train", "alexnet", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "alexnet", "--epochs", "-3"], "--epochs must be at least 1"),
+        (["train", "alexnet", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["train", "alexnet", "--epochs", "ten"], "whole number"),
+        (["train", "alexnet", "--device", "tpu"], "unknown device 'tpu'"),
+        (["train", "alexnet", "--lr", "-1"], "positive"),
+        (["summary", "vgg"], "unknown model 'vgg'"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments(capsys, args, needle):
+    _fails_cleanly(cli(capsys, *args), needle)
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    # a whole process: the message must reach the user without a traceback
+    p = run_cli("train", "alexnet", "--data-dir", str(tmp_path / "nothing"), "--out",
+                str(tmp_path / "run"), "--device", "cpu", env=NO_NET)
+    _fails_cleanly(p, "CIFAR10_DIR", "cifar-10-batches-bin")
+
+
+def test_cuda_requested_without_gpu(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    p = cli(capsys, "train", "alexnet", "--device", "cuda", "--out", str(tmp_path / "r"))
+    _fails_cleanly(p, "no CUDA GPU")
+
+
+def test_evaluate_missing_and_damaged_checkpoints(capsys, tmp_path):
+    _fails_cleanly(cli(capsys, "evaluate", str(tmp_path / "nope")), "no run folder or checkpoint")
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    _fails_cleanly(cli(capsys, "evaluate", str(bad)), str(bad), "damaged")
+
+
+@pytest.mark.real_data
+def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "alexnet_thinner_4", "--epochs", "3", "--batch-size", "32",
+            "--limit-train", "320", "--limit-test", "100", "--device", "cpu", "--out", str(out)]
+    env = dict(os.environ, CIFAR10_DIR=str(cifar10_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_cifar", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    line = ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("epoch 1/3") or not line:
+            break
+    assert line.startswith("epoch 1/3"), line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Resume with: alexnet-cifar train alexnet_thinner_4" in err and "--resume" in err
+    assert "Traceback" not in err
+    assert (out / "checkpoint.pt").is_file()
+
+    p = run_cli("train", "alexnet_thinner_4", "--out", str(out), "--resume", "--device", "cpu",
+                "--quiet", env={"CIFAR10_DIR": str(cifar10_dir)})
+    assert p.returncode == 0, p.stderr
+    assert "test accuracy" in p.stdout
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs
