@@ -30,8 +30,26 @@ def _scipy_translate(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarra
     return out
 
 
-EDGE_SHIFTS = [0.0, 4.0, -4.0, 1.0, -1.0, 0.5, -0.5, 31.0, -31.0, 30.999, -30.999, 32.0, -32.0,
-               3.75, -3.75, 1e-6, -1e-6, 40.0]
+EDGE_SHIFTS = [
+    0.0,
+    4.0,
+    -4.0,
+    1.0,
+    -1.0,
+    0.5,
+    -0.5,
+    31.0,
+    -31.0,
+    30.999,
+    -30.999,
+    32.0,
+    -32.0,
+    3.75,
+    -3.75,
+    1e-6,
+    -1e-6,
+    40.0,
+]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

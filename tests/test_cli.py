@@ -62,8 +62,17 @@ def test_bad_arguments(capsys, args, needle):
 
 def test_missing_data_says_how_to_get_it(tmp_path):
     # a whole process: the message must reach the user without a traceback
-    p = run_cli("train", "alexnet", "--data-dir", str(tmp_path / "nothing"), "--out",
-                str(tmp_path / "run"), "--device", "cpu", env=NO_NET)
+    p = run_cli(
+        "train",
+        "alexnet",
+        "--data-dir",
+        str(tmp_path / "nothing"),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        env=NO_NET,
+    )
     _fails_cleanly(p, "CIFAR10_DIR", "cifar-10-batches-bin")
 
 
@@ -83,11 +92,30 @@ def test_evaluate_missing_and_damaged_checkpoints(capsys, tmp_path):
 @pytest.mark.real_data
 def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "alexnet_thinner_4", "--epochs", "3", "--batch-size", "32",
-            "--limit-train", "320", "--limit-test", "100", "--device", "cpu", "--out", str(out)]
+    args = [
+        "train",
+        "alexnet_thinner_4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--limit-train",
+        "320",
+        "--limit-test",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, CIFAR10_DIR=str(cifar10_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet_cifar", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     line = ""
     while time.time() < deadline:
@@ -102,8 +130,35 @@ def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path):
     assert "Traceback" not in err
     assert (out / "checkpoint.pt").is_file()
 
-    p = run_cli("train", "alexnet_thinner_4", "--out", str(out), "--resume", "--device", "cpu",
-                "--quiet", env={"CIFAR10_DIR": str(cifar10_dir)})
+    p = run_cli(
+        "train",
+        "alexnet_thinner_4",
+        "--out",
+        str(out),
+        "--resume",
+        "--device",
+        "cpu",
+        "--quiet",
+        env={"CIFAR10_DIR": str(cifar10_dir)},
+    )
     assert p.returncode == 0, p.stderr
     assert "test accuracy" in p.stdout
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs
+
+
+@pytest.mark.real_data
+def test_limit_beyond_the_data_is_refused(capsys, cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR10_DIR", str(cifar10_dir))
+    p = cli(
+        capsys,
+        "train",
+        "alexnet",
+        "--limit-train",
+        "60000",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-verify",
+    )
+    _fails_cleanly(p, "--limit-train must lie between 1 and 50000")

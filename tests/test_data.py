@@ -66,7 +66,9 @@ def test_real_files_found_through_env_and_batches_folder(cifar10_dir, cifar10, m
     a = load_cifar10(verify=False)
     b = load_cifar10(cifar10_dir / "cifar-10-batches-bin", verify=False)
     for d in (a, b):
-        assert np.array_equal(d.x_test, cifar10.x_test) and np.array_equal(d.y_train, cifar10.y_train)
+        assert np.array_equal(d.x_test, cifar10.x_test) and np.array_equal(
+            d.y_train, cifar10.y_train
+        )
 
 
 @pytest.mark.real_data
@@ -280,9 +282,11 @@ def archive_server(tmp_path):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/cifar-10-binary.tar.gz", hashlib.md5(
-        payload
-    ).hexdigest(), held
+    yield (
+        f"http://127.0.0.1:{server.server_port}/cifar-10-binary.tar.gz",
+        hashlib.md5(payload).hexdigest(),
+        held,
+    )
     server.shutdown()
 
 

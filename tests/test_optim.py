@@ -134,5 +134,9 @@ def test_keras_crossentropy_matches_keras_formula():
     assert torch.count_nonzero(z.grad[2]) > 0
     # eps=0 is torch's ordinary cross-entropy
     plain = keras_crossentropy(z.detach()[2:], torch.tensor(target[2:]), eps=0)
-    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(
-        z.detach()[2:], torch.tensor(target[2:]), reduction="none"))
+    torch.testing.assert_close(
+        plain,
+        torch.nn.functional.cross_entropy(
+            z.detach()[2:], torch.tensor(target[2:]), reduction="none"
+        ),
+    )

@@ -31,8 +31,19 @@ from alexnet_cifar.train import (
 # nine points below what training reaches.
 E2E_THRESHOLD = 0.20
 E2E_ARGS = [
-    "alexnet", "--epochs", "2", "--batch-size", "32", "--limit-train", "3000",
-    "--limit-test", "1000", "--device", "cpu", "--seed", "0",
+    "alexnet",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--limit-train",
+    "3000",
+    "--limit-test",
+    "1000",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
 ]
 
 
@@ -52,8 +63,9 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
 @pytest.fixture(scope="module")
 def e2e_run(cifar10_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    p = run_cli("train", *E2E_ARGS, "--out", str(out), "--json",
-                env={"CIFAR10_DIR": str(cifar10_dir)})
+    p = run_cli(
+        "train", *E2E_ARGS, "--out", str(out), "--json", env={"CIFAR10_DIR": str(cifar10_dir)}
+    )
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     return out, json.loads(p.stdout)
@@ -130,8 +142,16 @@ def test_load_model_reproduces_the_logged_accuracy(e2e_run, cifar10):
 @pytest.mark.slow
 def test_evaluate_cli_json(e2e_run, cifar10_dir):
     out, result = e2e_run
-    p = run_cli("evaluate", str(out), "--limit-test", "1000", "--json", "--device", "cpu",
-                env={"CIFAR10_DIR": str(cifar10_dir)})
+    p = run_cli(
+        "evaluate",
+        str(out),
+        "--limit-test",
+        "1000",
+        "--json",
+        "--device",
+        "cpu",
+        env={"CIFAR10_DIR": str(cifar10_dir)},
+    )
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-9)
@@ -219,7 +239,14 @@ def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run,
 def test_unwritable_out_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    p = run_cli("train", "alexnet", "--out", str(blocker / "run"), "--device", "cpu",
-                env={"CIFAR10_DIR": str(tmp_path / "nowhere")})
+    p = run_cli(
+        "train",
+        "alexnet",
+        "--out",
+        str(blocker / "run"),
+        "--device",
+        "cpu",
+        env={"CIFAR10_DIR": str(tmp_path / "nowhere")},
+    )
     assert p.returncode == 2
     assert "cannot write to the run folder" in p.stderr and "Traceback" not in p.stderr

@@ -60,7 +60,10 @@ def _axis_taps(shift: torch.Tensor, size: int):
     floor = torch.floor(shift)
     frac = (shift - floor)[:, None]
     inside = (shift[:, None] >= -lines) & (shift[:, None] <= (size - 1) - lines)
-    base = lines[None, :] + torch.nan_to_num(floor, nan=0.0, posinf=0.0, neginf=0.0).to(torch.long)[:, None]
+    base = (
+        lines[None, :]
+        + torch.nan_to_num(floor, nan=0.0, posinf=0.0, neginf=0.0).to(torch.long)[:, None]
+    )
     i0 = base.clamp(0, size - 1)
     i1 = (base + 1).clamp(0, size - 1)
     zero = torch.zeros((), device=shift.device)

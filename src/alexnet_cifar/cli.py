@@ -27,7 +27,9 @@ def _int_at_least(lo: int, what: str):
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number, not {text!r}"
+            ) from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"{what} must be at least {lo}, not {v}")
         if v > 10**9:
@@ -42,7 +44,7 @@ def _positive_float(what: str):
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}")
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
         if not (v > 0 and v < float("inf")):
             raise argparse.ArgumentTypeError(f"{what} must be a positive number, not {text}")
         return v
@@ -63,7 +65,7 @@ def _model_name(text: str) -> str:
     try:
         get_config(text)
     except UnknownModelError as e:
-        raise argparse.ArgumentTypeError(str(e))
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 
@@ -95,27 +97,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="default 64")
     t.add_argument("--lr", type=_positive_float("--lr"), help="initial learning rate (0.01)")
     t.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
-    t.add_argument("--data-dir", help="folder holding cifar-10-batches-bin (or -py); "
-                   "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)")
+    t.add_argument(
+        "--data-dir",
+        help="folder holding cifar-10-batches-bin (or -py); "
+        "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
+    )
     t.add_argument("--out", type=Path, help="run folder (default runs/MODEL)")
     t.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
-    t.add_argument("--limit-train", type=_int_at_least(1, "--limit-train"), metavar="N",
-                   help="train on a class-balanced subset of N images fixed by the seed")
-    t.add_argument("--limit-test", type=_int_at_least(1, "--limit-test"), metavar="N",
-                   help="evaluate on a class-balanced subset of N test images")
-    t.add_argument("--eval-batch-size", type=_int_at_least(1, "--eval-batch-size"),
-                   help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (flags left out are "
-                   "taken from the run)")
+    t.add_argument(
+        "--limit-train",
+        type=_int_at_least(1, "--limit-train"),
+        metavar="N",
+        help="train on a class-balanced subset of N images fixed by the seed",
+    )
+    t.add_argument(
+        "--limit-test",
+        type=_int_at_least(1, "--limit-test"),
+        metavar="N",
+        help="evaluate on a class-balanced subset of N test images",
+    )
+    t.add_argument(
+        "--eval-batch-size",
+        type=_int_at_least(1, "--eval-batch-size"),
+        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (flags left out are "
+        "taken from the run)",
+    )
     t.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
     t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
-    t.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                   help="channels_last memory format (default: on for CUDA)")
+    t.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_true",
+        default=None,
+        help="channels_last memory format (default: on for CUDA)",
+    )
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--quiet", "-q", action="store_true",
-                   help="print nothing but errors and the final result")
+    t.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
+    )
     t.add_argument("--json", action="store_true", help="print the final result as JSON")
     t.set_defaults(func=cmd_train)
 
@@ -128,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", type=_device, default="auto")
     e.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=500)
     e.add_argument("--limit-test", type=_int_at_least(1, "--limit-test"), metavar="N")
-    e.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0,
-                   help="fixes the --limit-test subset")
+    e.add_argument(
+        "--seed", type=_int_at_least(0, "--seed"), default=0, help="fixes the --limit-test subset"
+    )
     e.add_argument("--no-verify", action="store_true")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
@@ -256,7 +282,7 @@ def cmd_train(args) -> int:
             lr=pick(args.lr, "lr", 0.01),
         )
     except ValueError as e:
-        raise UserError(str(e))
+        raise UserError(str(e)) from None
     opts = TrainOptions(
         model=args.model,
         out=out,
@@ -297,7 +323,10 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     model = load_model(args.path, device=device)
     data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
-    data = data.subset(None, args.limit_test, args.seed)
+    try:
+        data = data.subset(None, args.limit_test, args.seed)
+    except ValueError as e:
+        raise UserError(str(e).replace("limit_", "--limit-")) from e
     res = evaluate_model(
         model,
         torch.from_numpy(data.x_test),
@@ -309,8 +338,10 @@ def cmd_evaluate(args) -> int:
     if args.json:
         _print_json({"path": str(args.path), "model": model.config.name, **res.to_dict()})
         return 0
-    print(f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
-          f"accuracy {res.accuracy:.4f}")
+    print(
+        f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+        f"accuracy {res.accuracy:.4f}"
+    )
     print("\nper-class accuracy:")
     for c, a in zip(res.classes, res.per_class_accuracy):
         print(f"  {c:<12}{a:.4f}")

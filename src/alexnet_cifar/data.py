@@ -101,6 +101,14 @@ class CIFAR10:
 
     def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> CIFAR10:
         """A class-balanced subset of each split, fixed by ``seed`` (None keeps a split whole)."""
+        for flag, limit, n in (
+            ("limit_train", limit_train, len(self.y_train)),
+            ("limit_test", limit_test, len(self.y_test)),
+        ):
+            if limit is not None and not 1 <= limit <= n:
+                raise ValueError(
+                    f"{flag} must lie between 1 and {n} (the split's size), not {limit}"
+                )
         out = self
         if limit_train is not None and limit_train < len(self.y_train):
             i = balanced_subset(self.y_train, limit_train, seed, stream=1)
@@ -439,13 +447,17 @@ def _fetch(url: str, out: Path, md5: str, progress: bool) -> None:
     total = int(response.headers.get("Content-Length") or 0) or None
     from tqdm.auto import tqdm
 
-    with response, open(out, "wb") as f, tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc="downloading CIFAR-10",
-        disable=not progress,
-    ) as bar:
+    with (
+        response,
+        open(out, "wb") as f,
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="downloading CIFAR-10",
+            disable=not progress,
+        ) as bar,
+    ):
         while chunk := response.read(1 << 20):
             f.write(chunk)
             digest.update(chunk)

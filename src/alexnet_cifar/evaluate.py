@@ -61,7 +61,9 @@ def logits_in_batches(
         x = normalize(images[start : start + batch_size].to(device, non_blocking=True))
         if flip:
             x = x.flip(-1)
-        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        x = x.contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
         out.append(model(x).float())
     return torch.cat(out) if out else torch.empty(0, 10, device=device)
 

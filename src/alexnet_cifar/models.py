@@ -133,9 +133,7 @@ def get_config(name: str, num_classes: int = 10) -> AlexNetConfig:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownModelError(
-            f"unknown model {name!r}.{hint} Valid models: {', '.join(PRESETS)}"
-        )
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Valid models: {', '.join(PRESETS)}")
     cfg = PRESETS[name]
     return cfg if num_classes == cfg.num_classes else replace(cfg, num_classes=num_classes)
 
@@ -269,7 +267,7 @@ class AlexNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Keras 2 initialisation: conv kernels per ``conv_init``, dense glorot_uniform, biases 0."""
+        """Keras 2 initialisation: conv kernels per ``conv_init``, dense glorot-uniform, bias 0."""
         for conv in self.convs():
             w = conv.weight
             if self.config.conv_init == "uniform":

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -135,8 +134,7 @@ def check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RunSetupError(
-            f"cannot write to the run folder {folder}: {e.strerror or e}. "
-            "Choose a writable --out."
+            f"cannot write to the run folder {folder}: {e.strerror or e}. Choose a writable --out."
         ) from e
 
 
@@ -246,7 +244,6 @@ class Trainer:
         return state
 
     def setup(self) -> None:
-        opts = self.opts
         check_writable(self.out)
         self.lock = RunLock(self.out).acquire()
         try:
@@ -267,7 +264,10 @@ class Trainer:
         data = self._given_data or load_cifar10(
             opts.data_dir, verify=opts.verify, progress=not opts.quiet
         )
-        data = data.subset(opts.limit_train, opts.limit_test, opts.seed)
+        try:
+            data = data.subset(opts.limit_train, opts.limit_test, opts.seed)
+        except ValueError as e:
+            raise RunSetupError(str(e).replace("limit_", "--limit-")) from e
         self.classes = data.classes
         # The whole data set on the device as uint8: 150 MB for CIFAR-10, not 600 MB as floats.
         self.x_train = torch.from_numpy(data.x_train).to(dev)
@@ -364,7 +364,9 @@ class Trainer:
         x = normalize(xb)
         if recipe.augment:
             x = translate_flip(x, dy, dx, flip)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        x = x.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         logits = self.model(x)
         ce = keras_crossentropy(logits, yb, recipe.loss_clip_eps).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -442,7 +444,7 @@ class Trainer:
         )
 
     def _train_epoch(self, epoch: int) -> dict:
-        opts, recipe = self.opts, self.opts.recipe
+        recipe = self.opts.recipe
         dev, bs, n = self.device, recipe.batch_size, self.n_train
         lr = recipe.lr_at(epoch)
         set_learning_rate(self.optimizer, lr)
@@ -493,7 +495,9 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(self, epoch, step)
             now = time.perf_counter()
-            check = dev.type == "cpu" or now - last_refresh > 2.0 or step + 1 == self.steps_per_epoch
+            check = (
+                dev.type == "cpu" or now - last_refresh > 2.0 or step + 1 == self.steps_per_epoch
+            )
             if check and not torch.isfinite(loss_sum):
                 raise self._nonfinite(epoch, step)
             if bar is not None:
@@ -581,7 +585,11 @@ class Trainer:
             model_path,
             self.model.config.to_dict(),
             state,
-            {"model_name": opts.model, "epochs": final["epoch"], "run_identity": opts.run_identity()},
+            {
+                "model_name": opts.model,
+                "epochs": final["epoch"],
+                "run_identity": opts.run_identity(),
+            },
         )
         atomic_write_json(self.out / RESULT_FILE, result)
         return result
