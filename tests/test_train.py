@@ -102,6 +102,12 @@ def test_run_folder_contents(e2e_run):
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(result["test_accuracy"])
     assert all(float(r["seconds"]) > 0 for r in rows)
 
+    saved = json.loads((out / "result.json").read_text())
+    cm = np.array(saved["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 1000
+    assert np.trace(cm) / 1000 == pytest.approx(result["test_accuracy"])
+    assert len(saved["per_class_accuracy"]) == 10
+
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 0
     bufs = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()]

@@ -534,6 +534,7 @@ class Trainer:
             loss_clip_eps=recipe.loss_clip_eps,
             channels_last=self.channels_last,
         )
+        self.last_eval = ev
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = seconds_before + time.perf_counter() - t0
@@ -566,6 +567,15 @@ class Trainer:
             raise CheckpointError(f"{self.out} holds no finished epoch")
         final = self.history[-1]
         best = max(self.history, key=lambda r: r["val_accuracy"])
+        ev = getattr(self, "last_eval", None) or evaluate_model(
+            self.model,
+            self.x_test,
+            self.y_test,
+            classes=self.classes,
+            batch_size=self.eval_batch_size,
+            loss_clip_eps=opts.recipe.loss_clip_eps,
+            channels_last=self.channels_last,
+        )
         result = {
             "model": opts.model,
             "run_dir": str(self.out),
@@ -579,6 +589,10 @@ class Trainer:
             "params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
             "model_file": str(model_path),
+            # the final model on the test set: what a report needs without the data
+            "classes": ev.classes,
+            "per_class_accuracy": ev.to_dict()["per_class_accuracy"],
+            "confusion_matrix": ev.confusion.tolist(),
         }
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         save_model_file(
