@@ -7,6 +7,7 @@ the data they are skipped with the reason.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,45 @@ def write_binary_folder(root: Path, n_per_file: int = 20, seed: int = 0, names=N
         (folder / name).write_bytes(records.tobytes())
         held[name] = (labels.astype(np.int64), pixels)
     return held
+
+
+# ---------------------------------------------------------------------- small training runs
+
+
+def train_options(out, **kw):
+    """A tiny real run: alexnet_thinner_4, 160 images, 3 epochs of 5 steps."""
+    from alexnet_cifar.recipe import Recipe
+    from alexnet_cifar.train import TrainOptions
+
+    base = dict(
+        model="alexnet_thinner_4",
+        out=out,
+        recipe=Recipe(epochs=3, batch_size=32),
+        seed=5,
+        limit_train=160,
+        limit_test=100,
+        device="cpu",
+        quiet=True,
+        progress=False,
+    )
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def interrupt_at(epoch, step, sig=signal.SIGINT):
+    """An on_step hook that sends ``sig`` to this process after (epoch, step)."""
+
+    def hook(trainer, e, s):
+        if (e, s) == (epoch, step):
+            os.kill(os.getpid(), sig)
+
+    return hook
+
+
+@pytest.fixture(scope="session")
+def reference_run(cifar10, tmp_path_factory):
+    from alexnet_cifar.train import train
+
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(train_options(out), data=cifar10)
+    return out

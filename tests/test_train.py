@@ -13,14 +13,14 @@ import torch
 from alexnet_cifar import load_model
 from alexnet_cifar.checkpoint import CheckpointError
 from alexnet_cifar.evaluate import evaluate_model
-from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.train import (
     METRIC_COLUMNS,
     RunSetupError,
     TrainingInterrupted,
-    TrainOptions,
     train,
 )
+
+from .conftest import interrupt_at, train_options
 
 # ---------------------------------------------------------------------- end to end, real data
 
@@ -170,40 +170,9 @@ def test_evaluate_cli_json(e2e_run, cifar10_dir):
 # ---------------------------------------------------------------------- resume
 
 
-def _opts(out, **kw):
-    base = dict(
-        model="alexnet_thinner_4",
-        out=out,
-        recipe=Recipe(epochs=3, batch_size=32),
-        seed=5,
-        limit_train=160,
-        limit_test=100,
-        device="cpu",
-        quiet=True,
-        progress=False,
-    )
-    base.update(kw)
-    return TrainOptions(**base)
-
-
 def _metrics(out: Path) -> list[dict]:
     with open(out / "metrics.csv") as f:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
-def _interrupt_at(epoch, step, sig=signal.SIGINT):
-    def hook(trainer, e, s):
-        if (e, s) == (epoch, step):
-            os.kill(os.getpid(), sig)
-
-    return hook
-
-
-@pytest.fixture(scope="module")
-def reference_run(cifar10, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    train(_opts(out), data=cifar10)
-    return out
 
 
 @pytest.mark.real_data
@@ -217,14 +186,14 @@ def test_interrupted_run_resumes_to_the_same_metrics(
 ):
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as e:
-        train(_opts(out), data=cifar10, on_step=_interrupt_at(epoch, step, sig))
+        train(train_options(out), data=cifar10, on_step=interrupt_at(epoch, step, sig))
     assert e.value.signum == sig
     assert "--resume" in str(e.value) and str(out) in str(e.value)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     last_step = step + 1 == 5  # 160 images / 32 = 5 steps an epoch
     assert (ckpt["epoch"], ckpt["step"]) == ((epoch + 1, 0) if last_step else (epoch, step + 1))
 
-    train(_opts(out, resume=True), data=cifar10)
+    train(train_options(out, resume=True), data=cifar10)
     assert _metrics(out) == _metrics(reference_run)
     a, b = load_model(out), load_model(reference_run)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -234,11 +203,11 @@ def test_interrupted_run_resumes_to_the_same_metrics(
 @pytest.mark.real_data
 def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run, tmp_path):
     with pytest.raises(RunSetupError, match="--resume"):
-        train(_opts(reference_run), data=cifar10)
+        train(train_options(reference_run), data=cifar10)
     with pytest.raises(CheckpointError, match=r"seed: checkpoint has 5, this run asks 6"):
-        train(_opts(reference_run, resume=True, seed=6), data=cifar10)
+        train(train_options(reference_run, resume=True, seed=6), data=cifar10)
     # a finished run resumed is a no-op that still reports its result
-    r = train(_opts(reference_run, resume=True), data=cifar10)
+    r = train(train_options(reference_run, resume=True), data=cifar10)
     assert r["epochs"] == 3
 
 

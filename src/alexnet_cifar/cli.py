@@ -72,6 +72,37 @@ def _model_name(text: str) -> str:
 # ---------------------------------------------------------------------- parser
 
 
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """The engine's speed-ups, each on by default where it helps and each switchable off."""
+    g = p.add_argument_group("engine (defaults: the fast configuration for the device)")
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16 autocast (CUDA) or exact fp32; auto: bf16 on CUDA, fp32 on CPU",
+    )
+    for flag, dest, what in [
+        ("channels-last", "channels_last", "channels_last memory format"),
+        ("compile", "compile", "torch.compile the model (auto: on CUDA)"),
+        ("cuda-graphs", "cuda_graphs", "run each step as one CUDA graph (auto: on CUDA)"),
+        ("fused-optimizer", "fused_optimizer", "torch's fused SGD kernel (auto: on)"),
+    ]:
+        g.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=what)
+        g.add_argument(f"--no-{flag}", dest=dest, action="store_false")
+
+
+def engine_options(args):
+    from .engine import EngineOptions
+
+    return EngineOptions(
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        fused_optimizer=args.fused_optimizer,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -129,14 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
     t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
-    t.add_argument(
-        "--channels-last",
-        dest="channels_last",
-        action="store_true",
-        default=None,
-        help="channels_last memory format (default: on for CUDA)",
-    )
-    t.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    add_engine_flags(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
         "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
@@ -160,6 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
 
+    b = sub.add_parser(
+        "bench",
+        help="time the training step: plain eager fp32 against the engine, in one process",
+        description="Per model: ms per step, images/s and TFLOP/s of (a) a plain eager fp32 "
+        "step with torch.optim.SGD and (b) the engine as train runs it; the ratio a/b; on CUDA "
+        "also the measured bf16 matmul peak, the fraction of it reached, and peak memory.",
+    )
+    b.add_argument("--models", default="all", help="all (default) or a comma-separated list")
+    b.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=64)
+    b.add_argument(
+        "--steps",
+        type=_int_at_least(1, "--steps"),
+        help="measured steps per round and side (default 60 on CUDA, 4 on CPU)",
+    )
+    b.add_argument(
+        "--rounds",
+        type=_int_at_least(1, "--rounds"),
+        help="alternations of plain and engine (default 5 on CUDA, 2 on CPU)",
+    )
+    b.add_argument(
+        "--warmup",
+        type=_int_at_least(0, "--warmup"),
+        help="unmeasured steps first (default 10 on CUDA, 1 on CPU)",
+    )
+    b.add_argument("--device", type=_device, default="auto")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_engine_flags(b)
+    b.set_defaults(func=cmd_bench)
+
     m = sub.add_parser("models", help="the five variants: parameters, MACs, size")
     m.add_argument("--json", action="store_true", help="a JSON list of objects")
     m.set_defaults(func=cmd_models)
@@ -176,6 +229,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def _model_list(text: str) -> list[str]:
+    from .models import PRESETS, UnknownModelError, get_config
+
+    if text.strip().lower() == "all":
+        return list(PRESETS)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise UserError("--models needs 'all' or a comma-separated list of models")
+    for n in names:
+        try:
+            get_config(n)
+        except UnknownModelError as e:
+            raise UserError(str(e)) from None
+    return names
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchSettings, format_row, run_bench
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    settings = BenchSettings(
+        models=_model_list(args.models),
+        device=device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        engine=engine_options(args),
+    )
+    try:
+        settings.engine.resolve(device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not args.json:
+        s = settings.resolved()
+        print(
+            f"bench on {device}: batch {s.batch_size}, {s.rounds} rounds of {s.steps} steps "
+            f"per side after {s.warmup} warm-up steps"
+        )
+    out = run_bench(
+        settings,
+        report=(lambda r: None) if args.json else (lambda r: print(format_row(r), flush=True)),
+    )
+    if args.json:
+        _print_json(out)
+    elif "bf16_matmul_peak_tflops" in out:
+        print(f"measured bf16 matmul peak: {out['bf16_matmul_peak_tflops']} TFLOP/s")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -294,7 +398,7 @@ def cmd_train(args) -> int:
         limit_train=args.limit_train if args.limit_train is not None else prev.get("limit_train"),
         limit_test=args.limit_test if args.limit_test is not None else prev.get("limit_test"),
         eval_batch_size=args.eval_batch_size,
-        channels_last=args.channels_last,
+        engine=engine_options(args),
         resume=args.resume,
         quiet=args.quiet or args.json,
         progress=False if args.no_progress else None,

@@ -53,8 +53,12 @@ def logits_in_batches(
     batch_size: int = 500,
     channels_last: bool = False,
     flip: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Logits (float32) of uint8 NHWC images, in eval mode, batch by batch on the model's device."""
+    """Logits (float32) of uint8 NHWC images, in eval mode, batch by batch on the model's device.
+
+    ``precision="bf16"`` runs the model under bf16 autocast (CUDA), as the engine trains.
+    """
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
@@ -64,7 +68,8 @@ def logits_in_batches(
         x = x.contiguous(
             memory_format=torch.channels_last if channels_last else torch.contiguous_format
         )
-        out.append(model(x).float())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out.append(model(x).float())
     return torch.cat(out) if out else torch.empty(0, 10, device=device)
 
 
@@ -78,6 +83,7 @@ def evaluate_model(
     batch_size: int = 500,
     loss_clip_eps: float = 1e-7,
     channels_last: bool = False,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on uint8 NHWC images (dropout off)."""
     was_training = model.training
@@ -86,7 +92,7 @@ def evaluate_model(
         device = next(model.parameters()).device
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels).to(device)
-        logits = logits_in_batches(model, images, batch_size, channels_last)
+        logits = logits_in_batches(model, images, batch_size, channels_last, precision=precision)
         ce = keras_crossentropy(logits, labels, loss_clip_eps)
         pred = logits.argmax(1)
         k = model.config.num_classes

@@ -40,22 +40,41 @@ def keras_crossentropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 
     return -torch.log(p.clamp(eps, 1.0 - eps))
 
 
-def make_optimizer(model: AlexNet, recipe: Recipe, **kwargs) -> torch.optim.SGD:
+def make_optimizer(
+    model: AlexNet,
+    recipe: Recipe,
+    lr_tensor_device: torch.device | None = None,
+    **kwargs,
+) -> torch.optim.SGD:
     """SGD with the recipe's momentum; weight decay 2 * l2 on the regularised kernels only.
 
-    Extra keyword arguments (``foreach``, ``fused``) pass to ``torch.optim.SGD``.
+    With ``lr_tensor_device`` each group's learning rate is a tensor there (what a captured
+    CUDA graph needs to see a new rate). Extra keyword arguments (``foreach``, ``fused``) pass
+    to ``torch.optim.SGD``.
     """
+    lr0 = recipe.lr_at(0)
+
+    def lr():
+        if lr_tensor_device is None:
+            return lr0
+        return torch.tensor(lr0, dtype=torch.float32, device=lr_tensor_device)
+
     reg = {id(p) for p in model.regularized_parameters()}
     decayed = [p for p in model.parameters() if id(p) in reg]
     plain = [p for p in model.parameters() if id(p) not in reg]
-    groups = [{"params": plain, "weight_decay": 0.0, "name": "plain"}]
+    groups = [{"params": plain, "weight_decay": 0.0, "name": "plain", "lr": lr()}]
     if decayed:
         groups.append(
-            {"params": decayed, "weight_decay": 2.0 * model.config.l2, "name": "l2_kernels"}
+            {
+                "params": decayed,
+                "weight_decay": 2.0 * model.config.l2,
+                "name": "l2_kernels",
+                "lr": lr(),
+            }
         )
     return torch.optim.SGD(
         groups,
-        lr=recipe.lr_at(0),
+        lr=lr0,
         momentum=recipe.momentum,
         nesterov=recipe.nesterov and recipe.momentum > 0,
         **kwargs,
@@ -75,10 +94,14 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     step) are left alone, as Keras' zero velocity needs no change.
     """
     for group in optimizer.param_groups:
-        old = group["lr"]
+        current = group["lr"]
+        old = float(current)
         if old == lr:
             continue
-        group["lr"] = lr
+        if isinstance(current, torch.Tensor):
+            current.fill_(lr)  # in place: a captured graph reads this tensor
+        else:
+            group["lr"] = lr
         buffers = [
             optimizer.state[p]["momentum_buffer"]
             for p in group["params"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .augment import draw_seed_augmentation, normalize, translate_flip
+from .augment import draw_seed_augmentation
 from .checkpoint import (
     CHECKPOINT,
     MODEL_FILE,
@@ -38,9 +38,9 @@ from .checkpoint import (
     save_model_file,
 )
 from .data import CIFAR10, load_cifar10
+from .engine import Engine, EngineOptions
 from .evaluate import evaluate_model
 from .models import AlexNet, get_config
-from .optim import keras_crossentropy, make_optimizer, set_learning_rate
 from .recipe import Recipe
 
 __all__ = [
@@ -91,7 +91,7 @@ class TrainOptions:
     limit_test: int | None = None
     num_classes: int = 10
     eval_batch_size: int | None = None  # None: 500 on CPU, 2000 on CUDA
-    channels_last: bool | None = None  # None: the faster layout for the device
+    engine: EngineOptions = field(default_factory=EngineOptions)
     resume: bool = False
     quiet: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
@@ -256,9 +256,6 @@ class Trainer:
         opts = self.opts
         self.resume_state = self._load_resume_state()
         dev = self.device
-        self.channels_last = (
-            opts.channels_last if opts.channels_last is not None else dev.type == "cuda"
-        )
         self.eval_batch_size = opts.eval_batch_size or (2000 if dev.type == "cuda" else 500)
 
         data = self._given_data or load_cifar10(
@@ -280,16 +277,22 @@ class Trainer:
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(opts.seed)
         self.model: AlexNet = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, opts.recipe)
+        try:
+            self.engine = Engine(
+                self.model, opts.recipe, dev, opts.engine, self.x_train, self.y_train, opts.model
+            )
+        except ValueError as e:
+            raise RunSetupError(str(e)) from e
+        eng = self.engine.options
+        self.channels_last = bool(eng.channels_last)
+        self.eval_precision = eng.precision
         self.data_gen = torch.Generator().manual_seed(opts.seed + 1)
         self.start_epoch, self.start_step, self.partial = 0, 0, None
 
         if self.resume_state is not None:
             st = self.resume_state
             self.model.load_state_dict(st["model"])
-            self.optimizer.load_state_dict(st["optimizer"])
+            self.engine.load_optimizer_state(st["optimizer"])
             self.data_gen.set_state(st["rng"]["data"])
             torch.set_rng_state(st["rng"]["cpu"])
             if dev.type == "cuda" and st["rng"].get("cuda") is not None:
@@ -314,7 +317,7 @@ class Trainer:
             "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
             "verify": o.verify,
             "device": str(self.device),
-            "channels_last": self.channels_last,
+            "engine": self.engine.options.to_dict(),
             "eval_batch_size": self.eval_batch_size,
             "n_train": int(self.n_train),
             "n_test": int(len(self.y_test)),
@@ -342,7 +345,7 @@ class Trainer:
                 "epoch": epoch,
                 "step": step,
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.engine.optimizer_state(),
                 "rng": self._rng_state(data_state),
                 "partial": partial,
                 "history": self.history,
@@ -356,26 +359,6 @@ class Trainer:
         for row in self.history:
             w.writerow({k: row[k] for k in METRIC_COLUMNS})
         atomic_write_text(self.out / METRICS_FILE, buf.getvalue())
-
-    # ------------------------------------------------------------------ the step
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, dy, dx, flip):
-        """One optimiser step on a uint8 NHWC batch; returns (loss incl. L2, correct) tensors."""
-        recipe = self.opts.recipe
-        x = normalize(xb)
-        if recipe.augment:
-            x = translate_flip(x, dy, dx, flip)
-        x = x.contiguous(
-            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
-        )
-        logits = self.model(x)
-        ce = keras_crossentropy(logits, yb, recipe.loss_clip_eps).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        ce.backward()
-        with torch.no_grad():
-            penalty = self.model.l2_penalty()  # at the weights the loss was computed with
-            correct = (logits.argmax(1) == yb).sum()
-        self.optimizer.step()
-        return ce.detach() + penalty, correct
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -446,28 +429,36 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         recipe = self.opts.recipe
         dev, bs, n = self.device, recipe.batch_size, self.n_train
+        engine = self.engine
         lr = recipe.lr_at(epoch)
-        set_learning_rate(self.optimizer, lr)
+        engine.set_lr(lr)
 
+        # The epoch's randomness, drawn on the CPU in one go: the same on every device.
         epoch_state = self.data_gen.get_state()
-        perm = torch.randperm(n, generator=self.data_gen).to(dev)
+        perm = torch.randperm(n, generator=self.data_gen)
         dy, dx, flip = draw_seed_augmentation(
-            n, self.data_gen, dev, recipe.max_shift, recipe.flip_p
+            n, self.data_gen, None, recipe.max_shift, recipe.flip_p
         )
 
-        start_step, seconds_before = 0, 0.0
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        correct = torch.zeros((), dtype=torch.int64, device=dev)
-        seen = 0
+        start_step, seconds_before, seen = 0, 0.0, 0
+        partial = {}
         if epoch == self.start_epoch and self.start_step:
             start_step = self.start_step
-            p = self.partial or {}
-            loss_sum += p.get("loss_sum", 0.0)
-            correct += p.get("correct", 0)
-            seen = int(p.get("seen", 0))
-            seconds_before = float(p.get("seconds", 0.0))
+            partial = self.partial or {}
+            seen = int(partial.get("seen", 0))
+            seconds_before = float(partial.get("seconds", 0.0))
+        engine.begin_epoch(
+            perm.to(dev),
+            dy.to(dev),
+            dx.to(dev),
+            flip.to(dev),
+            start_step,
+            float(partial.get("loss_sum", 0.0)),
+            int(partial.get("correct", 0)),
+        )
 
         self.model.train()
+        setup_before = engine.setup_seconds
         t0 = time.perf_counter()
         bar = None
         if self._progress_enabled():
@@ -481,72 +472,82 @@ class Trainer:
                 leave=False,
                 dynamic_ncols=True,
             )
-        last_refresh = 0.0
+        last_peek = 0.0
         for step in range(start_step, self.steps_per_epoch):
-            sl = slice(step * bs, min((step + 1) * bs, n))
-            idx = perm[sl]
-            loss, ok = self.train_step(
-                self.x_train[idx], self.y_train[idx], dy[sl], dx[sl], flip[sl]
-            )
-            b = sl.stop - sl.start
-            loss_sum += loss.double() * b
-            correct += ok
-            seen += b
+            engine.step(step)
+            seen += min(bs, n - step * bs)
             if self.on_step is not None:
                 self.on_step(self, epoch, step)
             now = time.perf_counter()
-            check = (
-                dev.type == "cpu" or now - last_refresh > 2.0 or step + 1 == self.steps_per_epoch
-            )
-            if check and not torch.isfinite(loss_sum):
-                raise self._nonfinite(epoch, step)
+            # On the CPU reading the sums is free; on CUDA peek_metrics never waits.
+            if dev.type == "cpu" or now - last_peek > 1.0:
+                last_peek = now
+                snap = engine.peek_metrics()
+                if snap is not None:
+                    if snap[2] >= 0:
+                        raise self._nonfinite(epoch, snap[2])
+                    if bar is not None:
+                        elapsed = now - t0 - (engine.setup_seconds - setup_before)
+                        done = seen - start_step * bs
+                        bar.set_postfix(
+                            loss=f"{snap[0] / max(seen, 1):.4f}",
+                            acc=f"{snap[1] / max(seen, 1):.4f}",
+                            img_s=f"{done / max(elapsed, 1e-9):.0f}",
+                            refresh=False,
+                        )
             if bar is not None:
                 bar.update(1)
-                if check:
-                    last_refresh = now
-                    elapsed = now - t0
-                    bar.set_postfix(
-                        loss=f"{float(loss_sum) / seen:.4f}",
-                        acc=f"{int(correct) / seen:.4f}",
-                        img_s=f"{(seen - start_step * bs) / max(elapsed, 1e-9):.0f}",
-                        refresh=False,
-                    )
             if self.guard.signum is not None and step + 1 < self.steps_per_epoch:
                 if bar is not None:
                     bar.close()
-                partial = {
-                    "loss_sum": float(loss_sum),
-                    "correct": int(correct),
-                    "seen": seen,
-                    "seconds": seconds_before + time.perf_counter() - t0,
-                }
-                self._save(epoch, step + 1, epoch_state, partial)
+                loss_sum, correct, bad = engine.read_metrics()
+                if bad >= 0:
+                    raise self._nonfinite(epoch, bad)
+                elapsed = time.perf_counter() - t0 - (engine.setup_seconds - setup_before)
+                self._save(
+                    epoch,
+                    step + 1,
+                    epoch_state,
+                    {
+                        "loss_sum": loss_sum,
+                        "correct": correct,
+                        "seen": seen,
+                        "seconds": seconds_before + elapsed,
+                    },
+                )
                 self._interrupted(epoch, step + 1)
         if bar is not None:
             bar.close()
+        loss_sum, correct, bad = engine.read_metrics()
+        if bad >= 0:
+            raise self._nonfinite(epoch, bad)
 
-        ev = evaluate_model(
-            self.model,
-            self.x_test,
-            self.y_test,
-            classes=self.classes,
-            batch_size=self.eval_batch_size,
-            loss_clip_eps=recipe.loss_clip_eps,
-            channels_last=self.channels_last,
-        )
+        ev = self._evaluate()
         self.last_eval = ev
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        seconds = seconds_before + time.perf_counter() - t0
+        seconds = seconds_before + time.perf_counter() - t0 - (engine.setup_seconds - setup_before)
         return {
             "epoch": epoch + 1,
-            "loss": float(loss_sum) / seen,
-            "accuracy": int(correct) / seen,
+            "loss": loss_sum / seen,
+            "accuracy": correct / seen,
             "val_loss": ev.loss,
             "val_accuracy": ev.accuracy,
             "lr": lr,
             "seconds": round(seconds, 3),
         }
+
+    def _evaluate(self):
+        return evaluate_model(
+            self.model,
+            self.x_test,
+            self.y_test,
+            classes=self.classes,
+            batch_size=self.eval_batch_size,
+            loss_clip_eps=self.opts.recipe.loss_clip_eps,
+            channels_last=self.channels_last,
+            precision=self.eval_precision,
+        )
 
     def _nonfinite(self, epoch: int, step: int) -> NonFiniteLossError:
         last = self.history[-1]["epoch"] if self.history else 0
@@ -556,7 +557,7 @@ class Trainer:
             else "no checkpoint was written"
         )
         return NonFiniteLossError(
-            f"the loss became NaN or infinite in epoch {epoch + 1}, at or before step {step + 1}; "
+            f"the loss became NaN or infinite in epoch {epoch + 1}, step {step + 1}; "
             f"training stopped and {kept}. A lower learning rate usually helps."
         )
 
@@ -567,15 +568,7 @@ class Trainer:
             raise CheckpointError(f"{self.out} holds no finished epoch")
         final = self.history[-1]
         best = max(self.history, key=lambda r: r["val_accuracy"])
-        ev = getattr(self, "last_eval", None) or evaluate_model(
-            self.model,
-            self.x_test,
-            self.y_test,
-            classes=self.classes,
-            batch_size=self.eval_batch_size,
-            loss_clip_eps=opts.recipe.loss_clip_eps,
-            channels_last=self.channels_last,
-        )
+        ev = getattr(self, "last_eval", None) or self._evaluate()
         result = {
             "model": opts.model,
             "run_dir": str(self.out),
@@ -588,6 +581,7 @@ class Trainer:
             "train_seconds": round(sum(r["seconds"] for r in self.history), 3),
             "params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
+            "compile_seconds": round(self.engine.setup_seconds, 3),
             "model_file": str(model_path),
             # the final model on the test set: what a report needs without the data
             "classes": ev.classes,

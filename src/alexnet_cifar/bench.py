@@ -1,0 +1,222 @@
+"""``alexnet-cifar bench``: the engine against a plain eager fp32 step, measured in one process.
+
+For each model: (a) the textbook step (``engine.plain_step``: eager, fp32, NCHW,
+``torch.optim.SGD``, a normalised batch already on the device) and (b) the engine's step as
+``train`` runs it (gather from the uint8 data set, normalise, shift and flip on the device,
+forward, loss, backward, Keras SGD, device-side metrics). Both run on random images, after
+warm-up, alternating in rounds so that drift in the machine's speed hits both alike; each figure
+is the median over rounds of the mean step time of a round. The ratio a/b is the speed-up.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import __version__
+from .augment import draw_seed_augmentation, normalize
+from .engine import Engine, EngineOptions, plain_step
+from .models import AlexNet, get_config, layer_table
+from .recipe import Recipe
+
+__all__ = ["BenchSettings", "run_bench", "matmul_peak_tflops"]
+
+CIFAR_TRAIN_BYTES = 50_000 * 32 * 32 * 3  # the training set on the device as uint8
+
+
+@dataclass
+class BenchSettings:
+    models: list[str]
+    device: torch.device
+    batch_size: int = 64
+    steps: int | None = None  # measured steps per side (None: 60 on CUDA, 4 on CPU)
+    rounds: int | None = None  # alternations of plain and engine (None: 5 on CUDA, 2 on CPU)
+    warmup: int | None = None  # unmeasured steps per side first (None: 10 on CUDA, 1 on CPU)
+    engine: EngineOptions = EngineOptions()
+    seed: int = 0
+
+    def resolved(self) -> BenchSettings:
+        cuda = self.device.type == "cuda"
+        return BenchSettings(
+            models=self.models,
+            device=self.device,
+            batch_size=self.batch_size,
+            steps=self.steps or (60 if cuda else 4),
+            rounds=self.rounds or (5 if cuda else 2),
+            warmup=self.warmup if self.warmup is not None else (10 if cuda else 1),
+            engine=self.engine,
+            seed=self.seed,
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_block(fn, first: int, count: int, device: torch.device) -> float:
+    """Seconds per call of ``fn(i)`` for i in first..first+count-1 (device synchronised)."""
+    if count <= 0:
+        return 0.0
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(first, first + count):
+        fn(i)
+    _sync(device)
+    return (time.perf_counter() - t0) / count
+
+
+def matmul_peak_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
+    """Measured bf16 matmul throughput (n x n x n), the practical peak the engine is held to."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(3):
+        times.append(_time_block(lambda i: a @ b, 0, reps, device))
+    return 2 * n**3 / min(times) / 1e12
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def bench_model(name: str, s: BenchSettings) -> dict:
+    dev, bs = s.device, s.batch_size
+    total = max(s.warmup, 1) + s.steps * s.rounds
+    n = bs * total
+    g = torch.Generator().manual_seed(s.seed)
+    # Random images, never zeros: the arithmetic must be the real one.
+    x_u8 = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8).to(dev)
+    y = torch.randint(0, 10, (n,), generator=g).to(dev)
+    flops = 6 * layer_table(name).macs * bs
+
+    # (a) the plain step
+    _reset_peak(dev)
+    torch.manual_seed(s.seed)
+    plain_model = AlexNet(get_config(name)).to(dev)
+    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    xf = normalize(x_u8).contiguous()  # already normalised, on the device: no data path cost
+
+    def plain(i):
+        sl = slice(i * bs, (i + 1) * bs)
+        plain_step(plain_model, plain_opt, xf[sl], y[sl])
+
+    _time_block(plain, 0, s.warmup, dev)
+    peak_plain = _peak_mb(dev)
+
+    # (b) the engine, as train runs it
+    torch.manual_seed(s.seed)
+    model = AlexNet(get_config(name)).to(dev)
+    engine = Engine(model, Recipe(batch_size=bs), dev, s.engine, x_u8, y, name)
+    perm = torch.arange(n)
+    dy, dx, flip = draw_seed_augmentation(n, g)
+    engine.begin_epoch(perm.to(dev), dy.to(dev), dx.to(dev), flip.to(dev))
+    model.train()
+    _reset_peak(dev)
+    _time_block(engine.step, 0, max(s.warmup, 1), dev)  # compiles and captures here
+
+    plain_times, engine_times = [], []
+    start = max(s.warmup, 1)
+    for r in range(s.rounds):
+        first = s.warmup + r * s.steps
+        plain_times.append(_time_block(plain, first, s.steps, dev))
+        engine_times.append(_time_block(engine.step, start + r * s.steps, s.steps, dev))
+    peak_engine = _peak_mb(dev)
+    tp, te = statistics.median(plain_times), statistics.median(engine_times)
+    result = {
+        "model": name,
+        "plain_ms": round(tp * 1e3, 3),
+        "engine_ms": round(te * 1e3, 3),
+        "speedup": round(tp / te, 3),
+        "plain_images_per_s": round(bs / tp, 1),
+        "engine_images_per_s": round(bs / te, 1),
+        "plain_tflops": round(flops / tp / 1e12, 4),
+        "engine_tflops": round(flops / te / 1e12, 4),
+        "plain_round_ms": [round(t * 1e3, 3) for t in plain_times],
+        "engine_round_ms": [round(t * 1e3, 3) for t in engine_times],
+        "setup_seconds": round(engine.setup_seconds, 2),
+        "peak_memory_mb_plain": peak_plain,
+        "peak_memory_mb_engine": peak_engine,
+        "engine": engine.options.to_dict(),
+    }
+    _reset_peak(dev)
+    return result
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        ),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "alexnet_cifar": __version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        try:
+            import subprocess
+
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+    return env
+
+
+def run_bench(settings: BenchSettings, report=print) -> dict:
+    s = settings.resolved()
+    out = {
+        **environment(s.device),
+        "batch_size": s.batch_size,
+        "steps": s.steps,
+        "rounds": s.rounds,
+        "warmup": s.warmup,
+        "dataset_on_device_mb": round(CIFAR_TRAIN_BYTES / 1e6, 1),
+        "results": [],
+    }
+    if s.device.type == "cuda":
+        out["bf16_matmul_peak_tflops"] = round(matmul_peak_tflops(s.device), 1)
+    for name in s.models:
+        r = bench_model(name, s)
+        if "bf16_matmul_peak_tflops" in out:
+            r["fraction_of_peak"] = round(r["engine_tflops"] / out["bf16_matmul_peak_tflops"], 4)
+        out["results"].append(r)
+        report(r)
+    return out
+
+
+def format_row(r: dict) -> str:
+    peak = f"  {r['fraction_of_peak']:.0%} of bf16 peak" if "fraction_of_peak" in r else ""
+    mem = (
+        f"  peak mem {r['peak_memory_mb_engine']:.0f} MB"
+        if r.get("peak_memory_mb_engine") is not None
+        else ""
+    )
+    return (
+        f"{r['model']:<22} plain {r['plain_ms']:9.2f} ms  engine {r['engine_ms']:9.2f} ms  "
+        f"x{r['speedup']:.2f}  {r['engine_images_per_s']:9.0f} img/s  "
+        f"{r['engine_tflops']:.3f} TFLOP/s{peak}{mem}"
+    )

@@ -1,0 +1,367 @@
+"""The training engine: the seed recipe's step, made fast without changing what it computes.
+
+One step is: gather the batch from the uint8 data set on the device, normalise, shift and flip
+it, forward, the Keras loss, backward, Keras-form SGD, and add the loss and the hits to
+accumulators that stay on the device. Every tensor the step touches is allocated once, and the
+step finds its batch through a step counter that also lives on the device, so the step takes no
+argument from the host. That makes it capturable as a CUDA graph as it is: on CUDA each step is
+one graph replay (one for the full batch, one for the short last batch), with the model
+compiled by ``torch.compile`` inside it and autocast to bf16. On the CPU the same function runs
+eagerly. Nothing reads a value back to the host inside an epoch.
+
+Each speed-up is an option (``EngineOptions``); ``auto`` picks the fast configuration for the
+device. ``precision="fp32"`` with no compile and no graphs is the plain computation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from .augment import normalize, translate_flip
+from .models import AlexNet
+from .optim import keras_crossentropy, make_optimizer, set_learning_rate
+from .recipe import Recipe
+
+__all__ = ["Engine", "EngineOptions", "plain_step"]
+
+# Measured on 2 CPU cores (docs/performance.md): channels_last speeds up only some variants there.
+_CPU_CHANNELS_LAST = {
+    "alexnet": False,
+    "alexnet_slim": False,
+    "alexnet_slim_regular": False,
+    "alexnet_thinner_2": False,
+    "alexnet_thinner_4": False,
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a step is run. ``None`` / ``"auto"`` means: the fast choice for the device."""
+
+    precision: str = "auto"  # "fp32", "bf16" (autocast on CUDA), "auto": bf16 on CUDA, else fp32
+    channels_last: bool | None = None
+    compile: bool | None = None  # torch.compile the model (auto: on CUDA)
+    compile_mode: str | None = None  # torch.compile mode (None: default)
+    compile_backend: str = "inductor"
+    cuda_graphs: bool | None = None  # one CUDA graph per step (auto: on CUDA)
+    fused_optimizer: bool | None = None  # torch's fused SGD kernel (auto: on)
+
+    def resolve(self, device: torch.device, model_name: str = "") -> EngineOptions:
+        cuda = device.type == "cuda"
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if cuda else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        if precision == "bf16" and not cuda:
+            raise ValueError("bf16 autocast is for CUDA; use --precision fp32 on the CPU")
+        graphs = self.cuda_graphs if self.cuda_graphs is not None else cuda
+        if graphs and not cuda:
+            raise ValueError("CUDA graphs need a CUDA device")
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = True if cuda else _CPU_CHANNELS_LAST.get(model_name, False)
+        return replace(
+            self,
+            precision=precision,
+            channels_last=channels_last,
+            compile=self.compile if self.compile is not None else cuda,
+            cuda_graphs=graphs,
+            fused_optimizer=self.fused_optimizer if self.fused_optimizer is not None else True,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plain_step(model: AlexNet, optimizer: torch.optim.Optimizer, x, y, eps: float = 1e-7):
+    """The textbook eager fp32 step: the reference the engine must equal, and bench's baseline.
+
+    ``x`` is a normalised (and augmented) float batch; the L2 term goes through autograd.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = keras_crossentropy(logits, y, eps).mean() + model.l2_penalty()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class Engine:
+    """Runs training steps over a data set that lives on the device.
+
+    Per epoch: ``begin_epoch`` (the epoch's shuffle and augmentation draws), then ``step()``
+    once per batch, then ``read_metrics`` (the only read back to the host).
+    """
+
+    def __init__(
+        self,
+        model: AlexNet,
+        recipe: Recipe,
+        device: torch.device,
+        options: EngineOptions,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        model_name: str = "",
+    ):
+        self.device = device
+        self.recipe = recipe
+        self.options = options.resolve(device, model_name)
+        o = self.options
+        self.model = model
+        if o.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last if o.channels_last else torch.contiguous_format
+        self.bf16 = o.precision == "bf16"
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            # fp32 means fp32: no TF32 shortcuts in an exact run.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        # A tensor learning rate can change under a captured graph; a float would be baked in.
+        self.optimizer = make_optimizer(
+            model,
+            recipe,
+            fused=bool(o.fused_optimizer),
+            lr_tensor_device=device if o.cuda_graphs else None,
+        )
+        self._init_momentum()
+        self.forward = model
+        if o.compile:
+            kw = {"backend": o.compile_backend, "dynamic": False}
+            if o.compile_mode:
+                kw["mode"] = o.compile_mode
+            self.forward = torch.compile(model, **kw)
+
+        self.x_train, self.y_train = x_train, y_train
+        n = len(y_train)
+        self.n = n
+        self.batch_size = recipe.batch_size
+        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        # Static buffers: the epoch's order and draws, the step counter and the accumulators.
+        self.perm = torch.zeros(n, dtype=torch.long, device=device)
+        self.dy = torch.zeros(n, dtype=torch.float32, device=device)
+        self.dx = torch.zeros(n, dtype=torch.float32, device=device)
+        self.flip = torch.zeros(n, dtype=torch.bool, device=device)
+        self.step_t = torch.zeros((), dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self._arange = torch.arange(self.batch_size, device=device)
+        self._prepared: dict[int, torch.cuda.CUDAGraph | None] = {}
+        self._pool = None
+        self.setup_seconds = 0.0  # compile, warm-up and capture, kept out of the epoch times
+        self._host = None
+
+    # ------------------------------------------------------------------ optimiser state
+    def _init_momentum(self) -> None:
+        # Zero buffers give exactly SGD's first step (b = 0.9 * 0 + g = g) and let the step be
+        # captured before it has ever run.
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                st = self.optimizer.state[p]
+                if st.get("momentum_buffer") is None:
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def optimizer_state(self) -> dict:
+        """The optimiser's state_dict with plain-float learning rates (device independent)."""
+        sd = self.optimizer.state_dict()
+        for g in sd["param_groups"]:
+            g["lr"] = float(g["lr"])
+        return sd
+
+    def load_optimizer_state(self, sd: dict) -> None:
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(sd)
+        for g, old in zip(self.optimizer.param_groups, lrs):
+            value = float(g["lr"])
+            if isinstance(old, torch.Tensor):
+                old.fill_(value)
+                g["lr"] = old
+            else:
+                g["lr"] = value
+        self._init_momentum()
+
+    def set_lr(self, lr: float) -> None:
+        set_learning_rate(self.optimizer, lr)
+
+    # ------------------------------------------------------------------ the step
+    def _inputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at ``step_t``: gathered, normalised, shifted and flipped on the device."""
+        pos = self.step_t * self.batch_size + self._arange[:b]
+        idx = self.perm[pos]
+        x = normalize(self.x_train[idx])
+        if self.recipe.augment:
+            x = translate_flip(x, self.dy[pos], self.dx[pos], self.flip[pos])
+        return x.contiguous(memory_format=self.memory_format), self.y_train[idx]
+
+    def _step(self, b: int) -> None:
+        """One step on the batch at ``step_t`` of size ``b``; reads and writes device state only."""
+        recipe = self.recipe
+        x, y = self._inputs(b)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.forward(x)
+        ce = keras_crossentropy(logits, y, recipe.loss_clip_eps).mean()
+        ce.backward()
+        with torch.no_grad():
+            loss = ce.detach() + self.model.l2_penalty()  # at the pre-step weights, as Keras
+            self.loss_sum.add_(loss.double() * b)
+            self.correct.add_((logits.argmax(1) == y).sum())
+            first_bad = (~torch.isfinite(loss)) & (self.bad_step < 0)
+            self.bad_step.copy_(torch.where(first_bad, self.step_t, self.bad_step))
+            self.step_t.add_(1)
+        self.optimizer.step()
+
+    def _batch_size_of(self, step: int) -> int:
+        return min(self.batch_size, self.n - step * self.batch_size)
+
+    def step(self, step: int) -> None:
+        """Run step ``step`` of the epoch (the device counter must already be there)."""
+        b = self._batch_size_of(step)
+        if b not in self._prepared:
+            self._prepare(b)
+        graph = self._prepared[b]
+        if graph is not None:
+            graph.replay()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._step(b)
+
+    # ------------------------------------------------------------------ compile and capture
+    def _snapshot(self) -> dict:
+        params = [p.detach().clone() for p in self.model.parameters()]
+        bufs = [self.optimizer.state[p]["momentum_buffer"].clone() for p in self.model.parameters()]
+        return {
+            "params": params,
+            "bufs": bufs,
+            "acc": [t.clone() for t in (self.step_t, self.loss_sum, self.correct, self.bad_step)],
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+        }
+
+    @torch.no_grad()
+    def _restore(self, snap: dict) -> None:
+        for p, v in zip(self.model.parameters(), snap["params"]):
+            p.copy_(v)
+        for p, v in zip(self.model.parameters(), snap["bufs"]):
+            self.optimizer.state[p]["momentum_buffer"].copy_(v)
+        for t, v in zip((self.step_t, self.loss_sum, self.correct, self.bad_step), snap["acc"]):
+            t.copy_(v)
+        torch.set_rng_state(snap["rng_cpu"])
+        if snap["rng_cuda"] is not None:
+            torch.cuda.set_rng_state(snap["rng_cuda"], self.device)
+
+    def _prepare(self, b: int) -> None:
+        """Compile (warm-up) and capture the step for batch size ``b``, leaving no trace.
+
+        Warm-up steps train for real, so the parameters, momentum, accumulators and RNG states
+        are snapshotted first and restored afterwards: a run computes the same with or without
+        this preparation.
+        """
+        o = self.options
+        if not (o.compile or o.cuda_graphs):
+            self._prepared[b] = None
+            return
+        t0 = time.perf_counter()
+        snap = self._snapshot()
+        graph = None
+        try:
+            if o.cuda_graphs:
+                graph = self._capture(b)
+            else:
+                for _ in range(2):
+                    self.step_t.zero_()  # warm up on the epoch's first batch: always in range
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._step(b)
+        except Exception as e:  # a failed capture must not cost the run
+            if not o.cuda_graphs:
+                raise
+            warnings.warn(
+                f"CUDA graph capture failed ({type(e).__name__}: {e}); running steps without "
+                "graphs (--no-cuda-graphs silences this)",
+                stacklevel=2,
+            )
+            self.options = replace(o, cuda_graphs=False)
+            graph = None
+        finally:
+            self._restore(snap)
+            self.optimizer.zero_grad(set_to_none=True)
+            del snap
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._prepared[b] = graph
+        self.setup_seconds += time.perf_counter() - t0
+
+    def _capture(self, b: int) -> torch.cuda.CUDAGraph:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.step_t.zero_()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._step(b)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        # Gradients are allocated inside the graph, so each replay writes (not adds) them.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._step(b)
+        self._pool = graph.pool()
+        return graph
+
+    # ------------------------------------------------------------------ epochs and metrics
+    def begin_epoch(
+        self,
+        perm: torch.Tensor,
+        dy: torch.Tensor,
+        dx: torch.Tensor,
+        flip: torch.Tensor,
+        start_step: int = 0,
+        loss_sum: float = 0.0,
+        correct: int = 0,
+    ) -> None:
+        """Load the epoch's order and draws into the static buffers; reset the accumulators."""
+        self.perm.copy_(perm, non_blocking=True)
+        self.dy.copy_(dy, non_blocking=True)
+        self.dx.copy_(dx, non_blocking=True)
+        self.flip.copy_(flip, non_blocking=True)
+        self.step_t.fill_(start_step)
+        self.loss_sum.fill_(loss_sum)
+        self.correct.fill_(correct)
+        self.bad_step.fill_(-1)
+
+    def read_metrics(self) -> tuple[float, int, int]:
+        """(loss sum, correct, first non-finite step or -1): one synchronising read."""
+        v = torch.stack([self.loss_sum, self.correct.double(), self.bad_step.double()]).cpu()
+        return float(v[0]), int(v[1]), int(v[2])
+
+    def peek_metrics(self) -> tuple[float, int, int] | None:
+        """The accumulators as of a recent step, without waiting for the device.
+
+        On CUDA this starts an asynchronous copy and returns the previous one once it has
+        landed (None until then); on the CPU it reads them directly.
+        """
+        if self.device.type != "cuda":
+            return self.read_metrics()
+        result = None
+        if self._host is not None and self._host[1].query():
+            h = self._host[0]
+            result = (float(h[0]), int(h[1]), int(h[2]))
+            self._host = None
+        if self._host is None:
+            buf = torch.empty(3, dtype=torch.float64, pin_memory=True)
+            buf.copy_(
+                torch.stack([self.loss_sum, self.correct.double(), self.bad_step.double()]),
+                non_blocking=True,
+            )
+            ev = torch.cuda.Event()
+            ev.record()
+            self._host = (buf, ev)
+        return result

@@ -1,0 +1,50 @@
+"""bench reports what it measured, consistently; no test times anything."""
+
+import json
+
+import pytest
+
+from alexnet_cifar.cli import main
+from alexnet_cifar.models import layer_table
+
+
+def test_bench_json_fields_are_consistent(capsys):
+    code = main(
+        [
+            "bench",
+            "--models",
+            "alexnet_thinner_4",
+            "--batch-size",
+            "8",
+            "--steps",
+            "1",
+            "--rounds",
+            "2",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "cpu" and out["torch"] and out["batch_size"] == 8
+    assert out["dataset_on_device_mb"] == pytest.approx(153.6)
+    (r,) = out["results"]
+    assert r["model"] == "alexnet_thinner_4"
+    for side in ("plain", "engine"):
+        ms = r[f"{side}_ms"]
+        assert ms > 0 and len(r[f"{side}_round_ms"]) == 2
+        assert r[f"{side}_images_per_s"] == pytest.approx(8 / (ms / 1e3), rel=1e-2)
+        flops = 6 * layer_table("alexnet_thinner_4").macs * 8
+        assert r[f"{side}_tflops"] == pytest.approx(flops / (ms / 1e3) / 1e12, rel=1e-2, abs=1e-4)
+    assert r["speedup"] == pytest.approx(r["plain_ms"] / r["engine_ms"], rel=1e-2)
+    assert r["engine"]["precision"] == "fp32" and r["engine"]["cuda_graphs"] is False
+
+
+def test_bench_refuses_unknown_models_and_gpu_options(capsys):
+    assert main(["bench", "--models", "alexnet,resnet", "--device", "cpu"]) == 2
+    assert "unknown model 'resnet'" in capsys.readouterr().err
+    assert main(["bench", "--precision", "bf16", "--device", "cpu"]) == 2
+    assert "bf16" in capsys.readouterr().err

@@ -1,0 +1,221 @@
+"""The engine computes what the plain step computes; its preparation leaves no trace."""
+
+import csv
+
+import pytest
+import torch
+
+from alexnet_cifar import build_model
+from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
+from alexnet_cifar.engine import Engine, EngineOptions, plain_step
+from alexnet_cifar.optim import make_optimizer, set_learning_rate
+from alexnet_cifar.recipe import Recipe
+from alexnet_cifar.train import RunSetupError, TrainOptions, train
+
+from .conftest import interrupt_at, train_options
+
+CPU = torch.device("cpu")
+
+
+def _dataset(n, seed=0):
+    # Mid-grey noise: normalised values stay small, so a few steps stay in a tame regime where
+    # float rounding cannot be amplified into different clipping decisions of the loss.
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(64, 192, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x, y
+
+
+def _epoch_draws(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    return (perm, *draw_seed_augmentation(n, g))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("fused", [True, False])
+def test_engine_step_equals_plain_step(channels_last, fused):
+    name, bs = "alexnet_thinner_4", 16
+    n = 3 * bs + 5  # three full batches and a short last one
+    x_u8, y = _dataset(n)
+    perm, dy, dx, flip = _epoch_draws(n)
+    recipe = Recipe(epochs=3, batch_size=bs, lr=0.003)
+
+    torch.manual_seed(0)
+    ref = build_model(name)
+    torch.manual_seed(0)
+    model = build_model(name)
+    if channels_last:
+        # The same layout on both sides: max-pool ties may break differently across layouts,
+        # which a few steps amplify; the layouts' equality is tested in test_models.
+        ref = ref.to(memory_format=torch.channels_last)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.003, momentum=0.9, nesterov=True)
+    opts = EngineOptions(precision="fp32", channels_last=channels_last, fused_optimizer=fused)
+    engine = Engine(model, recipe, CPU, opts, x_u8, y, name)
+    engine.begin_epoch(perm, dy, dx, flip)
+
+    losses = []
+    for step in range(engine.steps_per_epoch):
+        if step == 2:  # a learning-rate change with Keras' momentum rescale, on both sides
+            engine.set_lr(0.001)
+            set_learning_rate(ref_opt, 0.001)
+        sl = slice(step * bs, min((step + 1) * bs, n))
+        idx = perm[sl]
+        xb = hflip(translate(normalize(x_u8[idx]), dy[sl], dx[sl]), flip[sl])
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(100 + step)  # the same dropout masks on both sides
+        losses.append(float(plain_step(ref, ref_opt, xb, y[idx])) * len(idx))
+        torch.manual_seed(100 + step)
+        engine.step(step)
+
+    loss_sum, correct, bad = engine.read_metrics()
+    assert bad == -1
+    assert loss_sum == pytest.approx(sum(losses), rel=1e-5)
+    for (name_, a), b in zip(ref.named_parameters(), model.parameters()):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-7, msg=name_)
+    # and they did move
+    torch.manual_seed(0)
+    fresh = build_model(name)
+    assert not torch.allclose(fresh.layers.fc3.weight, model.layers.fc3.weight)
+
+
+def test_device_side_batch_is_translate_plus_flip():
+    name, bs, n = "alexnet", 8, 20
+    x_u8, y = _dataset(n, seed=3)
+    perm, dy, dx, flip = _epoch_draws(n, seed=4)
+    engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y, name)
+    engine.begin_epoch(perm, dy, dx, flip, start_step=2)
+    xb, yb = engine._inputs(n - 2 * bs)
+    sl = slice(2 * bs, n)
+    want = hflip(translate(normalize(x_u8[perm[sl]]), dy[sl], dx[sl]), flip[sl])
+    torch.testing.assert_close(xb, want, rtol=0, atol=1e-6)
+    assert torch.equal(yb, y[perm[sl]])
+
+
+def test_tensor_learning_rate_matches_float_learning_rate():
+    torch.manual_seed(1)
+    a = build_model("alexnet_thinner_4")
+    b = build_model("alexnet_thinner_4")
+    b.load_state_dict(a.state_dict())
+    oa = make_optimizer(a, Recipe(), fused=True)
+    ob = make_optimizer(b, Recipe(), fused=True, lr_tensor_device=CPU)
+    assert isinstance(ob.param_groups[1]["lr"], torch.Tensor)
+    g = torch.Generator().manual_seed(2)
+    grads = [[torch.randn(p.shape, generator=g) for p in a.parameters()] for _ in range(4)]
+    for k, gs in enumerate(grads):
+        if k == 2:
+            set_learning_rate(oa, 0.001)
+            set_learning_rate(ob, 0.001)
+        for pa, pb, gr in zip(a.parameters(), b.parameters(), gs):
+            pa.grad, pb.grad = gr.clone(), gr.clone()
+        oa.step()
+        ob.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+
+
+def test_preparation_leaves_no_trace():
+    name, bs, n = "alexnet_thinner_4", 16, 40
+    x_u8, y = _dataset(n)
+    perm, dy, dx, flip = _epoch_draws(n)
+    torch.manual_seed(0)
+    model = build_model(name)
+    opts = EngineOptions(compile=True, compile_backend="eager")
+    engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y, name)
+    engine.begin_epoch(perm, dy, dx, flip, start_step=1, loss_sum=2.5, correct=3)
+    before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    engine._prepare(bs)
+    assert engine.setup_seconds > 0
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert int(engine.step_t) == 1 and engine.read_metrics() == (2.5, 3, -1)
+    assert all(
+        int(torch.count_nonzero(engine.optimizer.state[p]["momentum_buffer"])) == 0
+        for p in model.parameters()
+    )
+
+
+@pytest.mark.real_data
+def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_run, tmp_path):
+    """torch.compile (its eager backend here, for speed) with warm-up and an interruption."""
+    out = tmp_path / "run"
+    eng = EngineOptions(compile=True, compile_backend="eager")
+    with pytest.raises(Exception, match="Resume with"):
+        train(train_options(out, engine=eng), data=cifar10, on_step=interrupt_at(1, 1))
+    train(train_options(out, engine=eng, resume=True), data=cifar10)
+
+    def rows(p):
+        with open(p / "metrics.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    assert rows(out) == rows(reference_run)
+
+
+def test_engine_options_resolve_per_device():
+    cpu = EngineOptions().resolve(CPU, "alexnet")
+    assert (cpu.precision, cpu.compile, cpu.cuda_graphs) == ("fp32", False, False)
+    cuda = EngineOptions().resolve(torch.device("cuda"), "alexnet")
+    assert (cuda.precision, cuda.compile, cuda.cuda_graphs, cuda.channels_last) == (
+        "bf16",
+        True,
+        True,
+        True,
+    )
+    off = EngineOptions(precision="fp32", compile=False, cuda_graphs=False).resolve(
+        torch.device("cuda"), "alexnet"
+    )
+    assert (off.precision, off.compile, off.cuda_graphs) == ("fp32", False, False)
+    with pytest.raises(ValueError, match="bf16"):
+        EngineOptions(precision="bf16").resolve(CPU)
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        EngineOptions(cuda_graphs=True).resolve(CPU)
+
+
+def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):
+    with pytest.raises(RunSetupError, match="bf16"):
+        train(
+            TrainOptions(
+                model="alexnet",
+                out=tmp_path / "r",
+                device="cpu",
+                engine=EngineOptions(precision="bf16"),
+            ),
+            data=_fake_data(),
+        )
+
+
+def _fake_data():
+    from alexnet_cifar.data import CIFAR10
+
+    x, y = _dataset(40)
+    return CIFAR10(
+        x.numpy(), y.numpy(), x.numpy()[:20], y.numpy()[:20], [str(i) for i in range(10)]
+    )
+
+
+def test_nonfinite_loss_is_caught_at_its_step(tmp_path):
+    """A NaN in the weights shows as a non-finite loss at the very step it appears."""
+    from alexnet_cifar.train import NonFiniteLossError
+
+    def poison(trainer, epoch, step):
+        if (epoch, step) == (0, 1):
+            with torch.no_grad():
+                trainer.model.layers.fc3.bias.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3"):
+        train(
+            TrainOptions(
+                model="alexnet_thinner_4",
+                out=tmp_path / "r",
+                device="cpu",
+                recipe=Recipe(epochs=2, batch_size=8),
+                quiet=True,
+                tensorboard=False,
+            ),
+            data=_fake_data(),
+            on_step=poison,
+        )
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
