@@ -204,7 +204,10 @@ class Engine:
         """One step on the batch at ``step_t`` of size ``b``; reads and writes device state only."""
         recipe = self.recipe
         x, y = self._inputs(b)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # No autocast weight cache: it would hold tensors across a graph capture.
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
+        ):
             logits = self.forward(x)
         ce = keras_crossentropy(logits, y, recipe.loss_clip_eps).mean()
         ce.backward()

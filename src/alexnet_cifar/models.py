@@ -176,11 +176,25 @@ class MaxPool2dSame(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = tf_same_padding(x.shape[-2], self.kernel, self.stride)
-        left, right = tf_same_padding(x.shape[-1], self.kernel, self.stride)
+        h, w = x.shape[-2], x.shape[-1]
+        top, bottom = tf_same_padding(h, self.kernel, self.stride)
+        left, right = tf_same_padding(w, self.kernel, self.stride)
+        if top == left == 0 and self._ceil_mode_fits(h, bottom) and self._ceil_mode_fits(w, right):
+            # All the padding after: PyTorch's ceil_mode windows run off the end and ignore the
+            # missing cells, which is exactly -inf padding, without copying the input.
+            return F.max_pool2d(x, self.kernel, self.stride, ceil_mode=True)
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
         return F.max_pool2d(x, self.kernel, self.stride)
+
+    def _ceil_mode_fits(self, n: int, after: int) -> bool:
+        k, s = self.kernel, self.stride
+        if n < k:
+            return False
+        ceil_out = -(-(n - k) // s) + 1
+        # PyTorch drops a last window that would start in the padding; TF's output size is
+        # ceil(n / s). They agree when the last window starts inside the input.
+        return ceil_out == -(-n // s) and (ceil_out - 1) * s < n and after < k
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}, stride={self.stride}, padding=same"
