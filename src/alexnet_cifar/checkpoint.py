@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -132,24 +133,62 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def to_cpu(obj: Any) -> Any:
+    """The same nested structure with every tensor copied to the CPU (once, before saving)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def content_digest(obj: Any) -> str:
+    """A CRC-32 over every value of a nested state, tensors byte by byte.
+
+    ``torch.load`` notices a truncated file but not a flipped byte inside a tensor; this does.
+    """
+    crc = 0
+
+    def walk(o: Any, path: str) -> None:
+        nonlocal crc
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            crc = zlib.crc32(f"{path}:{t.dtype}:{tuple(t.shape)};".encode(), crc)
+            if t.numel():
+                crc = zlib.crc32(memoryview(t.reshape(-1).view(torch.uint8).numpy()), crc)
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str):
+                walk(o[k], f"{path}/{k}")
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{path}[{i}]")
+        else:
+            crc = zlib.crc32(f"{path}={o!r};".encode(), crc)
+
+    walk(obj, "")
+    return f"crc32:{crc:08x}"
+
+
+def _sealed(kind: str, state: dict) -> dict:
+    body = to_cpu({"format": kind, "version": FORMAT_VERSION, **state})
+    body["digest"] = content_digest(body)
+    return body
+
+
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
     """Write ``run_dir/checkpoint.pt`` atomically, keeping the previous one as the fallback."""
     run_dir = Path(run_dir)
-    state = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, **state}
+    body = _sealed(CHECKPOINT_FORMAT, state)
     path = run_dir / CHECKPOINT
-    atomic_write(path, lambda f: torch.save(state, f), keep_previous=run_dir / PREV_CHECKPOINT)
+    atomic_write(path, lambda f: torch.save(body, f), keep_previous=run_dir / PREV_CHECKPOINT)
     return path
 
 
 def save_model_file(path: Path, model_config: dict, state_dict: dict, meta: dict) -> None:
     """The final weights, with what it takes to rebuild the model."""
-    obj = {
-        "format": MODEL_FORMAT,
-        "version": FORMAT_VERSION,
-        "model_config": model_config,
-        "model": state_dict,
-        "meta": meta,
-    }
+    obj = _sealed(MODEL_FORMAT, {"model_config": model_config, "model": state_dict, "meta": meta})
     atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -171,6 +210,12 @@ def read_state(path: Path) -> dict:
         raise CheckpointError(
             f"{path} was written by a newer alexnet-cifar (format {obj['version']}); upgrade"
         )
+    if "digest" in obj:
+        stored = obj.pop("digest")
+        if content_digest(obj) != stored:
+            raise CheckpointError(
+                f"{path} is damaged: its contents do not match the checksum written with them"
+            )
     return obj
 
 

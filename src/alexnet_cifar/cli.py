@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its checkpoint (flags left out are "
         "taken from the run)",
     )
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume, accept a changed --epochs (the learning-rate drops stay put)",
+    )
     t.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
     t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     add_engine_flags(t)
@@ -384,6 +389,8 @@ def cmd_train(args) -> int:
             epochs=pick(args.epochs, "epochs", 300),
             batch_size=pick(args.batch_size, "batch_size", 64),
             lr=pick(args.lr, "lr", 0.01),
+            # a resumed run keeps its drops (they may have been kept across --force)
+            lr_milestones=prev_recipe.get("lr_milestones") if args.epochs is None else None,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -400,6 +407,7 @@ def cmd_train(args) -> int:
         eval_batch_size=args.eval_batch_size,
         engine=engine_options(args),
         resume=args.resume,
+        force=args.force,
         quiet=args.quiet or args.json,
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,

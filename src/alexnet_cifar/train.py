@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import platform
@@ -93,20 +94,26 @@ class TrainOptions:
     eval_batch_size: int | None = None  # None: 500 on CPU, 2000 on CUDA
     engine: EngineOptions = field(default_factory=EngineOptions)
     resume: bool = False
+    force: bool = False  # resume accepts SAFE_CHANGES (more epochs)
     quiet: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
     tensorboard: bool = True
 
     def run_identity(self) -> dict:
         """The fields that define what is computed: a resume must match them."""
-        return {
+        ident = {
             "model": self.model,
             "num_classes": self.num_classes,
-            "recipe": self.recipe.to_dict(),
             "seed": self.seed,
             "limit_train": self.limit_train,
             "limit_test": self.limit_test,
         }
+        ident.update({f"recipe.{k}": v for k, v in self.recipe.to_dict().items()})
+        return ident
+
+
+#: Changes a resume accepts with ``force``: they extend the run without changing its past.
+SAFE_CHANGES = {"recipe.epochs"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -223,25 +230,60 @@ class Trainer:
             self.say(f"nothing to resume in {self.out}: starting a new run there")
             return None
         state, path = load_checkpoint(self.out, warn=self.warn)
-        mine = self.opts.run_identity()
         theirs = state.get("run_identity", {})
-        diffs = [
-            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}"
-            for k in mine
-            if theirs.get(k) != mine[k]
-        ]
-        if diffs:
+        if self.opts.force and theirs.get("recipe.epochs") != self.opts.recipe.epochs:
+            # More (or fewer) epochs: keep the run's learning-rate drops where they were, so
+            # the epochs already trained stay what they were.
+            kept = tuple(theirs.get("recipe.lr_milestones") or ())
+            self.opts.recipe = self.opts.recipe.with_(lr_milestones=kept)
+            if theirs.get("recipe.epochs", 0) > self.opts.recipe.epochs or (
+                state["epoch"] > self.opts.recipe.epochs
+            ):
+                raise CheckpointError(
+                    f"{path} has trained {state['epoch']} epochs; --epochs "
+                    f"{self.opts.recipe.epochs} cannot shorten a run"
+                )
+            self.say(
+                f"--force: continuing to {self.opts.recipe.epochs} epochs; the learning-rate "
+                f"drops stay at epochs {', '.join(map(str, kept)) or 'none'}"
+            )
+            self._record_extension(theirs.get("recipe.epochs"))
+        mine = self.opts.run_identity()
+        diffs = [k for k in mine if theirs.get(k) != mine[k]]
+        refused = [k for k in diffs if not (self.opts.force and k in SAFE_CHANGES)]
+        if refused:
+            lines = [
+                f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}" for k in refused
+            ]
+            advice = (
+                "--force accepts only a change of --epochs"
+                if self.opts.force
+                else "add --force to change only the number of epochs"
+            )
             raise CheckpointError(
                 f"cannot resume {path} with different settings:\n  "
-                + "\n  ".join(diffs)
-                + "\nResume with the original settings (leave the flags out to reuse them) or "
-                "start a new run in another --out."
+                + "\n  ".join(lines)
+                + "\nResume with the original settings (leave the flags out to reuse them; "
+                f"{advice}), or start a new run in another --out."
             )
         if state["epoch"] >= self.opts.recipe.epochs:
             self.say(f"{self.out} has finished all {state['epoch']} epochs: nothing to train")
         else:
             self.say(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
         return state
+
+    def _record_extension(self, old_epochs) -> None:
+        """config.json follows a forced change, so a later plain --resume reuses it."""
+        path = self.out / CONFIG_FILE
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        config["recipe"] = self.opts.recipe.to_dict()
+        config.setdefault("changes", []).append(
+            {"recipe.epochs": [old_epochs, self.opts.recipe.epochs], "at": time.ctime()}
+        )
+        atomic_write_json(path, config)
 
     def setup(self) -> None:
         check_writable(self.out)
