@@ -271,3 +271,31 @@ def test_channels_last_model_computes_the_same():
     a = model(x)
     b = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_is_keras_inverted_dropout():
+    from alexnet_cifar.models import Dropout
+
+    torch.manual_seed(9)
+    d = Dropout(0.5)
+    x = torch.ones(400, 300)
+    y = d(x)
+    kept = y != 0
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0}  # kept units scaled by 1 / (1 - p)
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    assert torch.equal(d.eval()(x), x)
+
+
+def test_dropout_mask_does_not_depend_on_the_batch_split():
+    from alexnet_cifar.models import Dropout
+
+    x = torch.randn(12, 50)
+    torch.manual_seed(3)
+    whole = Dropout(0.5)(x)
+    parts = []
+    for offset, rows in [(0, 5), (5, 7)]:  # two ranks with uneven shards, same RNG state
+        torch.manual_seed(3)
+        d = Dropout(0.5)
+        d.batch_rows, d.row_offset = 12, offset
+        parts.append(d(x[offset : offset + rows]))
+    assert torch.equal(torch.cat(parts), whole)

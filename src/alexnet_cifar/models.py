@@ -223,6 +223,33 @@ class Dense(nn.Linear):
         return super().extra_repr() + (", relu" if self.relu else "")
 
 
+class Dropout(nn.Module):
+    """Keras ``Dropout`` (inverted: keep with probability 1 - p, scale kept units by 1/(1 - p)).
+
+    The mask is drawn for a batch of ``batch_rows`` rows, and this module's input is rows
+    ``row_offset:row_offset + len(x)`` of that batch. In one process both default to the input
+    itself. In data-parallel training every rank draws the same mask for the global batch and
+    keeps its own rows, so the result does not depend on how the batch is split over ranks.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.batch_rows: int | None = None
+        self.row_offset = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        rows = self.batch_rows or x.shape[0]
+        u = torch.rand((rows, *x.shape[1:]), device=x.device)
+        keep = u[self.row_offset : self.row_offset + x.shape[0]] >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class AlexNet(nn.Module):
     """One AlexNet variant. ``forward`` maps normalised NCHW images to logits."""
 
@@ -251,9 +278,9 @@ class AlexNet(nn.Module):
         d1, d2 = config.dense
         layers += [
             ("fc1", Dense(side * side * w5, d1, relu=True)),
-            ("drop1", nn.Dropout(config.dropout)),
+            ("drop1", Dropout(config.dropout)),
             ("fc2", Dense(d1, d2, relu=True)),
-            ("drop2", nn.Dropout(config.dropout)),
+            ("drop2", Dropout(config.dropout)),
             ("fc3", Dense(d2, config.num_classes, relu=False)),
         ]
         self.layers = nn.Sequential(OrderedDict(layers))
@@ -267,6 +294,14 @@ class AlexNet(nn.Module):
 
     def denses(self) -> list[Dense]:
         return [m for m in self.layers if isinstance(m, Dense)]
+
+    def dropouts(self) -> list[Dropout]:
+        return [m for m in self.layers if isinstance(m, Dropout)]
+
+    def set_batch_shard(self, batch_rows: int | None, row_offset: int = 0) -> None:
+        """This process sees rows ``row_offset:`` of a global batch of ``batch_rows`` rows."""
+        for d in self.dropouts():
+            d.batch_rows, d.row_offset = batch_rows, row_offset
 
     def regularized_parameters(self) -> list[nn.Parameter]:
         """The kernels that carry the L2 penalty (conv kernels of the ``_regular`` variants)."""
@@ -361,7 +396,7 @@ def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> L
         MaxPool2dSame: "MaxPooling2D",
         FlattenHWC: "Flatten",
         Dense: "Dense",
-        nn.Dropout: "Dropout",
+        Dropout: "Dropout",
     }
     for name, layer in model.layers.named_children():
         x = layer(x)
