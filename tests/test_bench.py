@@ -36,7 +36,7 @@ def test_bench_json_fields_are_consistent(capsys):
     for side in ("plain", "engine"):
         ms = r[f"{side}_ms"]
         assert ms > 0 and len(r[f"{side}_round_ms"]) == 2
-        assert r[f"{side}_images_per_s"] == pytest.approx(8 / (ms / 1e3), rel=1e-2)
+        assert r[f"{side}_images_per_s"] == pytest.approx(8 / (ms / 1e3), rel=1e-3, abs=0.006)
         flops = 6 * layer_table("alexnet_thinner_4").macs * 8
         assert r[f"{side}_tflops"] == pytest.approx(flops / (ms / 1e3) / 1e12, rel=1e-2, abs=1e-4)
     assert r["speedup"] == pytest.approx(r["plain_ms"] / r["engine_ms"], rel=1e-2)

@@ -52,7 +52,7 @@ def test_engine_step_equals_plain_step(channels_last, fused):
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.003, momentum=0.9, nesterov=True)
     opts = EngineOptions(precision="fp32", channels_last=channels_last, fused_optimizer=fused)
     engine = Engine(model, recipe, CPU, opts, x_u8, y, name)
-    engine.begin_epoch(perm, dy, dx, flip)
+    engine.begin_epoch(0, perm, dy, dx, flip)
 
     losses = []
     for step in range(engine.steps_per_epoch):
@@ -85,7 +85,7 @@ def test_device_side_batch_is_translate_plus_flip():
     x_u8, y = _dataset(n, seed=3)
     perm, dy, dx, flip = _epoch_draws(n, seed=4)
     engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y, name)
-    engine.begin_epoch(perm, dy, dx, flip, start_step=2)
+    engine.begin_epoch(0, perm, dy, dx, flip, start_step=2)
     xb, yb = engine._inputs(n - 2 * bs)
     sl = slice(2 * bs, n)
     want = hflip(translate(normalize(x_u8[perm[sl]]), dy[sl], dx[sl]), flip[sl])
@@ -123,7 +123,7 @@ def test_preparation_leaves_no_trace():
     model = build_model(name)
     opts = EngineOptions(compile=True, compile_backend="eager")
     engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y, name)
-    engine.begin_epoch(perm, dy, dx, flip, start_step=1, loss_sum=2.5, correct=3)
+    engine.begin_epoch(0, perm, dy, dx, flip, start_step=1, loss_sum=2.5, correct=3)
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     engine._prepare(bs)

@@ -124,9 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and model.pt (the final weights).",
     )
     t.add_argument("model", type=_model_name, metavar="MODEL", help="variant (see 'models')")
-    t.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="default 300")
-    t.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="default 64")
-    t.add_argument("--lr", type=_positive_float("--lr"), help="initial learning rate (0.01)")
+    t.add_argument(
+        "--recipe",
+        choices=["seed", "fast"],
+        help="seed (default): the post's recipe; fast: the same networks trained for the time "
+        "to reach the seed's accuracy (batch 512, warm-up and linear decay, label smoothing, "
+        "weight averaging, flip test-time augmentation; docs/performance.md)",
+    )
+    t.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="seed 300, fast 40")
+    t.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="seed 64, fast 512")
+    t.add_argument("--lr", type=_positive_float("--lr"), help="peak learning rate (0.01, 0.08)")
     t.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
     t.add_argument(
         "--data-dir",
@@ -369,31 +376,29 @@ def _run_settings(out: Path) -> dict:
         return {}
 
 
+def _recipe_from_args(args, prev_recipe: dict):
+    """The recipe a train-like command asks for: a resumed run's own, else the named one,
+    with the flags given on top."""
+    from .recipe import Recipe, get_recipe
+
+    try:
+        if prev_recipe and args.recipe in (None, prev_recipe.get("name", "seed")):
+            # a resumed run keeps its whole recipe, drops included (kept across --force)
+            base = Recipe.from_dict(prev_recipe)
+        else:
+            name = args.recipe or prev_recipe.get("name", "seed")
+            return get_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        return base.with_(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def cmd_train(args) -> int:
-    from .recipe import Recipe
     from .train import TrainOptions, train
 
     out = args.out if args.out is not None else Path("runs") / args.model
     prev = _run_settings(out) if args.resume else {}
-    prev_recipe = prev.get("recipe", {})
-
-    def pick(flag, key, default):
-        if flag is not None:
-            return flag
-        if key in prev_recipe:
-            return prev_recipe[key]
-        return default
-
-    try:
-        recipe = Recipe(
-            epochs=pick(args.epochs, "epochs", 300),
-            batch_size=pick(args.batch_size, "batch_size", 64),
-            lr=pick(args.lr, "lr", 0.01),
-            # a resumed run keeps its drops (they may have been kept across --force)
-            lr_milestones=prev_recipe.get("lr_milestones") if args.epochs is None else None,
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    recipe = _recipe_from_args(args, prev.get("recipe", {}))
     opts = TrainOptions(
         model=args.model,
         out=out,
@@ -413,6 +418,8 @@ def cmd_train(args) -> int:
         tensorboard=not args.no_tensorboard,
     )
     result = train(opts)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for the run
     if args.json:
         _print_json(result)
     else:

@@ -15,6 +15,7 @@ device. ``precision="fp32"`` with no compile and no graphs is the plain computat
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -23,8 +24,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from .augment import normalize, translate_flip
+from .distributed import DistContext, shard
 from .models import AlexNet
-from .optim import keras_crossentropy, make_optimizer, set_learning_rate
+from .optim import keras_crossentropy, make_optimizer, recipe_loss, set_learning_rate
 from .recipe import Recipe
 
 __all__ = ["Engine", "EngineOptions", "plain_step"]
@@ -51,7 +53,9 @@ class EngineOptions:
     cuda_graphs: bool | None = None  # one CUDA graph per step (auto: on CUDA)
     fused_optimizer: bool | None = None  # torch's fused SGD kernel (auto: on)
 
-    def resolve(self, device: torch.device, model_name: str = "") -> EngineOptions:
+    def resolve(
+        self, device: torch.device, model_name: str = "", world_size: int = 1
+    ) -> EngineOptions:
         cuda = device.type == "cuda"
         precision = self.precision
         if precision == "auto":
@@ -60,9 +64,13 @@ class EngineOptions:
             raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
         if precision == "bf16" and not cuda:
             raise ValueError("bf16 autocast is for CUDA; use --precision fp32 on the CPU")
-        graphs = self.cuda_graphs if self.cuda_graphs is not None else cuda
+        graphs = self.cuda_graphs if self.cuda_graphs is not None else cuda and world_size == 1
         if graphs and not cuda:
             raise ValueError("CUDA graphs need a CUDA device")
+        if graphs and world_size > 1:
+            raise ValueError(
+                "CUDA graphs are not used with data-parallel training; use --no-cuda-graphs"
+            )
         channels_last = self.channels_last
         if channels_last is None:
             channels_last = True if cuda else _CPU_CHANNELS_LAST.get(model_name, False)
@@ -108,10 +116,12 @@ class Engine:
         x_train: torch.Tensor,
         y_train: torch.Tensor,
         model_name: str = "",
+        dist: DistContext | None = None,
     ):
         self.device = device
         self.recipe = recipe
-        self.options = options.resolve(device, model_name)
+        self.dist = dist or DistContext()
+        self.options = options.resolve(device, model_name, self.dist.world_size)
         o = self.options
         self.model = model
         if o.channels_last:
@@ -131,12 +141,23 @@ class Engine:
             lr_tensor_device=device if o.cuda_graphs else None,
         )
         self._init_momentum()
+        # Weight averaging: the average is what gets evaluated and saved.
+        self.ema = (
+            [p.detach().clone() for p in model.parameters()] if recipe.ema_decay > 0 else None
+        )
+        self.ema_t = torch.zeros((), dtype=torch.float32, device=device)  # averaging steps
         self.forward = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if o.compile:
             kw = {"backend": o.compile_backend, "dynamic": False}
             if o.compile_mode:
                 kw["mode"] = o.compile_mode
-            self.forward = torch.compile(model, **kw)
+            self.forward = torch.compile(self.forward, **kw)
 
         self.x_train, self.y_train = x_train, y_train
         n = len(y_train)
@@ -152,6 +173,7 @@ class Engine:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.epoch = 0
         self._arange = torch.arange(self.batch_size, device=device)
         self._prepared: dict[int, torch.cuda.CUDAGraph | None] = {}
         self._pool = None
@@ -188,12 +210,14 @@ class Engine:
         self._init_momentum()
 
     def set_lr(self, lr: float) -> None:
-        set_learning_rate(self.optimizer, lr)
+        set_learning_rate(self.optimizer, lr, self.recipe.momentum_form == "keras")
 
     # ------------------------------------------------------------------ the step
     def _inputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch at ``step_t``: gathered, normalised, shifted and flipped on the device."""
-        pos = self.step_t * self.batch_size + self._arange[:b]
+        """This rank's rows of the global batch (of ``b`` rows) at ``step_t``: gathered,
+        normalised, shifted and flipped on the device."""
+        offset, size = shard(b, self.dist.world_size, self.dist.rank)
+        pos = self.step_t * self.batch_size + offset + self._arange[:size]
         idx = self.perm[pos]
         x = normalize(self.x_train[idx])
         if self.recipe.augment:
@@ -201,30 +225,46 @@ class Engine:
         return x.contiguous(memory_format=self.memory_format), self.y_train[idx]
 
     def _step(self, b: int) -> None:
-        """One step on the batch at ``step_t`` of size ``b``; reads and writes device state only."""
-        recipe = self.recipe
+        """One step on the global batch at ``step_t`` of ``b`` rows; device state only."""
+        recipe, world = self.recipe, self.dist.world_size
+        offset, size = shard(b, world, self.dist.rank)
+        if self.dist.enabled:
+            self.model.set_batch_shard(b, offset)
         x, y = self._inputs(b)
         # No autocast weight cache: it would hold tensors across a graph capture.
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
         ):
             logits = self.forward(x)
-        ce = keras_crossentropy(logits, y, recipe.loss_clip_eps).mean()
-        ce.backward()
+        ce_sum = recipe_loss(logits, y, recipe).sum()
+        # The mean over the global batch: DDP averages the ranks' gradients, hence x world.
+        (ce_sum * (world / b)).backward()
         with torch.no_grad():
-            loss = ce.detach() + self.model.l2_penalty()  # at the pre-step weights, as Keras
-            self.loss_sum.add_(loss.double() * b)
+            # Keras' loss adds the L2 term at the weights the loss was computed with.
+            loss = ce_sum.detach() + self.model.l2_penalty() * size
+            self.loss_sum.add_(loss.double())
             self.correct.add_((logits.argmax(1) == y).sum())
             first_bad = (~torch.isfinite(loss)) & (self.bad_step < 0)
             self.bad_step.copy_(torch.where(first_bad, self.step_t, self.bad_step))
             self.step_t.add_(1)
         self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                # The decay ramps up as (1 + t) / (10 + t) to ema_decay, so a short run's
+                # average is not stuck near the initial weights.
+                self.ema_t.add_(1)
+                d = torch.clamp((1 + self.ema_t) / (10 + self.ema_t), max=recipe.ema_decay)
+                params = [p.detach() for p in self.model.parameters()]
+                torch._foreach_mul_(self.ema, d)
+                torch._foreach_add_(self.ema, torch._foreach_mul(params, 1 - d))
 
     def _batch_size_of(self, step: int) -> int:
         return min(self.batch_size, self.n - step * self.batch_size)
 
     def step(self, step: int) -> None:
         """Run step ``step`` of the epoch (the device counter must already be there)."""
+        if self.recipe.per_step_lr:
+            self.set_lr(self.recipe.lr_at(self.epoch, step, self.steps_per_epoch))
         b = self._batch_size_of(step)
         if b not in self._prepared:
             self._prepare(b)
@@ -242,6 +282,8 @@ class Engine:
         return {
             "params": params,
             "bufs": bufs,
+            "ema": [t.clone() for t in self.ema] if self.ema is not None else None,
+            "ema_t": self.ema_t.clone(),
             "acc": [t.clone() for t in (self.step_t, self.loss_sum, self.correct, self.bad_step)],
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device)
@@ -255,6 +297,9 @@ class Engine:
             p.copy_(v)
         for p, v in zip(self.model.parameters(), snap["bufs"]):
             self.optimizer.state[p]["momentum_buffer"].copy_(v)
+        if snap["ema"] is not None:
+            torch._foreach_copy_(self.ema, snap["ema"])
+        self.ema_t.copy_(snap["ema_t"])
         for t, v in zip((self.step_t, self.loss_sum, self.correct, self.bad_step), snap["acc"]):
             t.copy_(v)
         torch.set_rng_state(snap["rng_cpu"])
@@ -322,6 +367,7 @@ class Engine:
     # ------------------------------------------------------------------ epochs and metrics
     def begin_epoch(
         self,
+        epoch: int,
         perm: torch.Tensor,
         dy: torch.Tensor,
         dx: torch.Tensor,
@@ -330,7 +376,12 @@ class Engine:
         loss_sum: float = 0.0,
         correct: int = 0,
     ) -> None:
-        """Load the epoch's order and draws into the static buffers; reset the accumulators."""
+        """Load the epoch's order and draws into the static buffers; reset the accumulators.
+
+        ``loss_sum`` and ``correct`` carry a resumed epoch's sums (this process's share).
+        """
+        self.epoch = epoch
+        self.set_lr(self.recipe.lr_at(epoch, start_step, self.steps_per_epoch))
         self.perm.copy_(perm, non_blocking=True)
         self.dy.copy_(dy, non_blocking=True)
         self.dx.copy_(dx, non_blocking=True)
@@ -340,10 +391,50 @@ class Engine:
         self.correct.fill_(correct)
         self.bad_step.fill_(-1)
 
-    def read_metrics(self) -> tuple[float, int, int]:
-        """(loss sum, correct, first non-finite step or -1): one synchronising read."""
-        v = torch.stack([self.loss_sum, self.correct.double(), self.bad_step.double()]).cpu()
-        return float(v[0]), int(v[1]), int(v[2])
+    def read_metrics(self, local: bool = False) -> tuple[float, int, int]:
+        """(loss sum, correct, first non-finite step or -1) over all ranks (or this one):
+        one synchronising read."""
+        sums = torch.stack([self.loss_sum, self.correct.double()])
+        big = torch.iinfo(torch.long).max
+        bad = torch.where(self.bad_step < 0, big, self.bad_step).reshape(1)
+        if not local:
+            self.dist.all_reduce(sums, "sum")
+            self.dist.all_reduce(bad, "min")
+        sums, bad = sums.cpu(), int(bad.cpu())
+        return float(sums[0]), int(sums[1]), -1 if bad == big else bad
+
+    def local_sums(self) -> dict:
+        """This rank's partial sums, for a mid-epoch checkpoint."""
+        loss_sum, correct, _ = self.read_metrics(local=True)
+        return {"loss_sum": loss_sum, "correct": correct}
+
+    def extra_state(self) -> dict:
+        if self.ema is None:
+            return {"ema": None}
+        return {"ema": [t.detach() for t in self.ema], "ema_t": self.ema_t.detach()}
+
+    @torch.no_grad()
+    def load_extra_state(self, state: dict | None) -> None:
+        ema = (state or {}).get("ema")
+        if self.ema is not None and ema is not None:
+            torch._foreach_copy_(self.ema, [t.to(self.device) for t in ema])
+            self.ema_t.copy_(state["ema_t"])
+
+    @contextlib.contextmanager
+    def evaluated_weights(self):
+        """The weights to evaluate and save: the moving average when the recipe keeps one."""
+        if self.ema is None:
+            yield
+            return
+        params = [p.detach() for p in self.model.parameters()]
+        backup = [p.clone() for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, backup)
 
     def peek_metrics(self) -> tuple[float, int, int] | None:
         """The accumulators as of a recent step, without waiting for the device.

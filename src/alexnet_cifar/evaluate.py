@@ -84,6 +84,7 @@ def evaluate_model(
     loss_clip_eps: float = 1e-7,
     channels_last: bool = False,
     precision: str = "fp32",
+    tta_flip: bool = False,
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on uint8 NHWC images (dropout off)."""
     was_training = model.training
@@ -93,6 +94,12 @@ def evaluate_model(
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels).to(device)
         logits = logits_in_batches(model, images, batch_size, channels_last, precision=precision)
+        if tta_flip:
+            # the mean of the softmax of each image and its mirror image, back as log-probs
+            mirrored = logits_in_batches(
+                model, images, batch_size, channels_last, flip=True, precision=precision
+            )
+            logits = torch.log((torch.softmax(logits, 1) + torch.softmax(mirrored, 1)) / 2)
         ce = keras_crossentropy(logits, labels, loss_clip_eps)
         pred = logits.argmax(1)
         k = model.config.num_classes

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from .models import AlexNet
 from .recipe import Recipe
 
-__all__ = ["keras_crossentropy", "make_optimizer", "set_learning_rate", "get_learning_rate"]
+__all__ = [
+    "get_learning_rate",
+    "keras_crossentropy",
+    "make_optimizer",
+    "recipe_loss",
+    "set_learning_rate",
+]
 
 
 def keras_crossentropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7):
@@ -85,23 +91,37 @@ def get_learning_rate(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+def recipe_loss(logits: torch.Tensor, target: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """Per-sample training loss of a recipe: Keras' clipped cross-entropy, or label-smoothed."""
+    if recipe.label_smoothing > 0:
+        return F.cross_entropy(
+            logits.float(), target, label_smoothing=recipe.label_smoothing, reduction="none"
+        )
+    return keras_crossentropy(logits, target, recipe.loss_clip_eps)
+
+
 @torch.no_grad()
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set lr the Keras way: the momentum buffers are rescaled by lr_old / lr_new.
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, lr: float, rescale_momentum: bool = True
+) -> None:
+    """Set lr, by default the Keras way: the momentum buffers are rescaled by lr_old / lr_new.
 
     Keras' velocity v = -lr_old * b keeps its value across the change; torch's buffer must then
     become -v / lr_new = b * lr_old / lr_new. Buffers that do not exist yet (before the first
-    step) are left alone, as Keras' zero velocity needs no change.
+    step) are left alone, as Keras' zero velocity needs no change. ``rescale_momentum=False``
+    is PyTorch's own semantics.
     """
     for group in optimizer.param_groups:
         current = group["lr"]
-        old = float(current)
+        old = float(current) if rescale_momentum or not isinstance(current, torch.Tensor) else None
         if old == lr:
             continue
         if isinstance(current, torch.Tensor):
             current.fill_(lr)  # in place: a captured graph reads this tensor
         else:
             group["lr"] = lr
+        if not rescale_momentum:
+            continue
         buffers = [
             optimizer.state[p]["momentum_buffer"]
             for p in group["params"]

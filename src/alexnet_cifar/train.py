@@ -39,8 +39,9 @@ from .checkpoint import (
     save_model_file,
 )
 from .data import CIFAR10, load_cifar10
+from .distributed import DistContext, init_distributed, shard
 from .engine import Engine, EngineOptions
-from .evaluate import evaluate_model
+from .evaluate import EvalResult, evaluate_model
 from .models import AlexNet, get_config
 from .recipe import Recipe
 
@@ -202,7 +203,12 @@ class Trainer:
     ):
         self.opts = options
         self.out = Path(options.out)
-        self.device = resolve_device(options.device)
+        device = resolve_device(options.device)
+        # Under torchrun: join the process group; each rank uses its own GPU.
+        self.dist: DistContext = init_distributed(device.type)
+        if device.type == "cuda" and self.dist.enabled and device.index is None:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
         self.on_step = on_step
         self._log = log or (lambda msg: print(msg, flush=True))
         self._given_data = data
@@ -210,11 +216,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ output helpers
     def say(self, msg: str) -> None:
-        if not self.opts.quiet:
+        if not self.opts.quiet and self.dist.is_main:
             self._log(msg)
 
     def warn(self, msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        if self.dist.is_main:
+            print(msg, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ setup
     def _load_resume_state(self) -> dict | None:
@@ -286,12 +293,16 @@ class Trainer:
         atomic_write_json(path, config)
 
     def setup(self) -> None:
-        check_writable(self.out)
-        self.lock = RunLock(self.out).acquire()
+        # Only rank 0 writes, so only rank 0 checks the folder and holds its lock.
+        self.lock = None
+        if self.dist.is_main:
+            check_writable(self.out)
+            self.lock = RunLock(self.out).acquire()
         try:
             self._setup_locked()
         except BaseException:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
             raise
 
     def _setup_locked(self) -> None:
@@ -321,7 +332,14 @@ class Trainer:
         self.model: AlexNet = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
         try:
             self.engine = Engine(
-                self.model, opts.recipe, dev, opts.engine, self.x_train, self.y_train, opts.model
+                self.model,
+                opts.recipe,
+                dev,
+                opts.engine,
+                self.x_train,
+                self.y_train,
+                opts.model,
+                self.dist,
             )
         except ValueError as e:
             raise RunSetupError(str(e)) from e
@@ -335,6 +353,7 @@ class Trainer:
             st = self.resume_state
             self.model.load_state_dict(st["model"])
             self.engine.load_optimizer_state(st["optimizer"])
+            self.engine.load_extra_state(st.get("engine"))
             self.data_gen.set_state(st["rng"]["data"])
             torch.set_rng_state(st["rng"]["cpu"])
             if dev.type == "cuda" and st["rng"].get("cuda") is not None:
@@ -342,7 +361,7 @@ class Trainer:
             self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
             self.partial = st.get("partial")
             self.history = list(st.get("history", []))
-        else:
+        elif self.dist.is_main:
             self._write_config()
         self.steps_per_epoch = math.ceil(self.n_train / opts.recipe.batch_size)
 
@@ -360,6 +379,7 @@ class Trainer:
             "verify": o.verify,
             "device": str(self.device),
             "engine": self.engine.options.to_dict(),
+            "world_size": self.dist.world_size,
             "eval_batch_size": self.eval_batch_size,
             "n_train": int(self.n_train),
             "n_test": int(len(self.y_test)),
@@ -378,6 +398,8 @@ class Trainer:
         }
 
     def _save(self, epoch: int, step: int, data_state: torch.Tensor, partial: dict | None):
+        if not self.dist.is_main:
+            return
         save_checkpoint(
             self.out,
             {
@@ -388,6 +410,7 @@ class Trainer:
                 "step": step,
                 "model": self.model.state_dict(),
                 "optimizer": self.engine.optimizer_state(),
+                "engine": self.engine.extra_state(),
                 "rng": self._rng_state(data_state),
                 "partial": partial,
                 "history": self.history,
@@ -395,6 +418,8 @@ class Trainer:
         )
 
     def _write_metrics(self) -> None:
+        if not self.dist.is_main:
+            return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
         w.writeheader()
@@ -404,13 +429,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        self.setup()
         try:
-            with _SignalGuard() as guard:
-                self.guard = guard
-                return self._run()
+            self.setup()
+            try:
+                with _SignalGuard() as guard:
+                    self.guard = guard
+                    return self._run()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
         finally:
-            self.lock.release()
+            self.dist.close()
+
+    def _stop_requested(self, step: int, last: bool) -> bool:
+        """Whether a signal asks to stop here. Ranks agree, every few steps, on one step."""
+        if not self.dist.enabled:
+            return self.guard.signum is not None
+        every = 50 if self.device.type == "cuda" else 5
+        if not last and step % every:
+            return False
+        flag = torch.tensor([0 if self.guard.signum is None else self.guard.signum])
+        flag = flag.to(self.device if self.device.type == "cuda" else "cpu")
+        signum = int(self.dist.all_reduce(flag, "max").cpu())
+        if signum and self.guard.signum is None:
+            self.guard.signum = signum
+        return bool(signum)
 
     def _progress_enabled(self) -> bool:
         if self.opts.quiet:
@@ -422,7 +465,7 @@ class Trainer:
     def _run(self) -> dict:
         opts, recipe = self.opts, self.opts.recipe
         tb = None
-        if opts.tensorboard:
+        if opts.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a crashed run logged past its last checkpoint.
@@ -439,7 +482,8 @@ class Trainer:
                     tb.flush()
                 self._save(epoch + 1, 0, self.data_gen.get_state(), None)
                 self._report_epoch(row)
-                if self.guard.signum is not None:
+                if self._stop_requested(0, last=True):
+                    self.dist.barrier()  # the checkpoint is on disk before any rank leaves
                     self._interrupted(epoch + 1, 0)
         finally:
             if tb is not None:
@@ -471,11 +515,11 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         recipe = self.opts.recipe
         dev, bs, n = self.device, recipe.batch_size, self.n_train
-        engine = self.engine
-        lr = recipe.lr_at(epoch)
-        engine.set_lr(lr)
+        engine, spe = self.engine, self.steps_per_epoch
+        world, rank = self.dist.world_size, self.dist.rank
 
-        # The epoch's randomness, drawn on the CPU in one go: the same on every device.
+        # The epoch's randomness, drawn on the CPU in one go: the same on every device and
+        # every rank.
         epoch_state = self.data_gen.get_state()
         perm = torch.randperm(n, generator=self.data_gen)
         dy, dx, flip = draw_seed_augmentation(
@@ -489,35 +533,40 @@ class Trainer:
             partial = self.partial or {}
             seen = int(partial.get("seen", 0))
             seconds_before = float(partial.get("seconds", 0.0))
+        # A resumed epoch's sums were summed over ranks when saved: rank 0 carries them.
+        carried = partial if self.dist.is_main else {}
         engine.begin_epoch(
+            epoch,
             perm.to(dev),
             dy.to(dev),
             dx.to(dev),
             flip.to(dev),
             start_step,
-            float(partial.get("loss_sum", 0.0)),
-            int(partial.get("correct", 0)),
+            float(carried.get("loss_sum", 0.0)),
+            int(carried.get("correct", 0)),
         )
 
         self.model.train()
         setup_before = engine.setup_seconds
         t0 = time.perf_counter()
         bar = None
-        if self._progress_enabled():
+        if self._progress_enabled() and self.dist.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(
-                total=self.steps_per_epoch,
+                total=spe,
                 initial=start_step,
                 desc=f"epoch {epoch + 1}/{recipe.epochs}",
                 unit="step",
                 leave=False,
                 dynamic_ncols=True,
             )
-        last_peek = 0.0
-        for step in range(start_step, self.steps_per_epoch):
+        last_peek, mine = 0.0, 0  # mine: the images this rank has seen this epoch
+        for step in range(start_step, spe):
             engine.step(step)
-            seen += min(bs, n - step * bs)
+            b = min(bs, n - step * bs)
+            seen += b
+            mine += shard(b, world, rank)[1]
             if self.on_step is not None:
                 self.on_step(self, epoch, step)
             now = time.perf_counter()
@@ -526,20 +575,19 @@ class Trainer:
                 last_peek = now
                 snap = engine.peek_metrics()
                 if snap is not None:
-                    if snap[2] >= 0:
+                    if snap[2] >= 0 and not self.dist.enabled:  # ranks agree at the epoch end
                         raise self._nonfinite(epoch, snap[2])
                     if bar is not None:
                         elapsed = now - t0 - (engine.setup_seconds - setup_before)
-                        done = seen - start_step * bs
                         bar.set_postfix(
-                            loss=f"{snap[0] / max(seen, 1):.4f}",
-                            acc=f"{snap[1] / max(seen, 1):.4f}",
-                            img_s=f"{done / max(elapsed, 1e-9):.0f}",
+                            loss=f"{snap[0] / max(mine, 1):.4f}",
+                            acc=f"{snap[1] / max(mine, 1):.4f}",
+                            img_s=f"{(seen - start_step * bs) / max(elapsed, 1e-9):.0f}",
                             refresh=False,
                         )
             if bar is not None:
                 bar.update(1)
-            if self.guard.signum is not None and step + 1 < self.steps_per_epoch:
+            if step + 1 < spe and self._stop_requested(step, last=False):
                 if bar is not None:
                     bar.close()
                 loss_sum, correct, bad = engine.read_metrics()
@@ -557,6 +605,7 @@ class Trainer:
                         "seconds": seconds_before + elapsed,
                     },
                 )
+                self.dist.barrier()
                 self._interrupted(epoch, step + 1)
         if bar is not None:
             bar.close()
@@ -575,20 +624,43 @@ class Trainer:
             "accuracy": correct / seen,
             "val_loss": ev.loss,
             "val_accuracy": ev.accuracy,
-            "lr": lr,
+            "lr": recipe.lr_at(epoch, spe - 1, spe),
             "seconds": round(seconds, 3),
         }
 
-    def _evaluate(self):
-        return evaluate_model(
-            self.model,
-            self.x_test,
-            self.y_test,
-            classes=self.classes,
-            batch_size=self.eval_batch_size,
-            loss_clip_eps=self.opts.recipe.loss_clip_eps,
-            channels_last=self.channels_last,
-            precision=self.eval_precision,
+    def _evaluate(self) -> EvalResult:
+        """The test set, on the weights the recipe evaluates; split over ranks and summed."""
+        n, world, rank = len(self.y_test), self.dist.world_size, self.dist.rank
+        offset, size = shard(n, world, rank)
+        with self.engine.evaluated_weights():
+            ev = evaluate_model(
+                self.model,
+                self.x_test[offset : offset + size],
+                self.y_test[offset : offset + size],
+                classes=self.classes,
+                batch_size=self.eval_batch_size,
+                loss_clip_eps=self.opts.recipe.loss_clip_eps,
+                channels_last=self.channels_last,
+                precision=self.eval_precision,
+                tta_flip=self.opts.recipe.tta_flip,
+            )
+        if not self.dist.enabled:
+            return ev
+        where = self.device if self.device.type == "cuda" else torch.device("cpu")
+        sums = torch.tensor([ev.cross_entropy * ev.n, ev.n], dtype=torch.float64, device=where)
+        confusion = torch.from_numpy(ev.confusion).to(where)
+        self.dist.all_reduce(sums, "sum")
+        self.dist.all_reduce(confusion, "sum")
+        ce_sum, total = float(sums[0]), int(sums[1])
+        confusion = confusion.cpu().numpy()
+        penalty = ev.loss - ev.cross_entropy
+        return EvalResult(
+            loss=ce_sum / total + penalty,
+            accuracy=float(confusion.trace()) / total,
+            cross_entropy=ce_sum / total,
+            n=total,
+            confusion=confusion,
+            classes=ev.classes,
         )
 
     def _nonfinite(self, epoch: int, step: int) -> NonFiniteLossError:
@@ -623,6 +695,8 @@ class Trainer:
             "train_seconds": round(sum(r["seconds"] for r in self.history), 3),
             "params": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "recipe": opts.recipe.name,
             "compile_seconds": round(self.engine.setup_seconds, 3),
             "model_file": str(model_path),
             # the final model on the test set: what a report needs without the data
@@ -630,7 +704,10 @@ class Trainer:
             "per_class_accuracy": ev.to_dict()["per_class_accuracy"],
             "confusion_matrix": ev.confusion.tolist(),
         }
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if not self.dist.is_main:
+            return result
+        with self.engine.evaluated_weights():  # the weights that were evaluated
+            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         save_model_file(
             model_path,
             self.model.config.to_dict(),

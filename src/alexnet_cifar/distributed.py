@@ -1,0 +1,73 @@
+"""Data-parallel training on PyTorch's own machinery: torchrun, a process group, DDP.
+
+``torchrun --nproc-per-node N -m alexnet_cifar train ...`` starts N copies of the command; each
+finds its rank in the environment torchrun sets. Every rank holds the whole data set, draws the
+same shuffle, shifts, flips and dropout masks, and trains on its own rows of every global
+batch; DDP averages the gradients. The global batch and the recipe do not change with N, and
+neither does the result, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistContext", "init_distributed", "shard"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this process created the process group (and ends it)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """In place across ranks (a no-op in one process); returns ``t``."""
+        if self.enabled:
+            ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+            dist.all_reduce(t, op=ops[op])
+        return t
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_type: str) -> DistContext:
+    """The context torchrun describes in the environment; one process when it describes none."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        owns = True
+    return DistContext(rank, world, local_rank, owns)
+
+
+def shard(batch: int, world_size: int, rank: int) -> tuple[int, int]:
+    """(offset, size) of this rank's rows in a global batch: as even as the batch allows."""
+    base, extra = divmod(batch, world_size)
+    size = base + (1 if rank < extra else 0)
+    return rank * base + min(rank, extra), size

@@ -1,0 +1,164 @@
+"""The fast recipe: named fields, its schedule, weight averaging, flip TTA; learning, resuming."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from alexnet_cifar import build_model
+from alexnet_cifar.augment import normalize
+from alexnet_cifar.engine import Engine, EngineOptions
+from alexnet_cifar.evaluate import evaluate_model
+from alexnet_cifar.recipe import Recipe, get_recipe
+from alexnet_cifar.train import TrainingInterrupted, train
+
+from .conftest import interrupt_at, train_options
+
+
+def test_fast_recipe_is_named_fields_with_linear_lr_scaling():
+    fast = get_recipe("fast")
+    assert (fast.name, fast.batch_size, fast.lr) == ("fast", 512, pytest.approx(0.08))
+    assert fast.label_smoothing == 0.1 and fast.tta_flip and fast.ema_decay > 0
+    assert fast.momentum_form == "torch" and fast.lr_schedule == "warmup_linear"
+    assert get_recipe("fast", batch_size=64).lr == pytest.approx(0.01)
+    assert get_recipe("fast", batch_size=64, lr=0.03).lr == pytest.approx(0.03)
+    assert get_recipe("seed").to_dict() == Recipe().to_dict()
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("slow")
+    with pytest.raises(ValueError, match="loss_clip_eps=0"):
+        Recipe(label_smoothing=0.1)
+
+
+def test_warmup_linear_schedule():
+    r = Recipe(
+        epochs=10,
+        lr=1.0,
+        lr_schedule="warmup_linear",
+        lr_warmup_epochs=2,
+        lr_final_fraction=0.1,
+        momentum_form="torch",
+    )
+    spe = 10
+    lrs = [r.lr_at(e, s, spe) for e in range(10) for s in range(spe)]
+    assert lrs[0] == pytest.approx(1 / 20)  # the first step already moves
+    assert lrs[19] == pytest.approx(1.0)  # the end of the warm-up: the peak
+    assert lrs[-1] == pytest.approx(0.1)  # the last step: the final fraction
+    assert all(a < b for a, b in zip(lrs[:20], lrs[1:20]))
+    assert all(a > b for a, b in zip(lrs[19:], lrs[20:]))
+    assert r.per_step_lr and not Recipe().per_step_lr
+
+
+def test_weight_average_follows_its_definition():
+    torch.manual_seed(0)
+    model = build_model("alexnet_thinner_4")
+    recipe = Recipe(batch_size=8, ema_decay=0.9, momentum_form="torch")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(64, 192, (24, 32, 32, 3), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (24,), generator=g)
+    engine = Engine(model, recipe, torch.device("cpu"), EngineOptions(), x, y)
+    engine.begin_epoch(
+        0, torch.arange(24), torch.zeros(24), torch.zeros(24), torch.zeros(24, dtype=torch.bool)
+    )
+    want = [p.detach().clone() for p in model.parameters()]
+    for step in range(3):
+        engine.step(step)
+        d = min(0.9, (1 + (step + 1)) / (10 + (step + 1)))
+        want = [d * w + (1 - d) * p.detach() for w, p in zip(want, model.parameters())]
+    for a, b in zip(engine.ema, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    current = [p.detach().clone() for p in model.parameters()]
+    with engine.evaluated_weights():
+        for p, e in zip(model.parameters(), engine.ema):
+            assert torch.equal(p, e)
+    for p, c in zip(model.parameters(), current):
+        assert torch.equal(p, c)  # put back
+
+
+def test_flip_tta_is_the_mean_of_the_two_softmaxes():
+    torch.manual_seed(2)
+    model = build_model("alexnet").eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (10, 32, 32, 3), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (10,), generator=g)
+    ev = evaluate_model(model, x, y, tta_flip=True, loss_clip_eps=0)
+    with torch.no_grad():
+        xf = normalize(x)
+        p = (torch.softmax(model(xf), 1) + torch.softmax(model(xf.flip(-1)), 1)) / 2
+    want_ce = float(-torch.log(p[torch.arange(10), y]).mean())
+    assert ev.cross_entropy == pytest.approx(want_ce, rel=1e-5)
+    assert ev.accuracy == pytest.approx(float((p.argmax(1) == y).float().mean()))
+
+
+@pytest.mark.real_data
+def test_fast_recipe_resumes_exactly(cifar10, tmp_path):
+    fast = get_recipe("fast", epochs=3, batch_size=32)
+    ref = tmp_path / "ref"
+    train(train_options(ref, recipe=fast), data=cifar10)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(train_options(out, recipe=fast), data=cifar10, on_step=interrupt_at(1, 2))
+    train(train_options(out, resume=True, recipe=fast), data=cifar10)
+
+    def rows(p):
+        with open(p / "metrics.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    assert rows(out) == rows(ref)
+    lrs = [float(r["lr"]) for r in rows(ref)]
+    assert lrs[-1] == pytest.approx(0.0)  # decayed to nothing at the last step
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_fast_recipe_learns_on_a_subset(cifar10_dir, tmp_path):
+    # alexnet, 3 epochs of 2,000 images at batch 64 (lr scaled to 0.01): about 40 s on 2 cores
+    # and 27% on 500 test images (chance: 10%, one standard deviation 1.3 points).
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_cifar",
+            "train",
+            "alexnet",
+            "--recipe",
+            "fast",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "64",
+            "--limit-train",
+            "2000",
+            "--limit-test",
+            "500",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--json",
+            "--no-verify",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, CIFAR10_DIR=str(cifar10_dir)),
+    )
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert result["recipe"] == "fast"
+    assert result["test_accuracy"] > 0.18, result
+    config = json.loads((out / "config.json").read_text())
+    for field in (
+        "lr_schedule",
+        "lr_warmup_epochs",
+        "label_smoothing",
+        "ema_decay",
+        "tta_flip",
+        "momentum_form",
+    ):
+        assert field in config["recipe"]
+    assert config["recipe"]["lr"] == pytest.approx(0.01)
