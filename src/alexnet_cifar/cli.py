@@ -103,6 +103,45 @@ def engine_options(args):
     )
 
 
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The training flags shared by ``train`` and ``study`` (all but MODEL, --out, --resume,
+    --force and --json)."""
+    p.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="default 300")
+    p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="default 64")
+    p.add_argument("--lr", type=_positive_float("--lr"), help="initial learning rate (0.01)")
+    p.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding cifar-10-batches-bin (or -py); "
+        "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
+    )
+    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
+    p.add_argument(
+        "--limit-train",
+        type=_int_at_least(1, "--limit-train"),
+        metavar="N",
+        help="train on a class-balanced subset of N images fixed by the seed",
+    )
+    p.add_argument(
+        "--limit-test",
+        type=_int_at_least(1, "--limit-test"),
+        metavar="N",
+        help="evaluate on a class-balanced subset of N test images",
+    )
+    p.add_argument(
+        "--eval-batch-size",
+        type=_int_at_least(1, "--eval-batch-size"),
+        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    add_engine_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -124,34 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and model.pt (the final weights).",
     )
     t.add_argument("model", type=_model_name, metavar="MODEL", help="variant (see 'models')")
-    t.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="default 300")
-    t.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="default 64")
-    t.add_argument("--lr", type=_positive_float("--lr"), help="initial learning rate (0.01)")
-    t.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
-    t.add_argument(
-        "--data-dir",
-        help="folder holding cifar-10-batches-bin (or -py); "
-        "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
-    )
+    add_train_flags(t)
     t.add_argument("--out", type=Path, help="run folder (default runs/MODEL)")
-    t.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
-    t.add_argument(
-        "--limit-train",
-        type=_int_at_least(1, "--limit-train"),
-        metavar="N",
-        help="train on a class-balanced subset of N images fixed by the seed",
-    )
-    t.add_argument(
-        "--limit-test",
-        type=_int_at_least(1, "--limit-test"),
-        metavar="N",
-        help="evaluate on a class-balanced subset of N test images",
-    )
-    t.add_argument(
-        "--eval-batch-size",
-        type=_int_at_least(1, "--eval-batch-size"),
-        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
-    )
     t.add_argument(
         "--resume",
         action="store_true",
@@ -162,13 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="with --resume, accept a changed --epochs (the learning-rate drops stay put)",
-    )
-    t.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
-    t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
-    add_engine_flags(t)
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument(
-        "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
     )
     t.add_argument("--json", action="store_true", help="print the final result as JSON")
     t.set_defaults(func=cmd_train)
@@ -369,12 +375,12 @@ def _run_settings(out: Path) -> dict:
         return {}
 
 
-def cmd_train(args) -> int:
+def train_options(args, model: str, out: Path, prev: dict, resume: bool):
+    """TrainOptions from the shared training flags; a flag left out takes its value from
+    ``prev`` (the settings of an earlier run or study: recipe, seed, limits), else the default."""
     from .recipe import Recipe
-    from .train import TrainOptions, train
+    from .train import TrainOptions
 
-    out = args.out if args.out is not None else Path("runs") / args.model
-    prev = _run_settings(out) if args.resume else {}
     prev_recipe = prev.get("recipe", {})
 
     def pick(flag, key, default):
@@ -394,8 +400,8 @@ def cmd_train(args) -> int:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    opts = TrainOptions(
-        model=args.model,
+    return TrainOptions(
+        model=model,
         out=out,
         recipe=recipe,
         seed=args.seed if args.seed is not None else prev.get("seed", 0),
@@ -406,12 +412,20 @@ def cmd_train(args) -> int:
         limit_test=args.limit_test if args.limit_test is not None else prev.get("limit_test"),
         eval_batch_size=args.eval_batch_size,
         engine=engine_options(args),
-        resume=args.resume,
-        force=args.force,
-        quiet=args.quiet or args.json,
+        resume=resume,
+        force=getattr(args, "force", False),
+        quiet=args.quiet or getattr(args, "json", False),
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,
     )
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    out = args.out if args.out is not None else Path("runs") / args.model
+    prev = _run_settings(out) if args.resume else {}
+    opts = train_options(args, args.model, out, prev, args.resume)
     result = train(opts)
     if args.json:
         _print_json(result)
