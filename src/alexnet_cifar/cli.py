@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", type=_model_name, metavar="MODEL")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
+
+    from .study import add_parsers as add_study_parsers
+
+    add_study_parsers(sub)  # study and report
     return p
 
 
