@@ -414,14 +414,17 @@ def _line_style(n_points: int) -> dict:
 def _epoch_axis(ax, max_epoch: int) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if max_epoch <= 15:
+        ax.set_xticks(range(1, max(max_epoch, 1) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0.5, max(max_epoch, 1) + 0.5)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
 
 
 def _legend_label(run: RunData) -> str:
-    return run.label if run.finished else f"{run.label} ({run.status})"
+    return run.label if run.finished else f"{run.label}, {run.status}"
 
 
 CURVES = [
@@ -474,8 +477,10 @@ def _train_vs_test_figure(run: RunData, s: dict):
         [s["lowest_test_loss"]],
         linestyle="none",
         marker="*",
-        markersize=14,
-        color="black",
+        markersize=16,
+        markerfacecolor="none",
+        markeredgecolor="black",
+        markeredgewidth=1.3,
         label=f"lowest test loss (epoch {s['lowest_test_loss_epoch']})",
     )
     ax_acc.plot(x, [100 * v for v in m["accuracy"]], label="train accuracy", color="C0", **style)
@@ -485,8 +490,10 @@ def _train_vs_test_figure(run: RunData, s: dict):
         [100 * s["best_test_accuracy"]],
         linestyle="none",
         marker="*",
-        markersize=14,
-        color="black",
+        markersize=16,
+        markerfacecolor="none",
+        markeredgecolor="black",
+        markeredgewidth=1.3,
         label=f"best test accuracy (epoch {s['best_epoch']})",
     )
     for ax, ylabel, title in (
@@ -789,8 +796,8 @@ def _setting_notes(summaries: list[dict]) -> list[str]:
     epochs = sorted({s["epochs_planned"] for s in summaries})
     if any(e != SEED_EPOCHS for e in epochs):
         notes.append(
-            f"{' / '.join(str(e) for e in epochs)} epochs planned instead of the post's "
-            f"{SEED_EPOCHS}"
+            f"{' / '.join(str(e) for e in epochs)} epoch{'s' if epochs != [1] else ''} planned "
+            f"instead of the post's {SEED_EPOCHS}"
         )
     trains = sorted({s["n_train"] for s in summaries if s["n_train"] is not None})
     if any(n != SEED_TRAIN for n in trains):
