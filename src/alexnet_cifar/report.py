@@ -63,6 +63,7 @@ POST_OVERFITTING: dict[str, str] = {
 }
 SEED_EPOCHS = 300
 SEED_TRAIN, SEED_TEST = 50_000, 10_000
+SEED_BATCH = 64
 #: A run overfits when its final test loss exceeds its lowest test loss by more than this share.
 OVERFIT_RISE = 0.05
 
@@ -799,6 +800,9 @@ def _setting_notes(summaries: list[dict]) -> list[str]:
             f"{' / '.join(str(e) for e in epochs)} epoch{'s' if epochs != [1] else ''} planned "
             f"instead of the post's {SEED_EPOCHS}"
         )
+    batches = sorted({s["batch_size"] for s in summaries if s["batch_size"] is not None})
+    if any(b != SEED_BATCH for b in batches):
+        notes.append(f"batch {' / '.join(str(b) for b in batches)} instead of {SEED_BATCH}")
     trains = sorted({s["n_train"] for s in summaries if s["n_train"] is not None})
     if any(n != SEED_TRAIN for n in trains):
         notes.append(
@@ -974,8 +978,9 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
     doc.p(
         f"{len(runs)} run{'s' if len(runs) != 1 else ''} of "
         + ", ".join(f"`{v}`" for v in variants)
-        + ", trained with the seed recipe (SGD with Nesterov momentum, lr 0.01 divided by 10 at "
-        "1/3 and 2/3 of the epochs, shifts and flips). Written by "
+        + ", trained with the seed recipe (SGD with Nesterov momentum, lr "
+        + " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
+        + " divided by 10 at 1/3 and 2/3 of the epochs, shifts and flips). Written by "
         f"alexnet-cifar {__version__} on {time.strftime('%Y-%m-%d')}."
     )
 
