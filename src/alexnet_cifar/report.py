@@ -1127,10 +1127,15 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         )
     else:
         cs = summaries[class_i]
-        if class_i != summaries.index(best):
+        if cs is not best:
+            why = (
+                "has not finished"
+                if best["status"] != "finished"
+                else "has no per-class results in its result.json"
+            )
             doc.p(
-                f"`{best['label']}` has not finished, so these are the results of "
-                f"`{cs['label']}`, the best finished run."
+                f"`{best['label']}` {why}, so these are the results of `{cs['label']}`, the "
+                "best run that has them."
             )
         doc.p(
             f"`{cs['label']}`: the final model on its {_int(cs['n_test'])} test images "
