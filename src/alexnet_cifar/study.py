@@ -108,17 +108,16 @@ def _check_existing(run_dir: Path, opts) -> None:
     except (OSError, ValueError) as e:
         raise UserError(f"{cfg_file} is damaged ({e}); move {run_dir} away to retrain it") from None
     mine = opts.run_identity()
-    theirs = {k: cfg.get(k) for k in mine}
+    if isinstance(mine.get("recipe"), dict):  # the recipe as one entry: flatten it
+        mine = {k: v for k, v in mine.items() if k != "recipe"} | {
+            f"recipe.{f}": v for f, v in mine["recipe"].items()
+        }
+    recipe = cfg.get("recipe") if isinstance(cfg.get("recipe"), dict) else {}
     diffs = []
-    for k in mine:
-        if k == "recipe" and isinstance(theirs[k], dict):
-            diffs += [
-                f"{f}: run has {theirs[k].get(f)!r}, this study asks {v!r}"
-                for f, v in mine[k].items()
-                if theirs[k].get(f) != v
-            ]
-        elif theirs[k] != mine[k]:
-            diffs.append(f"{k}: run has {theirs[k]!r}, this study asks {mine[k]!r}")
+    for k, want in mine.items():
+        have = recipe.get(k[len("recipe.") :]) if k.startswith("recipe.") else cfg.get(k)
+        if have != want:
+            diffs.append(f"{k.removeprefix('recipe.')}: run has {have!r}, this study asks {want!r}")
     if diffs:
         raise UserError(
             f"{run_dir} holds a run with other settings than this study:\n  "
