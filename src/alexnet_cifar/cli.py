@@ -103,6 +103,52 @@ def engine_options(args):
     )
 
 
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The training flags shared by ``train`` and ``study`` (all but MODEL, --out, --resume,
+    --force and --json)."""
+    p.add_argument(
+        "--recipe",
+        choices=["seed", "fast"],
+        help="seed (default): the post's recipe; fast: the same networks trained for the time "
+        "to reach the seed's accuracy (batch 512, warm-up and linear decay, label smoothing, "
+        "weight averaging, flip test-time augmentation; docs/performance.md)",
+    )
+    p.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="seed 300, fast 40")
+    p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="seed 64, fast 512")
+    p.add_argument("--lr", type=_positive_float("--lr"), help="peak learning rate (0.01, 0.08)")
+    p.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding cifar-10-batches-bin (or -py); "
+        "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
+    )
+    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
+    p.add_argument(
+        "--limit-train",
+        type=_int_at_least(1, "--limit-train"),
+        metavar="N",
+        help="train on a class-balanced subset of N images fixed by the seed",
+    )
+    p.add_argument(
+        "--limit-test",
+        type=_int_at_least(1, "--limit-test"),
+        metavar="N",
+        help="evaluate on a class-balanced subset of N test images",
+    )
+    p.add_argument(
+        "--eval-batch-size",
+        type=_int_at_least(1, "--eval-batch-size"),
+        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    add_engine_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -124,41 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and model.pt (the final weights).",
     )
     t.add_argument("model", type=_model_name, metavar="MODEL", help="variant (see 'models')")
-    t.add_argument(
-        "--recipe",
-        choices=["seed", "fast"],
-        help="seed (default): the post's recipe; fast: the same networks trained for the time "
-        "to reach the seed's accuracy (batch 512, warm-up and linear decay, label smoothing, "
-        "weight averaging, flip test-time augmentation; docs/performance.md)",
-    )
-    t.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="seed 300, fast 40")
-    t.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="seed 64, fast 512")
-    t.add_argument("--lr", type=_positive_float("--lr"), help="peak learning rate (0.01, 0.08)")
-    t.add_argument("--seed", type=_int_at_least(0, "--seed"), help="default 0")
-    t.add_argument(
-        "--data-dir",
-        help="folder holding cifar-10-batches-bin (or -py); "
-        "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
-    )
+    add_train_flags(t)
     t.add_argument("--out", type=Path, help="run folder (default runs/MODEL)")
-    t.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
-    t.add_argument(
-        "--limit-train",
-        type=_int_at_least(1, "--limit-train"),
-        metavar="N",
-        help="train on a class-balanced subset of N images fixed by the seed",
-    )
-    t.add_argument(
-        "--limit-test",
-        type=_int_at_least(1, "--limit-test"),
-        metavar="N",
-        help="evaluate on a class-balanced subset of N test images",
-    )
-    t.add_argument(
-        "--eval-batch-size",
-        type=_int_at_least(1, "--eval-batch-size"),
-        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
-    )
     t.add_argument(
         "--resume",
         action="store_true",
@@ -169,13 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="with --resume, accept a changed --epochs (the learning-rate drops stay put)",
-    )
-    t.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
-    t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
-    add_engine_flags(t)
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument(
-        "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
     )
     t.add_argument("--json", action="store_true", help="print the final result as JSON")
     t.set_defaults(func=cmd_train)
@@ -233,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", type=_model_name, metavar="MODEL")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
+
+    from .study import add_parsers as add_study_parsers
+
+    add_study_parsers(sub)  # study and report
     return p
 
 
@@ -385,22 +395,21 @@ def _recipe_from_args(args, prev_recipe: dict):
         if prev_recipe and args.recipe in (None, prev_recipe.get("name", "seed")):
             # a resumed run keeps its whole recipe, drops included (kept across --force)
             base = Recipe.from_dict(prev_recipe)
-        else:
-            name = args.recipe or prev_recipe.get("name", "seed")
-            return get_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-        return base.with_(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+            return base.with_(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        name = args.recipe or prev_recipe.get("name", "seed")
+        return get_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
-def cmd_train(args) -> int:
-    from .train import TrainOptions, train
+def train_options(args, model: str, out: Path, prev: dict, resume: bool):
+    """TrainOptions from the shared training flags; a flag left out takes its value from
+    ``prev`` (the settings of an earlier run or study: recipe, seed, limits), else the default."""
+    from .train import TrainOptions
 
-    out = args.out if args.out is not None else Path("runs") / args.model
-    prev = _run_settings(out) if args.resume else {}
     recipe = _recipe_from_args(args, prev.get("recipe", {}))
-    opts = TrainOptions(
-        model=args.model,
+    return TrainOptions(
+        model=model,
         out=out,
         recipe=recipe,
         seed=args.seed if args.seed is not None else prev.get("seed", 0),
@@ -411,12 +420,20 @@ def cmd_train(args) -> int:
         limit_test=args.limit_test if args.limit_test is not None else prev.get("limit_test"),
         eval_batch_size=args.eval_batch_size,
         engine=engine_options(args),
-        resume=args.resume,
-        force=args.force,
-        quiet=args.quiet or args.json,
+        resume=resume,
+        force=getattr(args, "force", False),
+        quiet=args.quiet or getattr(args, "json", False),
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,
     )
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    out = args.out if args.out is not None else Path("runs") / args.model
+    prev = _run_settings(out) if args.resume else {}
+    opts = train_options(args, args.model, out, prev, args.resume)
     result = train(opts)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for the run

@@ -1,0 +1,447 @@
+"""The report from small synthetic run folders: files, figures, numbers, verdict, and the HTML
+in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_cifar.cli import main
+from alexnet_cifar.models import PRESETS, PUBLISHED_PARAMS, layer_table
+from alexnet_cifar.recipe import Recipe
+from alexnet_cifar.report import OVERFIT_RISE, build_report
+
+from .headless_chromium import find_chromium, load_page
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def _curves(n: int, kind: str, top: float, seed: int) -> list[dict]:
+    """Metrics rows shaped like the post's: 'swoosh' test loss falls then climbs, 'falling' not."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    recipe = Recipe(epochs=max(n, 1))
+    for e in range(1, n + 1):
+        t = e / n
+        train_loss = 2.3 * math.exp(-3 * t) + 0.05 + float(rng.uniform(0, 0.01))
+        if kind == "swoosh":
+            val_loss = 0.8 + 3.0 * (t - 0.35) ** 2 + float(rng.uniform(0, 0.01))
+        else:
+            val_loss = 2.3 * math.exp(-2 * t) + 0.5 + float(rng.uniform(0, 0.01))
+        rows.append(
+            {
+                "epoch": e,
+                "loss": train_loss,
+                "accuracy": min(0.999, 0.1 + (top + 0.05) * (1 - math.exp(-4 * t))),
+                "val_loss": val_loss,
+                "val_accuracy": 0.1
+                + (top - 0.1) * (1 - math.exp(-5 * t))
+                - (0.02 * t if kind == "swoosh" else 0.0)
+                + float(rng.uniform(0, 0.005)),
+                "lr": recipe.lr_at(e - 1),
+                "seconds": round(float(rng.uniform(1.0, 3.0)), 3),
+            }
+        )
+    return rows
+
+
+def make_run(
+    folder: Path,
+    model: str,
+    epochs: int,
+    *,
+    planned: int | None = None,
+    kind: str = "swoosh",
+    top: float = 0.8,
+    seed: int = 0,
+    device: str = "cpu",
+    gpu: str | None = None,
+    model_bytes: int = 123_457,
+) -> Path:
+    """A run folder as train() leaves it; unfinished (no result.json, no model.pt) if
+    ``planned`` exceeds ``epochs``."""
+    planned = planned or epochs
+    folder.mkdir(parents=True)
+    recipe = Recipe(epochs=planned)
+    versions = {"torch": "2.13.0", "alexnet_cifar": "0.1.0"}
+    if gpu:
+        versions["gpu"] = gpu
+    config = {
+        "model": model,
+        "model_config": PRESETS[model].to_dict(),
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "limit_train": None,
+        "limit_test": None,
+        "num_classes": 10,
+        "device": device,
+        "n_train": 50000,
+        "n_test": 10000,
+        "versions": versions,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    rows = _curves(epochs, kind, top, seed)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    if planned == epochs:
+        rng = np.random.default_rng(seed + 100)
+        cm = rng.integers(0, 40, (10, 10))
+        np.fill_diagonal(cm, rng.integers(500, 950, 10))
+        per_class = {c: float(cm[i, i] / cm[i].sum()) for i, c in enumerate(CLASSES)}
+        result = {
+            "model": model,
+            "epochs": epochs,
+            "test_accuracy": rows[-1]["val_accuracy"],
+            "params": layer_table(model).params,
+            "classes": CLASSES,
+            "per_class_accuracy": per_class,
+            "confusion_matrix": cm.tolist(),
+        }
+        (folder / "result.json").write_text(json.dumps(result))
+        (folder / "model.pt").write_bytes(b"\0" * model_bytes)
+    return folder
+
+
+def read_metrics(folder: Path) -> dict[str, list[float]]:
+    with open(folder / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {c: [float(r[c]) for r in rows] for c in COLUMNS}
+
+
+def md_tables(md: str) -> list[list[dict]]:
+    """Every Markdown table of ``md``, as lists of dicts keyed by the header cells."""
+    tables, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        if lines[i].startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|--"):
+            header = [c.strip() for c in lines[i].strip("|").split(" | ")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip("|").split(" | ")]
+                rows.append(dict(zip(header, cells)))
+                i += 1
+            tables.append(rows)
+        i += 1
+    return tables
+
+
+def check_png(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    w, h = struct.unpack(">II", data[16:24])
+    with Image.open(path) as im:
+        im.verify()  # a complete, uncorrupted PNG
+    with Image.open(path) as im:
+        im.load()
+        assert im.size == (w, h)
+        colours = sum(1 for c in im.convert("L").histogram() if c)
+    assert 600 <= w <= 2500 and 350 <= h <= 2000, (path.name, w, h)
+    assert len(data) > 15_000, (path.name, len(data))  # drawn, not blank
+    assert colours > 20, path.name
+    return w, h
+
+
+# ---------------------------------------------------------------------- a study-like mix
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Four runs: the post's best finished first, a swoosh, an unfinished one, a GPU run."""
+    root = tmp_path_factory.mktemp("mixed")
+    runs = [
+        make_run(root / "runs" / "alexnet", "alexnet", 12, kind="swoosh", top=0.7),
+        make_run(
+            root / "runs" / "alexnet_slim_regular",
+            "alexnet_slim_regular",
+            8,
+            kind="falling",
+            top=0.9,
+            model_bytes=350_600_000 // 1000,
+            device="cuda:0",
+            gpu="NVIDIA H100 80GB HBM3",
+        ),
+        make_run(root / "runs" / "alexnet_thinner_4", "alexnet_thinner_4", 3, planned=10),
+        make_run(root / "runs" / "alexnet_slim", "alexnet_slim", 1, top=0.5),
+    ]
+    out = root / "report"
+    summary = build_report(runs, out)
+    return runs, out, summary
+
+
+def test_writes_every_file(mixed):
+    runs, out, summary = mixed
+    for name in ("report.md", "report.html", "summary.json"):
+        assert (out / name).is_file()
+    assert json.loads((out / "summary.json").read_text()) == summary
+    figures = list(summary["figures"].values()) + [
+        r["figures"]["train_vs_test"] for r in summary["runs"]
+    ]
+    assert set(summary["figures"]) == {
+        "test_accuracy",
+        "train_accuracy",
+        "test_loss",
+        "train_loss",
+        "model_size",
+        "confusion_matrix",
+        "per_class_accuracy",
+    }
+    assert len(set(figures)) == len(figures) == 7 + len(runs)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(figures)
+    md = (out / "report.md").read_text()
+    for f in figures:
+        check_png(out / f)
+        assert f"]({f})" in md  # every figure is shown, as a file beside report.md
+
+
+def test_table_numbers_equal_the_metrics(mixed):
+    runs, out, summary = mixed
+    md = (out / "report.md").read_text()
+    table = {r["variant"].strip("`"): r for r in md_tables(md)[0]}
+    by_label = {r["label"]: r for r in summary["runs"]}
+    for folder in runs:
+        m = read_metrics(folder)
+        model = json.loads((folder / "config.json").read_text())["model"]
+        s, row = by_label[model], table[model]
+        ib = int(np.argmax(m["val_accuracy"]))
+        il = int(np.argmin(m["val_loss"]))
+        expect = {
+            "best_test_accuracy": m["val_accuracy"][ib],
+            "best_epoch": ib + 1,
+            "final_test_accuracy": m["val_accuracy"][-1],
+            "final_train_accuracy": m["accuracy"][-1],
+            "generalisation_gap": m["accuracy"][-1] - m["val_accuracy"][-1],
+            "lowest_test_loss_epoch": il + 1,
+            "total_seconds": sum(m["seconds"]),
+            "epochs": len(m["epoch"]),
+            "params": PUBLISHED_PARAMS[model],
+            "macs": layer_table(model).macs,
+        }
+        for k, v in expect.items():
+            assert s[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (model, k)
+        assert s["seconds_per_epoch"] == pytest.approx(np.mean(m["seconds"]), rel=1e-12)
+        # the Markdown table shows the same numbers, rounded
+        assert row["best test acc."] == f"{100 * expect['best_test_accuracy']:.2f}%"
+        assert row["best at epoch"] == str(ib + 1)
+        assert row["final test acc."] == f"{100 * m['val_accuracy'][-1]:.2f}%"
+        assert row["final train acc."] == f"{100 * m['accuracy'][-1]:.2f}%"
+        assert row["gap"] == f"{100 * expect['generalisation_gap']:+.2f} pts"
+        assert row["lowest test loss: epoch"] == str(il + 1)
+        assert row["s / epoch"] == f"{np.mean(m['seconds']):.1f}"
+        assert row["params"] == f"{PUBLISHED_PARAMS[model]:,}"
+        assert row["MACs / image"] == f"{layer_table(model).macs / 1e9:.3f} G"
+        if (folder / "model.pt").exists():
+            size = (folder / "model.pt").stat().st_size
+            assert s["checkpoint_bytes"] == size
+            assert row["checkpoint MB"] == f"{size / 1e6:.1f}"
+        else:
+            assert s["checkpoint_bytes"] is None and row["checkpoint MB"] == "–"
+    assert table["alexnet_slim_regular"]["device"] == "cuda:0 (NVIDIA H100 80GB HBM3)"
+    assert "generalisation gap) = final train accuracy − final test accuracy" in md
+
+
+def test_published_figures_and_differences(mixed):
+    runs, out, summary = mixed
+    md = (out / "report.md").read_text()
+    post = {r["variant"].strip("`"): r for r in md_tables(md)[1]}
+    s = {r["label"]: r for r in summary["runs"]}
+    reg = s["alexnet_slim_regular"]
+    assert reg["published_test_accuracy"] == "~92%"
+    assert reg["test_accuracy_difference"] == pytest.approx(reg["best_test_accuracy"] - 0.92)
+    assert post["alexnet_slim_regular"]["test accuracy: post"] == "~92%"
+    assert post["alexnet_slim_regular"]["difference"].endswith(
+        f"{100 * (reg['best_test_accuracy'] - 0.92):+.2f} pts"
+    )
+    assert s["alexnet_slim"]["published_test_accuracy"] == "90%+"
+    assert post["alexnet_slim"]["test accuracy: post"] == "90%+"
+    for name in ("alexnet", "alexnet_thinner_4"):
+        assert s[name]["published_test_accuracy"] is None
+        assert post[name]["test accuracy: post"] == "–"
+    for name, r in s.items():
+        assert r["published_params"] == PUBLISHED_PARAMS[name]
+        assert r["params_difference"] == 0
+        assert post[name]["params: post"] == f"{PUBLISHED_PARAMS[name]:,}"
+
+
+def test_verdict_and_overfitting(mixed):
+    runs, out, summary = mixed
+    md = (out / "report.md").read_text()
+    assert summary["best"]["model"] == "alexnet_slim_regular"
+    assert summary["agrees_with_post"] is True
+    assert "**Best by best test accuracy: `alexnet_slim_regular`**" in md
+    assert "agrees with the post" in md
+    s = {r["label"]: r for r in summary["runs"]}
+    assert s["alexnet"]["overfitting"] is True  # the swoosh
+    assert s["alexnet"]["test_loss_rise"] > OVERFIT_RISE
+    assert "test loss rose" in s["alexnet"]["overfitting_note"]
+    assert s["alexnet_slim_regular"]["overfitting"] is False
+    assert s["alexnet_slim"]["overfitting"] is None  # one epoch
+    assert "`alexnet`: test loss rose" in md
+    # the class-by-class figures belong to the best (finished) variant
+    assert summary["class_results_of"] == "alexnet_slim_regular"
+
+
+def test_unfinished_run_is_shown_as_such(mixed):
+    runs, out, summary = mixed
+    md = (out / "report.md").read_text()
+    s = {r["label"]: r for r in summary["runs"]}["alexnet_thinner_4"]
+    assert s["status"] == "unfinished" and (s["epochs"], s["epochs_planned"]) == (3, 10)
+    assert "unfinished (epoch 3 of 10)" in md
+    assert "unfinished: `alexnet_thinner_4`" in md
+
+
+def test_html_is_self_contained(mixed):
+    runs, out, summary = mixed
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>\n")
+    assert '<meta charset="utf-8">' in page
+    assert "<script" not in page.lower()
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(srcs) == 7 + len(runs)
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    # nothing loaded from anywhere: no URLs other than data: ones
+    assert not re.search(r'(?:src|href)="(?!data:)', page)
+    assert "url(" not in page and "@import" not in page
+
+
+def test_single_epoch_and_repeated_variants(tmp_path):
+    """A one-epoch run still plots; two runs of one variant are told apart by their folders."""
+    a = make_run(tmp_path / "alexnet-seed0", "alexnet", 1, seed=0)
+    b = make_run(tmp_path / "alexnet-seed1", "alexnet", 6, seed=1)
+    c = make_run(tmp_path / "x" / "run", "alexnet_thinner_2", 5)
+    d = make_run(tmp_path / "y" / "run", "alexnet_thinner_2", 5, seed=3)
+    out = tmp_path / "r"
+    summary = build_report([a, b, c, d], out)
+    labels = [r["label"] for r in summary["runs"]]
+    assert labels == [
+        "alexnet-seed0",
+        "alexnet-seed1",
+        "alexnet_thinner_2 (x/run)",
+        "alexnet_thinner_2 (y/run)",
+    ]
+    files = [r["figures"]["train_vs_test"] for r in summary["runs"]]
+    assert len(set(files)) == 4
+    for f in files + list(summary["figures"].values()):
+        check_png(out / f)
+    assert summary["runs"][0]["overfitting"] is None  # one epoch: too short to tell
+    assert summary["agrees_with_post"] is None
+    assert "is not among these runs" in (out / "report.md").read_text()
+
+
+def test_report_command_on_a_study_folder(tmp_path, capsys):
+    """A study folder stands for its runs; a later report drops the figures it no longer has."""
+    study = tmp_path / "s"
+    make_run(study / "runs" / "alexnet", "alexnet", 3)
+    make_run(study / "runs" / "alexnet_thinner_4", "alexnet_thinner_4", 3, top=0.85)
+    assert main(["report", str(study), "--out", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "best: alexnet_thinner_4" in out and "report.html" in out
+    first = json.loads((study / "summary.json").read_text())
+    assert [r["run_dir"] for r in first["runs"]] == ["runs/alexnet", "runs/alexnet_thinner_4"]
+    assert (study / "curves_alexnet_thinner_4.png").is_file()
+
+    assert main(["report", str(study / "runs" / "alexnet"), "--out", str(study), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["best"]["model"] == "alexnet"
+    assert not (study / "curves_alexnet_thinner_4.png").exists()
+    assert (study / "curves_alexnet.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("missing", "does not exist"),
+        ("file", "is not a folder"),
+        ("empty_dir", "is not a run folder"),
+        ("no_metrics", "has no metrics.csv"),
+        ("header_only", "holds no finished epoch"),
+        ("garbage", "not a number"),
+        ("bad_config", "not valid JSON"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(tmp_path, capsys, setup, message):
+    p = tmp_path / "run"
+    if setup == "file":
+        p.write_text("x")
+    elif setup == "empty_dir":
+        p.mkdir()
+    elif setup != "missing":
+        make_run(p, "alexnet", 2)
+        if setup == "no_metrics":
+            (p / "metrics.csv").unlink()
+        elif setup == "header_only":
+            (p / "metrics.csv").write_text(",".join(COLUMNS) + "\n")
+        elif setup == "garbage":
+            (p / "metrics.csv").write_text(",".join(COLUMNS) + "\n1,x,0.1,2,0.1,0.01,1\n")
+        elif setup == "bad_config":
+            (p / "config.json").write_text("{")
+    assert main(["report", str(p), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    from .test_train import run_cli
+
+    p = run_cli("report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r"))
+    assert p.returncode == 2
+    assert "error:" in p.stderr and "does not exist" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------- in a real browser
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        msg = (
+            "headless Chromium is needed to check report.html: install Debian's 'chromium' "
+            "package (.ci/run does)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def test_html_renders_in_chromium(mixed, chromium):
+    runs, out, summary = mixed
+    page = load_page(out / "report.html", chromium)
+    assert page.console_errors == []
+    assert page.failed_requests == []
+    assert len(page.images) == 7 + len(runs)
+    assert page.broken_images == []
+    assert all(i["naturalWidth"] >= 600 for i in page.images)
+    # the page itself and its inlined images, nothing else
+    assert all(u == page.url or u.startswith("data:") for u in page.requested), page.requested
+    assert page.charset == "UTF-8"
+    assert page.compat_mode == "CSS1Compat"  # the doctype put it in standards mode
+    assert page.scripts == 0
+    assert page.title.startswith("AlexNet on CIFAR-10")
+
+
+def test_the_browser_check_sees_broken_pages(tmp_path, chromium):
+    """The check above can fail: a broken image, a missing file and a console error show."""
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>bad</title></head><body>'
+        '<img src="data:image/png;base64,AAAA" alt="corrupt">'
+        '<img src="missing.png" alt="missing">'
+        "<script>console.error('boom')</script></body></html>"
+    )
+    page = load_page(bad, chromium)
+    assert len(page.broken_images) == 2
+    assert any("boom" in e for e in page.console_errors)
+    assert page.failed_requests

@@ -1,0 +1,152 @@
+"""A tiny real study on CPU: two variants, one epoch each, on a subset of the real CIFAR-10."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import pytest
+
+from alexnet_cifar.cli import main
+from alexnet_cifar.recipe import Recipe
+from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
+
+from .test_train import run_cli
+
+# 160 training images in batches of 32 (5 steps), 100 test images: a few seconds a variant.
+SUBSET = ["--limit-train", "160", "--limit-test", "100", "--batch-size", "32"]
+STUDY = ["--models", "alexnet,alexnet_thinner_4", "--epochs", "1", *SUBSET, "--device", "cpu"]
+
+
+def _options(out, model="alexnet_thinner_4") -> TrainOptions:
+    """What the study above asks for one variant, as train() options."""
+    return TrainOptions(
+        model=model,
+        out=out,
+        recipe=Recipe(epochs=1, batch_size=32),
+        seed=0,
+        device="cpu",
+        limit_train=160,
+        limit_test=100,
+        quiet=True,
+        progress=False,
+    )
+
+
+def _metrics(folder) -> list[dict]:
+    with open(folder / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _interrupt_at_step(step: int):
+    def hook(trainer, epoch, s):
+        if s == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return hook
+
+
+@pytest.fixture(scope="module")
+def study(cifar10, cifar10_dir, tmp_path_factory):
+    """The study from the shell, its alexnet_thinner_4 run interrupted mid-epoch beforehand.
+
+    (That a resumed run ends with exactly an uninterrupted run's metrics is test_train's.)
+    """
+    out = tmp_path_factory.mktemp("study") / "study"
+    with pytest.raises(TrainingInterrupted):
+        train(
+            _options(out / "runs" / "alexnet_thinner_4"),
+            data=cifar10,
+            on_step=_interrupt_at_step(2),
+        )
+    env = {"CIFAR10_DIR": str(cifar10_dir)}
+    first = run_cli("study", *STUDY, "--out", str(out), "--no-progress", env=env)
+    return out, first
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_study_trains_resumes_and_reports(study):
+    out, p = study
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    assert "[1/2] alexnet: training in" in p.stdout
+    assert "[2/2] alexnet_thinner_4: resuming in" in p.stdout
+    assert "resuming" in p.stdout and "step 3" in p.stdout  # from the saved step, not anew
+
+    for name in ("alexnet", "alexnet_thinner_4"):
+        run = out / "runs" / name
+        assert (run / "result.json").is_file() and (run / "model.pt").is_file()
+    assert len(_metrics(out / "runs" / "alexnet_thinner_4")) == 1
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["alexnet", "alexnet_thinner_4"]
+    assert {r["run_dir"] for r in summary["runs"]} == {
+        "runs/alexnet",
+        "runs/alexnet_thinner_4",
+    }
+    for r in summary["runs"]:
+        assert r["epochs"] == 1 and r["status"] == "finished"
+        assert r["n_train"] == 160 and r["n_test"] == 100
+        result = json.loads((out / r["run_dir"] / "result.json").read_text())
+        assert r["final_test_accuracy"] == result["test_accuracy"]
+        assert r["params"] == result["params"]
+    for name in ("report.md", "report.html", *summary["figures"].values()):
+        assert (out / name).is_file(), name
+    assert summary["best"]["model"] in ("alexnet", "alexnet_thinner_4")
+    assert json.loads((out / "study.json").read_text())["models"] == [
+        "alexnet",
+        "alexnet_thinner_4",
+    ]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_tensorboard_sees_every_run_under_the_study(study):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    out, p = study
+    assert p.returncode == 0, p.stderr
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out))
+    mux.Reload()
+    runs = mux.Runs()
+    assert {"runs/alexnet", "runs/alexnet_thinner_4"} <= set(runs)
+    for run in ("runs/alexnet", "runs/alexnet_thinner_4"):
+        assert [e.step for e in mux.Scalars(run, "val_accuracy")] == [1]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_rerun_skips_finished_runs_and_other_settings_are_refused(study, capsys):
+    out, p = study
+    assert p.returncode == 0, p.stderr
+    metrics = out / "runs" / "alexnet" / "metrics.csv"
+    before = metrics.stat().st_mtime_ns
+    (out / "report.html").unlink()
+
+    # the same study again, flags left out (taken from study.json): nothing trains, the
+    # report is written anew
+    assert main(["study", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] alexnet: finished earlier, skipped" in printed
+    assert "[2/2] alexnet_thinner_4: finished earlier, skipped" in printed
+    assert "epoch 1/1" not in printed
+    assert metrics.stat().st_mtime_ns == before
+    assert (out / "report.html").is_file()
+
+    # asking the same folder for more epochs is refused before anything trains
+    assert main(["study", "--out", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "epochs: run has 1, this study asks 2" in err
+    assert metrics.stat().st_mtime_ns == before
+
+
+def test_unknown_models_are_refused(tmp_path, capsys):
+    assert main(["study", "--models", "alexnet,alexnet_thin", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --models: unknown model 'alexnet_thin'")
+    assert main(["study", "--models", "all,alexnet", "--out", str(tmp_path)]) == 2
+    assert "'all' alone" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
