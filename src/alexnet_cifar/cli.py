@@ -174,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
-    from . import predict
+    from . import export, predict
 
     predict.add_parsers(sub)
+    export.add_parsers(sub)
     return p
 
 
