@@ -174,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
-    from . import export, predict
+    from . import export, keras_io, predict
 
     predict.add_parsers(sub)
     export.add_parsers(sub)
+    keras_io.add_parsers(sub)
     return p
 
 
