@@ -31,6 +31,7 @@ from alexnet_cifar.keras_io import (
 )
 from alexnet_cifar.models import AlexNet, get_config
 
+from .conftest import write_binary_folder
 from .usage_helpers import confident_model
 
 HERE = Path(__file__).resolve().parent
@@ -341,6 +342,13 @@ def test_imported_run_folder(keras_dir, tmp_path, capsys):
     ts = tmp_path / "m.ts"
     assert main(["export", str(out), "--format", "torchscript", "--out", str(ts)]) == 0
     assert ts.stat().st_size > 20e6
+    assert "wrote alexnet_thinner_4 as torchscript" in capsys.readouterr().out
+    data = tmp_path / "data"
+    write_binary_folder(data, n_per_file=10)
+    args = ["evaluate", str(out), "--data-dir", str(data), "--no-verify", "--json", "--tta"]
+    assert main([*args, "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "alexnet_thinner_4" and report["n"] == report["tta"]["n"] == 10
 
 
 # ---------------------------------------------------------------------- export to Keras
