@@ -126,6 +126,8 @@ def test_conversions(tmp_path):
     # 16-bit grey keeps its brightness instead of saturating
     Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(tmp_path / "g16.png")
     assert abs(int(load_image(tmp_path / "g16.png").pixels[0, 0, 0]) - 128) <= 1
+    Image.fromarray(np.full((32, 32), 0.5, np.float32)).save(tmp_path / "f.tiff")  # 0..1 floats
+    assert abs(int(load_image(tmp_path / "f.tiff").pixels[0, 0, 0]) - 128) <= 1
     # a larger image is shrunk to 32x32 and keeps its colour
     Image.new("RGB", (640, 480), (10, 200, 90)).save(tmp_path / "big.jpg", quality=95)
     big = load_image(tmp_path / "big.jpg")

@@ -343,7 +343,7 @@ def cmd_evaluate(args) -> int:
     )
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     tta = None
-    if getattr(args, "tta", False):
+    if args.tta:
         from .predict import evaluate_with_tta
 
         res, tta = evaluate_with_tta(model, x, y, **how)

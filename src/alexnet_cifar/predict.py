@@ -56,9 +56,11 @@ def _to_rgb(img):
     mode = img.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         a = np.asarray(img, dtype=np.float64)
-        top = 1.0 if mode == "F" and a.size and a.max() <= 1.0 else 65535.0
-        if mode == "I" and a.size and a.max() <= 255:
-            top = 255.0
+        peak = a.max() if a.size else 0.0
+        if mode == "F":  # floats on 0..1, else on 0..255
+            top = 1.0 if peak <= 1.0 else 255.0
+        else:  # 16-bit (or 32-bit holding 16-bit) grey; an "I" image within 0..255 is 8-bit
+            top = 255.0 if mode == "I" and peak <= 255 else 65535.0
         a = np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8)
         img = Image.fromarray(a)
         mode = "L"
@@ -81,7 +83,7 @@ def load_image(path: str | Path) -> LoadedImage:
     try:
         with Image.open(path) as img:
             img.load()
-            mode, size = img.mode, img.size
+            mode = img.mode
             img = ImageOps.exif_transpose(img) or img
             size = img.size
             rgb = _to_rgb(img)
