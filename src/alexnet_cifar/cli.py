@@ -200,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--no-verify", action="store_true")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="also report the flip-averaged prediction (mean softmax of image and mirror image)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser(
@@ -240,9 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
+    from . import export, keras_io, predict
     from .study import add_parsers as add_study_parsers
 
     add_study_parsers(sub)  # study and report
+    predict.add_parsers(sub)
+    export.add_parsers(sub)
+    keras_io.add_parsers(sub)
     return p
 
 
@@ -463,21 +472,33 @@ def cmd_evaluate(args) -> int:
         data = data.subset(None, args.limit_test, args.seed)
     except ValueError as e:
         raise UserError(str(e).replace("limit_", "--limit-")) from e
-    res = evaluate_model(
-        model,
-        torch.from_numpy(data.x_test),
-        torch.from_numpy(data.y_test),
-        classes=data.classes,
-        batch_size=args.batch_size,
-        channels_last=device.type == "cuda",
+    how = dict(
+        classes=data.classes, batch_size=args.batch_size, channels_last=device.type == "cuda"
     )
+    x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    tta = None
+    if args.tta:
+        from .predict import evaluate_with_tta
+
+        res, tta = evaluate_with_tta(model, x, y, **how)
+    else:
+        res = evaluate_model(model, x, y, **how)
     if args.json:
-        _print_json({"path": str(args.path), "model": model.config.name, **res.to_dict()})
+        out = {"path": str(args.path), "model": model.config.name, **res.to_dict()}
+        if tta is not None:
+            out["tta"] = tta.to_dict()
+            out["tta_loss"], out["tta_accuracy"] = tta.loss, tta.accuracy
+        _print_json(out)
         return 0
     print(
         f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
         f"accuracy {res.accuracy:.4f}"
     )
+    if tta is not None:
+        print(
+            f"flip-averaged (--tta): loss {tta.loss:.4f}  accuracy {tta.accuracy:.4f}  "
+            f"({tta.accuracy - res.accuracy:+.4f} against the plain prediction)"
+        )
     print("\nper-class accuracy:")
     for c, a in zip(res.classes, res.per_class_accuracy):
         print(f"  {c:<12}{a:.4f}")

@@ -1,0 +1,642 @@
+"""Keras weights in and out: the seed post's ``model.save('alexnet.h5')`` files become run folders.
+
+Files read:
+
+* a Keras 2 ``model.save('x.h5')`` or ``save_weights('x.h5')`` file, and the legacy ``.h5`` that
+  Keras 3 writes with ``model.save('x.h5')``: the layer order is the ``layer_names`` attribute
+  (creation order; HDF5 lists groups alphabetically, where ``conv2d_10`` sorts before
+  ``conv2d_2``), each layer's weights are named by its ``weight_names`` attribute;
+* a Keras 3 ``.weights.h5`` (``model.save_weights``) and the weights inside a ``.keras`` archive:
+  ``layers/<class>[_<n>]/vars/0, 1, ...``, where ``<n>`` counts the layers of one class in the
+  model's order, so the order of the convolutions among themselves, and of the dense layers among
+  themselves, is exact.
+
+Mapping, layer by layer in order, every shape checked:
+
+* ``Conv2D`` kernel (kh, kw, in, out) -> weight (out, in, kh, kw); bias as is;
+* ``Dense`` kernel (in, out) -> weight (out, in); bias as is. The first dense layer reads the
+  flattened feature map. Keras flattens a channels-last map in (H, W, C) order and so does this
+  package's model (``FlattenHWC``), so its kernel maps by the transpose alone. Only a model whose
+  convolutions run channels-first and whose ``Flatten`` does not say so flattens (C, H, W); when
+  the file's model config says that, the rows are reordered to (H, W, C).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import PRESETS, AlexNet, AlexNetConfig, get_config
+
+__all__ = [
+    "KerasFileError",
+    "KerasLayer",
+    "KerasWeights",
+    "add_parsers",
+    "export_keras_weights",
+    "import_keras",
+    "keras_to_state_dict",
+    "matching_presets",
+    "read_keras_weights",
+]
+
+_NESTED = ("layers", "_layer_checkpoint_dependencies")
+
+
+class KerasFileError(ValueError):
+    """A Keras file that cannot be read, or whose weights do not fit the chosen model."""
+
+
+@dataclass
+class KerasLayer:
+    """One Keras layer with weights: its name and its arrays in Keras' order (kernel, bias)."""
+
+    name: str
+    arrays: list[np.ndarray]
+
+    @property
+    def kind(self) -> str:
+        nd = self.arrays[0].ndim if self.arrays else 0
+        return {4: "Conv2D", 2: "Dense"}.get(nd, f"{nd}-D")
+
+    def describe(self) -> str:
+        shapes = ", ".join(str(tuple(a.shape)) for a in self.arrays)
+        return f"Keras layer {self.name!r} ({self.kind}, weights {shapes})"
+
+
+@dataclass
+class KerasWeights:
+    path: Path
+    format: str  # "keras2-h5", "keras3-legacy-h5", "keras3-weights-h5", "keras3-archive"
+    layers: list[KerasLayer]  # the layers that hold weights, in the model's order
+    keras_version: str | None = None
+    backend: str | None = None
+    flatten_order: str = "HWC"  # order of the first dense layer's input rows
+    ordered: bool = True  # False where only each class's own order is known (.weights.h5)
+
+    def __post_init__(self) -> None:
+        for layer in self.layers:
+            if len(layer.arrays) == 2 and layer.arrays[0].ndim == 1 and layer.arrays[1].ndim > 1:
+                layer.arrays.reverse()  # a writer that listed the bias first
+
+    @property
+    def kernel_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(layer.arrays[0].shape) for layer in self.layers if layer.arrays]
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _text(v) -> str:
+    return v.decode("utf8") if isinstance(v, bytes | np.bytes_) else str(v)
+
+
+def _attr_list(obj, key: str) -> list[str]:
+    """A list-valued attribute, also when Keras split it into ``key0``, ``key1``, ... chunks."""
+    if key in obj.attrs:
+        chunks = [obj.attrs[key]]
+    else:
+        chunks, i = [], 0
+        while f"{key}{i}" in obj.attrs:
+            chunks.append(obj.attrs[f"{key}{i}"])
+            i += 1
+    out: list[str] = []
+    for chunk in chunks:
+        values = chunk.tolist() if isinstance(chunk, np.ndarray) else chunk
+        if isinstance(values, str | bytes):
+            values = [values]
+        out.extend(_text(v) for v in values)
+    return out
+
+
+def _attr_text(obj, key: str) -> str | None:
+    return _text(obj.attrs[key]) if key in obj.attrs else None
+
+
+def _read_legacy(group, what: str) -> list[KerasLayer]:
+    """Layers in ``layer_names`` order; a nested model's weights split by their layer prefix."""
+    layers: list[KerasLayer] = []
+    for lname in _attr_list(group, "layer_names"):
+        if lname not in group:
+            raise KerasFileError(f"{what}: layer {lname!r} is listed but has no group")
+        g = group[lname]
+        current: KerasLayer | None = None
+        for wname in _attr_list(g, "weight_names"):
+            if wname not in g:
+                raise KerasFileError(f"{what}: weight {wname!r} of layer {lname!r} is missing")
+            owner = wname.rsplit("/", 1)[0] if "/" in wname else lname
+            if current is None or current.name != owner:
+                current = KerasLayer(owner, [])
+                layers.append(current)
+            current.arrays.append(np.asarray(g[wname]))
+    return layers
+
+
+def _natural(key: str):
+    m = re.fullmatch(r"(.*?)(?:_(\d+))?", key)
+    return (m.group(1), int(m.group(2)) if m.group(2) else -1, key)
+
+
+def _read_new(root, prefix: str = "") -> list[KerasLayer]:
+    """Keras 3 ``layers/<class>[_<n>]/vars/<i>``, nested models included, in class order."""
+    layers: list[KerasLayer] = []
+    for key in sorted(root.keys(), key=_natural):
+        sub = root[key]
+        if not hasattr(sub, "keys"):
+            continue
+        if "vars" in sub and hasattr(sub["vars"], "keys"):
+            v = sub["vars"]
+            names = sorted((k for k in v.keys() if k.isdigit()), key=int)
+            if names:
+                label = _attr_text(v, "name") or prefix + key
+                layers.append(KerasLayer(label, [np.asarray(v[k]) for k in names]))
+        for nested in _NESTED:
+            if nested in sub:
+                layers += _read_new(sub[nested], prefix + key + "/")
+    return layers
+
+
+def _config_layers(config) -> list[dict]:
+    """Every layer dict of a Keras model config, depth first, in order."""
+    out: list[dict] = []
+    if isinstance(config, dict):
+        inner = config.get("config")
+        layers = inner.get("layers") if isinstance(inner, dict) else inner
+        if isinstance(layers, list):
+            for layer in layers:
+                if isinstance(layer, dict):
+                    out.append(layer)
+                    out += _config_layers(layer)
+    return out
+
+
+def _flatten_order(model_config: str | bytes | None) -> str:
+    """'CHW' when the map reaching ``Flatten`` is channels-first and Flatten does not undo it."""
+    if not model_config:
+        return "HWC"
+    try:
+        config = json.loads(_text(model_config))
+    except (ValueError, TypeError):
+        return "HWC"
+    layout = "channels_last"
+    for layer in _config_layers(config):
+        cls, cfg = layer.get("class_name"), layer.get("config") or {}
+        if not isinstance(cfg, dict):
+            continue
+        if cls == "Flatten":
+            flatten_format = cfg.get("data_format") or "channels_last"
+            if layout == "channels_first" and flatten_format != "channels_first":
+                return "CHW"
+            return "HWC"
+        if cfg.get("data_format") in ("channels_first", "channels_last"):
+            layout = cfg["data_format"]
+    return "HWC"
+
+
+def read_keras_weights(path: str | Path) -> KerasWeights:
+    """The weighted layers of a Keras ``.h5``, ``.weights.h5`` or ``.keras`` file, in order."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise KerasFileError(f"no Keras file at {path}")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                if "model.weights.h5" not in names:
+                    raise KerasFileError(f"{path} is a zip archive without model.weights.h5")
+                data = z.read("model.weights.h5")
+                config = z.read("config.json") if "config.json" in names else None
+        except zipfile.BadZipFile as e:
+            raise KerasFileError(f"{path} is a damaged .keras archive: {e}") from e
+        with h5py.File(io.BytesIO(data), "r") as f:
+            kw = _read_new_file(f, path, "keras3-archive")
+        kw.flatten_order = _flatten_order(config)
+        return kw
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise KerasFileError(
+            f"{path} is not an HDF5 file (.h5) or a .keras archive that Keras writes ({e})"
+        ) from e
+    with f:
+        what = str(path)
+        if "model_weights" in f or "layer_names" in f.attrs or "layer_names0" in f.attrs:
+            group = f["model_weights"] if "model_weights" in f else f
+            version = _attr_text(group, "keras_version") or _attr_text(f, "keras_version")
+            fmt = "keras3-legacy-h5" if version and version.startswith("3") else "keras2-h5"
+            try:
+                layers = _read_legacy(group, what)
+            except (KeyError, TypeError, ValueError) as e:
+                if isinstance(e, KerasFileError):
+                    raise
+                raise KerasFileError(f"{what}: unreadable Keras weights ({e})") from e
+            return KerasWeights(
+                path,
+                fmt,
+                layers,
+                keras_version=version,
+                backend=_attr_text(group, "backend") or _attr_text(f, "backend"),
+                flatten_order=_flatten_order(f.attrs.get("model_config")),
+            )
+        if any(n in f for n in _NESTED):
+            return _read_new_file(f, path, "keras3-weights-h5")
+    raise KerasFileError(
+        f"{path} is an HDF5 file but not one Keras writes: it has no model_weights group, "
+        "no layer_names attribute and no layers group"
+    )
+
+
+def _read_new_file(f, path: Path, fmt: str) -> KerasWeights:
+    root = next(f[n] for n in _NESTED if n in f)
+    return KerasWeights(path, fmt, _read_new(root), ordered=False)
+
+
+# ---------------------------------------------------------------------- mapping
+
+
+def _keras_shapes(config: AlexNetConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(our layer name, the Keras kernel shape it takes), in order."""
+    with torch.device("meta"):
+        model = AlexNet(config)
+    out = []
+    for name, layer in model.layers.named_children():
+        if isinstance(layer, torch.nn.Conv2d):
+            o, i, kh, kw = layer.weight.shape
+            out.append((name, (kh, kw, i, o)))
+        elif isinstance(layer, torch.nn.Linear):
+            o, i = layer.weight.shape
+            out.append((name, (i, o)))
+    return out
+
+
+def _num_classes(kw: KerasWeights) -> int:
+    dense = [s for s in kw.kernel_shapes if len(s) == 2]
+    return dense[-1][1] if dense and dense[-1][1] >= 2 else 10
+
+
+def matching_presets(kw: KerasWeights) -> list[str]:
+    """The presets whose every kernel shape the file's layers have, in order."""
+    shapes = _in_model_order(kw)
+    n = _num_classes(kw)
+    return [
+        name
+        for name in PRESETS
+        if [s for _, s in _keras_shapes(get_config(name, n))] == [tuple(s) for s in shapes]
+    ]
+
+
+def _in_model_order(kw: KerasWeights) -> list[tuple[int, ...]]:
+    layers = _ordered_layers(kw)
+    return [tuple(layer.arrays[0].shape) for layer in layers]
+
+
+def _ordered_layers(kw: KerasWeights) -> list[KerasLayer]:
+    # The seed's models are all convolutions, then all dense layers. Files that only know each
+    # class's own order (.weights.h5) are put in that order; ordered files must already be in it.
+    convs = [x for x in kw.layers if x.arrays and x.arrays[0].ndim == 4]
+    denses = [x for x in kw.layers if x.arrays and x.arrays[0].ndim == 2]
+    return convs + denses
+
+
+def _looks_like(kw: KerasWeights, model_name: str | None) -> str:
+    matches = [m for m in matching_presets(kw) if m != model_name]
+    if matches:
+        return f" The file looks like {' or '.join(matches)}: import it with --model {matches[0]}."
+    return " The file matches none of the presets (see 'alexnet-cifar models')."
+
+
+def keras_to_state_dict(kw: KerasWeights, config: AlexNetConfig) -> dict[str, torch.Tensor]:
+    """Our state dict from the Keras layers, every shape checked; raises KerasFileError."""
+    name = config.name
+    for layer in kw.layers:
+        ok = (
+            len(layer.arrays) == 2
+            and layer.arrays[0].ndim in (2, 4)
+            and layer.arrays[1].ndim == 1
+            and layer.arrays[1].shape[0] == layer.arrays[0].shape[-1]
+        )
+        if not ok:
+            raise KerasFileError(
+                f"{layer.describe()} is not a Conv2D or Dense layer with a kernel and a bias; "
+                "the seed's models have only those."
+            )
+    if kw.ordered:
+        kinds = [layer.arrays[0].ndim for layer in kw.layers]
+        if 2 in kinds and 4 in kinds[kinds.index(2) :]:
+            late = kw.layers[kinds.index(4, kinds.index(2))]
+            raise KerasFileError(
+                f"{late.describe()} comes after a dense layer; in the seed's models every "
+                "convolution comes before the dense head."
+            )
+    layers = _ordered_layers(kw)
+    expected = _keras_shapes(config)
+    n_conv = sum(len(s) == 4 for _, s in expected)
+    got_conv = sum(x.arrays[0].ndim == 4 for x in layers)
+    if (got_conv, len(layers) - got_conv) != (n_conv, len(expected) - n_conv):
+        raise KerasFileError(
+            f"{kw.path} has {got_conv} Conv2D and {len(layers) - got_conv} Dense layers with "
+            f"weights; {name} has {n_conv} and {len(expected) - n_conv}.{_looks_like(kw, name)}"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for layer, (ours, shape) in zip(layers, expected):
+        kernel, bias = (np.asarray(a, dtype=np.float32) for a in layer.arrays)
+        if tuple(kernel.shape) != shape:
+            torch_shape = (*shape[3:1:-1], *shape[:2]) if len(shape) == 4 else shape[::-1]
+            raise KerasFileError(
+                f"{layer.describe()} does not fit {name}'s {ours}: it has a kernel "
+                f"{tuple(kernel.shape)}, {ours} needs {shape} (Keras layout; {tuple(torch_shape)} "
+                f"in PyTorch).{_looks_like(kw, name)}"
+            )
+        if kernel.ndim == 4:
+            weight = kernel.transpose(3, 2, 0, 1)
+        else:
+            if ours == "fc1" and kw.flatten_order == "CHW":
+                kernel = _chw_rows_to_hwc(kernel, config)
+            weight = kernel.T
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise KerasFileError(f"{layer.describe()} holds NaN or infinite values")
+        state[f"layers.{ours}.weight"] = torch.from_numpy(np.ascontiguousarray(weight))
+        state[f"layers.{ours}.bias"] = torch.from_numpy(np.ascontiguousarray(bias))
+    return state
+
+
+def _final_map(config: AlexNetConfig) -> tuple[int, int]:
+    side = config.image_size
+    for s in ([4, 2] if config.stem == "imagenet" else []) + [2, 2]:
+        side = -(-side // s)
+    return side, config.widths[4]
+
+
+def _chw_rows_to_hwc(kernel: np.ndarray, config: AlexNetConfig) -> np.ndarray:
+    side, c = _final_map(config)
+    return kernel.reshape(c, side, side, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
+
+
+def _hwc_rows_to_chw(kernel: np.ndarray, config: AlexNetConfig) -> np.ndarray:
+    side, c = _final_map(config)
+    return kernel.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
+
+
+# ---------------------------------------------------------------------- run folders
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def import_keras(
+    file: str | Path,
+    out: str | Path,
+    model_name: str | None = None,
+    *,
+    force: bool = False,
+    flatten: str = "auto",
+) -> dict:
+    """Read a Keras file, map it onto ``model_name`` (found from the shapes when None) and
+    write a run folder (model.pt, config.json, result.json) at ``out``; returns result.json.
+
+    ``flatten``: the order of the first dense layer's input rows, "hwc" (channels-last Keras
+    models, the seed's), "chw" (convolutions channels-first, Flatten at its default), or "auto":
+    from the file's model config where it has one, else "hwc".
+    """
+    from . import __version__
+    from .checkpoint import CHECKPOINT, MODEL_FILE, atomic_write_json, save_model_file
+    from .data import CLASSES
+    from .train import CONFIG_FILE, RESULT_FILE
+
+    file, out = Path(file), Path(out)
+    kw = read_keras_weights(file)
+    if flatten not in ("auto", "hwc", "chw"):
+        raise ValueError(f"flatten must be 'auto', 'hwc' or 'chw', not {flatten!r}")
+    if flatten != "auto":
+        kw.flatten_order = flatten.upper()
+    if not kw.layers:
+        raise KerasFileError(f"{file} holds no layer weights")
+    if model_name is None:
+        matches = matching_presets(kw)
+        if not matches:
+            raise KerasFileError(
+                f"{file} matches none of the presets (kernels {kw.kernel_shapes}); "
+                "see 'alexnet-cifar models'"
+            )
+        # alexnet_slim and alexnet_slim_regular share every shape; the first is the plain one.
+        model_name = matches[0]
+    config = get_config(model_name, _num_classes(kw))
+    state = keras_to_state_dict(kw, config)
+    with torch.device("meta"):  # every parameter comes from the file: skip the random init
+        model = AlexNet(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    if out.exists() and not out.is_dir():
+        raise KerasFileError(f"--out {out} is a file, not a folder")
+    if not force and any((out / n).exists() for n in (MODEL_FILE, CHECKPOINT)):
+        raise KerasFileError(
+            f"{out} already holds a model; choose another --out or pass --force to replace it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(CLASSES) if config.num_classes == len(CLASSES) else None
+    classes = classes or [str(i) for i in range(config.num_classes)]
+    source = {
+        "file": str(file.resolve()),
+        "sha256": _sha256(file),
+        "format": kw.format,
+        "keras_version": kw.keras_version,
+        "backend": kw.backend,
+        "flatten_order": kw.flatten_order,
+        "layers": [layer.name for layer in _ordered_layers(kw)],
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = {"model_name": model_name, "imported_from": "Keras", "source": source}
+    save_model_file(out / MODEL_FILE, config.to_dict(), state, meta)
+    atomic_write_json(
+        out / CONFIG_FILE,
+        {
+            "model": model_name,
+            "model_config": config.to_dict(),
+            "num_classes": config.num_classes,
+            "classes": classes,
+            "imported_from": "Keras",
+            "source": source,
+            "versions": {"alexnet_cifar": __version__, "torch": torch.__version__},
+        },
+    )
+    result = {
+        "model": model_name,
+        "run_dir": str(out),
+        "imported_from": "Keras",
+        "source_file": str(file),
+        "source_format": kw.format,
+        "params": sum(p.numel() for p in model.parameters()),
+        "model_file": str(out / MODEL_FILE),
+        "classes": classes,
+    }
+    atomic_write_json(out / RESULT_FILE, result)
+    return result
+
+
+# ---------------------------------------------------------------------- export to Keras
+
+
+def _keras_layer_plan(config: AlexNetConfig) -> list[tuple[str, str, str | None]]:
+    """(Keras class path name, Keras layer name, our layer or None) for the seed's model."""
+    kinds = {
+        "Conv2dSame": "conv2d",
+        "MaxPool2dSame": "max_pooling2d",
+        "FlattenHWC": "flatten",
+        "Dense": "dense",
+        "Dropout": "dropout",
+    }
+    with torch.device("meta"):
+        model = AlexNet(config)
+    counts: dict[str, int] = {}
+    plan = [("input_layer", "input_layer", None)]
+    for ours, layer in model.layers.named_children():
+        kind = kinds[type(layer).__name__]
+        n = counts.get(kind, -1) + 1
+        counts[kind] = n
+        key = kind if n == 0 else f"{kind}_{n}"
+        plan.append((key, key, ours if kind in ("conv2d", "dense") else None))
+    return plan
+
+
+def _keras_arrays(model: AlexNet, ours: str) -> tuple[np.ndarray, np.ndarray]:
+    layer = getattr(model.layers, ours)
+    w = layer.weight.detach().cpu().float().numpy()
+    b = layer.bias.detach().cpu().float().numpy()
+    kernel = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+    return np.ascontiguousarray(kernel), np.ascontiguousarray(b)
+
+
+def export_keras_weights(model: AlexNet, path: str | Path) -> str:
+    """Write the weights for the seed's Keras model: ``.weights.h5`` in Keras 3's layout
+    (``model.load_weights`` of Keras 3), any other ``.h5`` in Keras 2's ``save_weights`` layout
+    (``model.load_weights`` of Keras 2 and 3). Returns the format written."""
+    import h5py
+
+    from .checkpoint import atomic_write
+
+    path = Path(path)
+    plan = _keras_layer_plan(model.config)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        if path.name.endswith(".weights.h5"):
+            fmt = "keras3-weights-h5"
+            layers = f.create_group("layers")
+            for key, _, ours in plan:
+                g = layers.create_group(key).create_group("vars")
+                g.attrs["name"] = key
+                if ours is not None:
+                    kernel, bias = _keras_arrays(model, ours)
+                    g.create_dataset("0", data=kernel)
+                    g.create_dataset("1", data=bias)
+            f.create_group("vars").attrs["name"] = "functional"
+        else:
+            fmt = "keras2-h5"
+            names = [name for _, name, _ in plan if name != "input_layer"]
+            f.attrs["layer_names"] = np.array([n.encode() for n in names])
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = b"2.2.4"
+            for _, name, ours in plan[1:]:
+                g = f.create_group(name)
+                if ours is None:
+                    g.attrs["weight_names"] = np.array([], dtype="S1")
+                    continue
+                kernel, bias = _keras_arrays(model, ours)
+                wn = [f"{name}/kernel:0", f"{name}/bias:0"]
+                g.attrs["weight_names"] = np.array([n.encode() for n in wn])
+                g.create_dataset(wn[0], data=kernel)
+                g.create_dataset(wn[1], data=bias)
+    data = buf.getvalue()
+    atomic_write(path, lambda fh: fh.write(data))
+    return fmt
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def add_parsers(sub) -> None:
+    from .cli import _model_name
+
+    p = sub.add_parser(
+        "import-keras",
+        help="turn the seed's Keras weights (.h5, .weights.h5, .keras) into a run folder",
+        description="Read the weights of the seed's Keras model: a Keras 2 model.save('x.h5') "
+        "or save_weights file, a Keras 3 .h5, .weights.h5 or .keras file. Every kernel is "
+        "checked against the model's shapes and converted (Conv2D HWIO to OIHW, Dense in/out "
+        "transposed). The run folder gets model.pt, config.json and result.json, and works "
+        "with evaluate, predict and export.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="Keras .h5, .weights.h5 or .keras")
+    p.add_argument(
+        "--model",
+        type=_model_name,
+        metavar="NAME",
+        help="the preset the file holds (default: found from the kernel shapes)",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument(
+        "--flatten",
+        choices=("auto", "hwc", "chw"),
+        default="auto",
+        help="order of the flattened features the first dense layer reads: hwc for "
+        "channels-last Keras models (the seed's), chw for channels-first convolutions; auto "
+        "(default) reads it from the model config in .h5 and .keras files, else hwc",
+    )
+    p.add_argument("--force", action="store_true", help="replace a model already in RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print result.json")
+    p.set_defaults(func=cmd_import_keras)
+
+    e = sub.add_parser(
+        "export-keras",
+        help="write a model's weights for the seed's Keras code (.h5 or .weights.h5)",
+        description="Write the weights in a file that the seed's Keras model loads with "
+        "model.load_weights(FILE): FILE ending in .weights.h5 gets Keras 3's layout, any other "
+        ".h5 the layout of Keras 2's save_weights (which Keras 3 reads too).",
+    )
+    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    e.add_argument("--out", type=Path, required=True, metavar="FILE", help=".h5 or .weights.h5")
+    e.set_defaults(func=cmd_export_keras)
+
+
+def cmd_import_keras(args) -> int:
+    from .cli import UserError, _print_json
+
+    try:
+        result = import_keras(
+            args.file, args.out, args.model, force=args.force, flatten=args.flatten
+        )
+    except KerasFileError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"imported {result['source_format']} file {args.file} as {result['model']} "
+            f"({result['params']:,} parameters) into {args.out}"
+        )
+    return 0
+
+
+def cmd_export_keras(args) -> int:
+    from .cli import UserError
+    from .evaluate import load_model
+
+    if not str(args.out).endswith(".h5"):
+        raise UserError(f"--out {args.out} must end in .h5 or .weights.h5")
+    model = load_model(args.path)
+    fmt = export_keras_weights(model, args.out)
+    print(f"wrote {model.config.name} weights ({fmt}) to {args.out}")
+    return 0
