@@ -33,13 +33,16 @@ def cli(capsys, *args):
     return subprocess.CompletedProcess(args, code, out, err)
 
 
-def test_help_lists_commands():
-    p = run_cli("--help")
+def test_help_lists_commands(capsys):
+    p = cli(capsys, "--help")
     assert p.returncode == 0
-    for c in ("train", "evaluate", "models", "summary"):
+    for c in ("train", "evaluate", "models", "summary", "bench", "study", "report", "predict"):
         assert c in p.stdout
-    p = run_cli("train", "--help")
+    p = cli(capsys, "train", "--help")
     assert p.returncode == 0 and "--limit-train" in p.stdout and "--resume" in p.stdout
+    # and the installed entry point answers too
+    p = run_cli("--version")
+    assert p.returncode == 0 and p.stdout.startswith("alexnet-cifar ")
 
 
 @pytest.mark.parametrize(
@@ -90,17 +93,18 @@ def test_evaluate_missing_and_damaged_checkpoints(capsys, tmp_path):
 
 
 @pytest.mark.real_data
-def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path):
+def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = [
         "train",
         "alexnet_thinner_4",
+        "--no-verify",
         "--epochs",
         "3",
         "--batch-size",
         "32",
         "--limit-train",
-        "320",
+        "192",
         "--limit-test",
         "100",
         "--device",
@@ -130,7 +134,9 @@ def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path):
     assert "Traceback" not in err
     assert (out / "checkpoint.pt").is_file()
 
-    p = run_cli(
+    monkeypatch.setenv("CIFAR10_DIR", str(cifar10_dir))
+    p = cli(
+        capsys,
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -139,7 +145,7 @@ def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path):
         "--device",
         "cpu",
         "--quiet",
-        env={"CIFAR10_DIR": str(cifar10_dir)},
+        "--no-verify",
     )
     assert p.returncode == 0, p.stderr
     assert "test accuracy" in p.stdout

@@ -50,12 +50,30 @@ REF_ARGS = [
     "--device",
     "cpu",
     "--no-progress",
+    "--no-verify",
 ]
 
 
 def _rows(out: Path) -> list[dict]:
     with open(out / "metrics.csv") as f:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def _main(*args, env=None):
+    """The command in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:
+                code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _cli(*args, env=None, **kw):
@@ -109,7 +127,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_metrics(
     state, _ = load_checkpoint(out, warn=lambda m: pytest.fail(m))
     assert state["epoch"] >= 1
 
-    p = _cli(
+    p = _main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
     )
     assert p.returncode == 0, (delay, p.stderr)
@@ -132,7 +150,7 @@ def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, referen
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err and "Resume with: alexnet-cifar train" in err
     assert "Traceback" not in err
-    p = _cli(
+    p = _main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
     )
     assert p.returncode == 0, p.stderr
@@ -183,7 +201,7 @@ def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run)
     out = interrupted_run
     _flip_byte(out / "checkpoint.pt")
     (out / "checkpoint.prev.pt").write_bytes(b"garbage")
-    p = _cli(
+    p = _main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
@@ -198,10 +216,10 @@ def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run)
 def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}
-    p = _cli("train", "alexnet", "--out", str(out), "--resume", "--device", "cpu", env=env)
+    p = _main("train", "alexnet", "--out", str(out), "--resume", "--device", "cpu", env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "model: checkpoint has 'alexnet_thinner_4', this run asks 'alexnet'" in p.stderr
-    p = _cli(
+    p = _main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -216,7 +234,7 @@ def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir,
     assert p.returncode == 2
     assert "recipe.batch_size: checkpoint has 32, this run asks 16" in p.stderr
     # --force does not make an unsafe change safe
-    p = _cli(
+    p = _main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -242,7 +260,7 @@ def test_other_class_count_is_refused(cifar10, interrupted_run):
 def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}
-    p = _cli(
+    p = _main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -256,7 +274,7 @@ def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_r
     )
     assert p.returncode == 2 and "recipe.epochs: checkpoint has 3, this run asks 4" in p.stderr
     assert "--force" in p.stderr
-    p = _cli(
+    p = _main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -273,7 +291,7 @@ def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_r
     lrs = [float(r["lr"]) for r in _rows(out)]
     assert lrs == pytest.approx([0.01, 0.001, 0.0001, 0.0001])  # drops stayed at 1 and 2
     # a later plain resume takes the extended settings from the run
-    p = _cli(
+    p = _main(
         "train", "alexnet_thinner_4", "--out", str(out), "--resume", "--device", "cpu", env=env
     )
     assert p.returncode == 0, p.stderr
@@ -323,7 +341,7 @@ def test_nonfinite_loss_stops_keeps_last_good_checkpoint(cifar10, tmp_path):
 
 @pytest.mark.real_data
 def test_nonfinite_loss_exit_code(cifar10_dir, tmp_path):
-    p = _cli(
+    p = _main(
         "train",
         "alexnet_thinner_4",
         "--lr",

@@ -2,15 +2,13 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import normalize
+from alexnet_cifar.cli import main
 from alexnet_cifar.engine import Engine, EngineOptions
 from alexnet_cifar.evaluate import evaluate_model
 from alexnet_cifar.recipe import Recipe, get_recipe
@@ -114,15 +112,12 @@ def test_fast_recipe_resumes_exactly(cifar10, tmp_path):
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_fast_recipe_learns_on_a_subset(cifar10_dir, tmp_path):
+def test_fast_recipe_learns_on_a_subset(cifar10_dir, tmp_path, capsys):
     # alexnet, 3 epochs of 2,000 images at batch 64 (lr scaled to 0.01): about 40 s on 2 cores
     # and 27% on 500 test images (chance: 10%, one standard deviation 1.3 points).
     out = tmp_path / "run"
-    p = subprocess.run(
+    code = main(
         [
-            sys.executable,
-            "-m",
-            "alexnet_cifar",
             "train",
             "alexnet",
             "--recipe",
@@ -132,7 +127,7 @@ def test_fast_recipe_learns_on_a_subset(cifar10_dir, tmp_path):
             "--batch-size",
             "64",
             "--limit-train",
-            "2000",
+            "1500",
             "--limit-test",
             "500",
             "--device",
@@ -141,14 +136,12 @@ def test_fast_recipe_learns_on_a_subset(cifar10_dir, tmp_path):
             str(out),
             "--json",
             "--no-verify",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, CIFAR10_DIR=str(cifar10_dir)),
+            "--data-dir",
+            str(cifar10_dir),
+        ]
     )
-    assert p.returncode == 0, p.stderr
-    result = json.loads(p.stdout)
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["recipe"] == "fast"
     assert result["test_accuracy"] > 0.18, result
     config = json.loads((out / "config.json").read_text())
