@@ -41,10 +41,24 @@ def normalize(
     then an NCHW view in channels_last memory) or (N, C, H, W).
     """
     x = images.permute(0, 3, 1, 2) if channels_last_input else images
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m, s = _channel_stats(tuple(mean), tuple(std), x.device)
     # float32 subtract then divide: the same roundings as the seed's NumPy code.
     return (x.to(torch.float32) - m) / s
+
+
+_STATS: dict = {}
+
+
+def _channel_stats(mean: tuple, std: tuple, device: torch.device):
+    """The statistics as device tensors, made once per device: a copy from the host inside a
+    CUDA graph capture is not allowed, and per batch it would be wasted work."""
+    key = (mean, std, str(device))
+    if key not in _STATS:
+        _STATS[key] = tuple(
+            torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            for v in (mean, std)
+        )
+    return _STATS[key]
 
 
 def _axis_taps(shift: torch.Tensor, size: int):
