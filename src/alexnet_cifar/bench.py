@@ -157,11 +157,22 @@ def bench_model(name: str, s: BenchSettings) -> dict:
     return result
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     env = {
         "device": str(device),
         "device_name": (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
         ),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,

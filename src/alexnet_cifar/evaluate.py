@@ -95,28 +95,46 @@ def evaluate_model(
         labels = torch.as_tensor(labels).to(device)
         logits = logits_in_batches(model, images, batch_size, channels_last, precision=precision)
         if tta_flip:
-            # the mean of the softmax of each image and its mirror image, back as log-probs
             mirrored = logits_in_batches(
                 model, images, batch_size, channels_last, flip=True, precision=precision
             )
-            logits = torch.log((torch.softmax(logits, 1) + torch.softmax(mirrored, 1)) / 2)
-        ce = keras_crossentropy(logits, labels, loss_clip_eps)
-        pred = logits.argmax(1)
-        k = model.config.num_classes
-        confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
-        n = len(labels)
-        ce_mean = float(ce.sum() / max(n, 1))
-        penalty = float(model.l2_penalty())
-        return EvalResult(
-            loss=ce_mean + penalty,
-            accuracy=float((pred == labels).sum()) / max(n, 1),
-            cross_entropy=ce_mean,
-            n=n,
-            confusion=confusion.cpu().numpy(),
-            classes=list(classes) if classes is not None else [str(i) for i in range(k)],
-        )
+            logits = flip_averaged(logits, mirrored)
+        return result_from_logits(model, logits, labels, classes, loss_clip_eps)
     finally:
         model.train(was_training)
+
+
+def flip_averaged(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Log of the mean of the softmax of each image and of its mirror image.
+
+    It stands in for logits anywhere (its softmax is that mean), so the loss and the accuracy
+    of the flip-averaged prediction come out of the same code as the plain ones.
+    """
+    return torch.log((torch.softmax(logits, 1) + torch.softmax(mirrored, 1)) / 2)
+
+
+def result_from_logits(
+    model: AlexNet,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str] | None,
+    loss_clip_eps: float = 1e-7,
+) -> EvalResult:
+    """Loss (with the model's L2 term), accuracy and confusion matrix of given predictions."""
+    ce = keras_crossentropy(logits, labels, loss_clip_eps)
+    pred = logits.argmax(1)
+    k = model.config.num_classes
+    confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
+    n = len(labels)
+    ce_mean = float(ce.sum() / max(n, 1))
+    return EvalResult(
+        loss=ce_mean + float(model.l2_penalty()),
+        accuracy=float((pred == labels).sum()) / max(n, 1),
+        cross_entropy=ce_mean,
+        n=n,
+        confusion=confusion.cpu().numpy(),
+        classes=list(classes) if classes is not None else [str(i) for i in range(k)],
+    )
 
 
 def resolve_weights_file(path: str | Path) -> Path:

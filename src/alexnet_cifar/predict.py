@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from .augment import SEED_MEAN
-from .evaluate import EvalResult, logits_in_batches
-from .optim import keras_crossentropy
+from .evaluate import EvalResult, flip_averaged, logits_in_batches, result_from_logits
 
 __all__ = [
     "ImageError",
@@ -152,21 +151,6 @@ def predict_images(model, images: list[LoadedImage], batch_size: int = 256) -> n
 # ---------------------------------------------------------------------- TTA evaluation
 
 
-def _result(model, ce, pred, labels, classes, penalty) -> EvalResult:
-    k = model.config.num_classes
-    confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
-    n = len(labels)
-    ce_mean = float(ce.sum() / max(n, 1))
-    return EvalResult(
-        loss=ce_mean + penalty,
-        accuracy=float((pred == labels).sum()) / max(n, 1),
-        cross_entropy=ce_mean,
-        n=n,
-        confusion=confusion.cpu().numpy(),
-        classes=list(classes) if classes is not None else [str(i) for i in range(k)],
-    )
-
-
 @torch.no_grad()
 def evaluate_with_tta(
     model,
@@ -178,11 +162,11 @@ def evaluate_with_tta(
     loss_clip_eps: float = 1e-7,
     channels_last: bool = False,
 ) -> tuple[EvalResult, EvalResult]:
-    """(plain, flip-averaged) results on uint8 NHWC images, dropout off.
+    """(plain, flip-averaged) results on uint8 NHWC images, dropout off, each image run once.
 
     The flip-averaged prediction is the mean of the softmax of each image and of its mirror
     image; its loss is the cross-entropy of that mean (clipped as Keras clips), plus the model's
-    L2 term. The plain result is computed as ``evaluate_model`` computes it.
+    L2 term. Both are what ``evaluate_model`` gives with and without ``tta_flip``.
     """
     was_training = model.training
     model.eval()
@@ -192,15 +176,12 @@ def evaluate_with_tta(
         labels = torch.as_tensor(labels).to(device)
         plain = logits_in_batches(model, images, batch_size, channels_last)
         flipped = logits_in_batches(model, images, batch_size, channels_last, flip=True)
-        penalty = float(model.l2_penalty())
-        plain_ce = keras_crossentropy(plain, labels, loss_clip_eps)
-        plain_res = _result(model, plain_ce, plain.argmax(1), labels, classes, penalty)
-        probs = 0.5 * (torch.softmax(plain, dim=1) + torch.softmax(flipped, dim=1))
-        p_true = probs.gather(1, labels[:, None]).squeeze(1)
-        if loss_clip_eps > 0:
-            p_true = p_true.clamp(loss_clip_eps, 1.0 - loss_clip_eps)
-        tta_res = _result(model, -torch.log(p_true), probs.argmax(1), labels, classes, penalty)
-        return plain_res, tta_res
+        return (
+            result_from_logits(model, plain, labels, classes, loss_clip_eps),
+            result_from_logits(
+                model, flip_averaged(plain, flipped), labels, classes, loss_clip_eps
+            ),
+        )
     finally:
         model.train(was_training)
 
