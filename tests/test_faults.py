@@ -561,3 +561,22 @@ def test_absurd_limits_never_trace_back(tmp_path_factory, limit, which):
     )
     _clean_failure(code, err)
     assert f"--limit-{which} must lie between 1 and" in err
+
+
+def test_checkpoint_is_a_snapshot_even_while_written_in_the_background(tmp_path):
+    from alexnet_cifar.checkpoint import BackgroundWriter, save_checkpoint
+
+    w = torch.ones(1000)
+    writer = BackgroundWriter()
+    save_checkpoint(tmp_path, {"epoch": 1, "step": 0, "model": {"w": w}}, writer=writer)
+    w.fill_(7.0)  # training goes on while the file is written
+    writer.wait()
+    assert torch.equal(read_state(tmp_path / "checkpoint.pt")["model"]["w"], torch.ones(1000))
+
+    def fail():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.submit(fail)
+    with pytest.raises(OSError):
+        writer.wait()  # a failed background write is never silent
+    writer.wait()  # and is reported once

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -134,14 +135,47 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def to_cpu(obj: Any) -> Any:
-    """The same nested structure with every tensor copied to the CPU (once, before saving)."""
+    """The same nested structure with every tensor copied to the CPU.
+
+    Always a copy, also of CPU tensors: the copy is a snapshot that training may not change
+    while it is being written.
+    """
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+class BackgroundWriter:
+    """Writes one file at a time in a thread, so training goes on while a checkpoint is hashed
+    and written. A new write first waits for the one before; an error surfaces at that wait
+    (or at ``wait()``), never silently."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), daemon=False)
+        self._thread.start()
+
+    def _run(self, job) -> None:
+        try:
+            job()
+        except BaseException as e:  # handed to the training thread at the next wait
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def content_digest(obj: Any) -> str:
@@ -177,12 +211,24 @@ def _sealed(kind: str, state: dict) -> dict:
     return body
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> Path:
-    """Write ``run_dir/checkpoint.pt`` atomically, keeping the previous one as the fallback."""
+def save_checkpoint(run_dir: Path, state: dict, writer: BackgroundWriter | None = None) -> Path:
+    """Write ``run_dir/checkpoint.pt`` atomically, keeping the previous one as the fallback.
+
+    The state is copied to the CPU here; with a ``writer`` the checksum and the write happen in
+    its thread while the caller goes on.
+    """
     run_dir = Path(run_dir)
-    body = _sealed(CHECKPOINT_FORMAT, state)
     path = run_dir / CHECKPOINT
-    atomic_write(path, lambda f: torch.save(body, f), keep_previous=run_dir / PREV_CHECKPOINT)
+    body = to_cpu({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, **state})
+
+    def write() -> None:
+        body["digest"] = content_digest(body)
+        atomic_write(path, lambda f: torch.save(body, f), keep_previous=run_dir / PREV_CHECKPOINT)
+
+    if writer is None:
+        write()
+    else:
+        writer.submit(write)
     return path
 
 

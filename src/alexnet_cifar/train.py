@@ -30,6 +30,7 @@ from .augment import draw_seed_augmentation
 from .checkpoint import (
     CHECKPOINT,
     MODEL_FILE,
+    BackgroundWriter,
     CheckpointError,
     RunLock,
     atomic_write_json,
@@ -415,6 +416,8 @@ class Trainer:
                 "partial": partial,
                 "history": self.history,
             },
+            # hashed and written in a thread while the next epoch trains
+            writer=self.writer,
         )
 
     def _write_metrics(self) -> None:
@@ -429,6 +432,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        self.writer = BackgroundWriter()
         try:
             self.setup()
             try:
@@ -436,6 +440,7 @@ class Trainer:
                     self.guard = guard
                     return self._run()
             finally:
+                self._flush_writes()
                 if self.lock is not None:
                     self.lock.release()
         finally:
@@ -502,7 +507,18 @@ class Trainer:
             + (f"  ETA {_fmt_duration(eta)}" if done < epochs else "")
         )
 
+    def _flush_writes(self) -> None:
+        """Wait for a checkpoint still being written; its error wins only if none is on its way."""
+        if sys.exc_info()[0] is None:
+            self.writer.wait()
+            return
+        try:
+            self.writer.wait()
+        except Exception as e:  # an error is already propagating: report this one beside it
+            self.warn(f"also: {e}")
+
     def _interrupted(self, epoch: int, step: int) -> None:
+        self.writer.wait()  # the checkpoint named below is on disk
         signum = self.guard.signum or signal.SIGINT
         name = signal.Signals(signum).name
         cmd = f"alexnet-cifar train {self.opts.model} --out {self.out} --resume"
@@ -676,6 +692,7 @@ class Trainer:
         )
 
     def _finish(self) -> dict:
+        self.writer.wait()
         opts = self.opts
         model_path = self.out / MODEL_FILE
         if not self.history:
