@@ -266,6 +266,11 @@ def _load_binary(folder: Path, verify: bool) -> CIFAR10:
         if len(names) != len(CLASSES):
             raise DataError(f"{meta} should list 10 class names, one a line; it lists {len(names)}")
         classes = names
+    return _assemble(train, x_test, y_test, classes, folder, "binary")
+
+
+def _assemble(train, x_test, y_test, classes, folder: Path, fmt: str) -> CIFAR10:
+    """The five training batches joined, with the test batch: the loaded data set."""
     return CIFAR10(
         np.concatenate([x for x, _ in train]),
         np.concatenate([y for _, y in train]),
@@ -273,7 +278,7 @@ def _load_binary(folder: Path, verify: bool) -> CIFAR10:
         y_test,
         classes,
         folder,
-        "binary",
+        fmt,
     )
 
 
@@ -379,15 +384,7 @@ def _load_python(folder: Path, verify: bool) -> CIFAR10:
         if not isinstance(names, list) or len(names) != len(CLASSES):
             raise DataError(f"{meta_path}: 'label_names' should list 10 class names")
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return CIFAR10(
-        np.concatenate([x for x, _ in train]),
-        np.concatenate([y for _, y in train]),
-        x_test,
-        y_test,
-        classes,
-        folder,
-        "python",
-    )
+    return _assemble(train, x_test, y_test, classes, folder, "python")
 
 
 # --------------------------------------------------------------------------- download
