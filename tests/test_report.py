@@ -67,12 +67,13 @@ def make_run(
     device: str = "cpu",
     gpu: str | None = None,
     model_bytes: int = 123_457,
+    recipe: Recipe | None = None,
 ) -> Path:
     """A run folder as train() leaves it; unfinished (no result.json, no model.pt) if
     ``planned`` exceeds ``epochs``."""
     planned = planned or epochs
     folder.mkdir(parents=True)
-    recipe = Recipe(epochs=planned)
+    recipe = recipe.with_(epochs=planned) if recipe is not None else Recipe(epochs=planned)
     versions = {"torch": "2.13.0", "alexnet_cifar": "0.1.0"}
     if gpu:
         versions["gpu"] = gpu
@@ -445,3 +446,14 @@ def test_the_browser_check_sees_broken_pages(tmp_path, chromium):
     assert len(page.broken_images) == 2
     assert any("boom" in e for e in page.console_errors)
     assert page.failed_requests
+
+
+def test_fast_recipe_runs_are_named_as_such(tmp_path):
+    from alexnet_cifar.recipe import get_recipe
+
+    a = make_run(tmp_path / "fast", "alexnet_slim_regular", 8, recipe=get_recipe("fast"))
+    b = make_run(tmp_path / "seed", "alexnet", 8)
+    summary = build_report([a, b], tmp_path / "r")
+    assert [r["recipe"] for r in summary["runs"]] == ["seed", "fast"]  # in the post's order
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "the recipes `fast`, `seed`" in md and "recipe `fast` instead of the seed's" in md

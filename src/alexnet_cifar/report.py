@@ -337,6 +337,7 @@ def run_summary(run: RunData) -> dict:
         "test_accuracy_difference": best_acc - pub_acc[0] if pub_acc else None,
         "post_overfitting": POST_OVERFITTING.get(run.model),
         "seed": cfg.get("seed"),
+        "recipe": recipe.get("name", "seed"),
         "batch_size": recipe.get("batch_size"),
         "lr": recipe.get("lr"),
         "lr_milestones": recipe.get("lr_milestones"),
@@ -458,7 +459,10 @@ def _curves_figure(runs: list[RunData], column: str, title: str, ylabel: str, pe
 
 
 def _lr_drops(ax, run: RunData) -> None:
-    drops = [int(m) for m in run.config["recipe"].get("lr_milestones") or []]
+    recipe = run.config["recipe"]
+    if recipe.get("lr_schedule", "step") != "step":
+        return  # a per-step schedule has no drops to mark
+    drops = [int(m) for m in recipe.get("lr_milestones") or []]
     shown = [m for m in drops if 0 < m < run.epochs_done]
     for i, m in enumerate(shown):
         ax.axvline(
@@ -794,6 +798,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def _setting_notes(summaries: list[dict]) -> list[str]:
     """How these runs differ from the post's setting (300 epochs, all 50,000 / 10,000 images)."""
     notes = []
+    other = sorted({s["recipe"] for s in summaries} - {"seed"})
+    if other:
+        notes.append("recipe " + ", ".join(f"`{r}`" for r in other) + " instead of the seed's")
     epochs = sorted({s["epochs_planned"] for s in summaries})
     if any(e != SEED_EPOCHS for e in epochs):
         notes.append(
@@ -975,12 +982,22 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
     doc = _Doc()
     doc.h(1, title)
     variants = sorted({s["model"] for s in summaries}, key=list(PRESETS).index)
+    recipes = sorted({s["recipe"] for s in summaries})
+    lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
+    if recipes == ["seed"]:
+        how = (
+            f"the seed recipe (SGD with Nesterov momentum, lr {lrs} divided by 10 at 1/3 and "
+            "2/3 of the epochs, shifts and flips)"
+        )
+    else:
+        how = (
+            "the recipes " + ", ".join(f"`{r}`" for r in recipes) + f" (peak lr {lrs}; the "
+            "fields of each are in its run's config.json)"
+        )
     doc.p(
         f"{len(runs)} run{'s' if len(runs) != 1 else ''} of "
         + ", ".join(f"`{v}`" for v in variants)
-        + ", trained with the seed recipe (SGD with Nesterov momentum, lr "
-        + " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
-        + " divided by 10 at 1/3 and 2/3 of the epochs, shifts and flips). Written by "
+        + f", trained with {how}. Written by "
         f"alexnet-cifar {__version__} on {time.strftime('%Y-%m-%d')}."
     )
 
