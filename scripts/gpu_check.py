@@ -69,7 +69,7 @@ def _engine_params(name, options, device, steps=4, bs=32):
     n = bs * steps
     x, y, perm, dy, dx, flip = _data(n, device)
     model = _model(name, device)
-    engine = Engine(model, Recipe(batch_size=bs, lr=0.003), device, options, x, y, name)
+    engine = Engine(model, Recipe(batch_size=bs, lr=0.003), device, options, x, y)
     engine.begin_epoch(0, perm.to(device), dy.to(device), dx.to(device), flip.to(device))
     for s in range(steps):
         engine.step(s)

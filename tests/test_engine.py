@@ -51,7 +51,7 @@ def test_engine_step_equals_plain_step(channels_last, fused):
         ref = ref.to(memory_format=torch.channels_last)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.003, momentum=0.9, nesterov=True)
     opts = EngineOptions(precision="fp32", channels_last=channels_last, fused_optimizer=fused)
-    engine = Engine(model, recipe, CPU, opts, x_u8, y, name)
+    engine = Engine(model, recipe, CPU, opts, x_u8, y)
     engine.begin_epoch(0, perm, dy, dx, flip)
 
     losses = []
@@ -84,7 +84,7 @@ def test_device_side_batch_is_translate_plus_flip():
     name, bs, n = "alexnet", 8, 20
     x_u8, y = _dataset(n, seed=3)
     perm, dy, dx, flip = _epoch_draws(n, seed=4)
-    engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y, name)
+    engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y)
     engine.begin_epoch(0, perm, dy, dx, flip, start_step=2)
     xb, yb = engine._inputs(n - 2 * bs)
     sl = slice(2 * bs, n)
@@ -122,7 +122,7 @@ def test_preparation_leaves_no_trace():
     torch.manual_seed(0)
     model = build_model(name)
     opts = EngineOptions(compile=True, compile_backend="eager")
-    engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y, name)
+    engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y)
     engine.begin_epoch(0, perm, dy, dx, flip, start_step=1, loss_sum=2.5, correct=3)
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
@@ -155,9 +155,9 @@ def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_
 
 
 def test_engine_options_resolve_per_device():
-    cpu = EngineOptions().resolve(CPU, "alexnet")
+    cpu = EngineOptions().resolve(CPU)
     assert (cpu.precision, cpu.compile, cpu.cuda_graphs) == ("fp32", False, False)
-    cuda = EngineOptions().resolve(torch.device("cuda"), "alexnet")
+    cuda = EngineOptions().resolve(torch.device("cuda"))
     assert (cuda.precision, cuda.compile, cuda.cuda_graphs, cuda.channels_last) == (
         "bf16",
         True,
@@ -165,7 +165,7 @@ def test_engine_options_resolve_per_device():
         True,
     )
     off = EngineOptions(precision="fp32", compile=False, cuda_graphs=False).resolve(
-        torch.device("cuda"), "alexnet"
+        torch.device("cuda")
     )
     assert (off.precision, off.compile, off.cuda_graphs) == ("fp32", False, False)
     with pytest.raises(ValueError, match="bf16"):

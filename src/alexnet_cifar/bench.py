@@ -121,7 +121,7 @@ def bench_model(name: str, s: BenchSettings) -> dict:
     # (b) the engine, as train runs it
     torch.manual_seed(s.seed)
     model = AlexNet(get_config(name)).to(dev)
-    engine = Engine(model, Recipe(batch_size=bs), dev, s.engine, x_u8, y, name)
+    engine = Engine(model, Recipe(batch_size=bs), dev, s.engine, x_u8, y)
     perm = torch.arange(n)
     dy, dx, flip = draw_seed_augmentation(n, g)
     engine.begin_epoch(0, perm.to(dev), dy.to(dev), dx.to(dev), flip.to(dev))

@@ -31,15 +31,6 @@ from .recipe import Recipe
 
 __all__ = ["Engine", "EngineOptions", "plain_step"]
 
-# Measured on 2 CPU cores (docs/performance.md): channels_last speeds up only some variants there.
-_CPU_CHANNELS_LAST = {
-    "alexnet": False,
-    "alexnet_slim": False,
-    "alexnet_slim_regular": False,
-    "alexnet_thinner_2": False,
-    "alexnet_thinner_4": False,
-}
-
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -53,9 +44,7 @@ class EngineOptions:
     cuda_graphs: bool | None = None  # one CUDA graph per step (auto: on CUDA)
     fused_optimizer: bool | None = None  # torch's fused SGD kernel (auto: on)
 
-    def resolve(
-        self, device: torch.device, model_name: str = "", world_size: int = 1
-    ) -> EngineOptions:
+    def resolve(self, device: torch.device, world_size: int = 1) -> EngineOptions:
         cuda = device.type == "cuda"
         precision = self.precision
         if precision == "auto":
@@ -73,7 +62,8 @@ class EngineOptions:
             )
         channels_last = self.channels_last
         if channels_last is None:
-            channels_last = True if cuda else _CPU_CHANNELS_LAST.get(model_name, False)
+            # On 2 CPU cores channels_last gained nothing for any variant (docs/performance.md).
+            channels_last = cuda
         return replace(
             self,
             precision=precision,
@@ -115,13 +105,12 @@ class Engine:
         options: EngineOptions,
         x_train: torch.Tensor,
         y_train: torch.Tensor,
-        model_name: str = "",
         dist: DistContext | None = None,
     ):
         self.device = device
         self.recipe = recipe
         self.dist = dist or DistContext()
-        self.options = options.resolve(device, model_name, self.dist.world_size)
+        self.options = options.resolve(device, self.dist.world_size)
         o = self.options
         self.model = model
         if o.channels_last:

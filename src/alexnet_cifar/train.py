@@ -339,7 +339,6 @@ class Trainer:
                 opts.engine,
                 self.x_train,
                 self.y_train,
-                opts.model,
                 self.dist,
             )
         except ValueError as e:
