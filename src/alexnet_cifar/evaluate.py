@@ -74,6 +74,35 @@ def logits_in_batches(
 
 
 @torch.no_grad()
+def heldout_logits(
+    model: torch.nn.Module,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    *,
+    batch_size: int = 500,
+    channels_last: bool = False,
+    precision: str = "fp32",
+    mirrored: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(logits, logits of the mirror images or None, labels) on the model's device, computed
+    with dropout off; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        images = torch.as_tensor(images)
+
+        def run(flip: bool) -> torch.Tensor:
+            return logits_in_batches(
+                model, images, batch_size, channels_last, flip=flip, precision=precision
+            )
+
+        return run(False), run(True) if mirrored else None, torch.as_tensor(labels).to(device)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def evaluate_model(
     model: AlexNet,
     images: torch.Tensor | np.ndarray,
@@ -87,21 +116,18 @@ def evaluate_model(
     tta_flip: bool = False,
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on uint8 NHWC images (dropout off)."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        images = torch.as_tensor(images)
-        labels = torch.as_tensor(labels).to(device)
-        logits = logits_in_batches(model, images, batch_size, channels_last, precision=precision)
-        if tta_flip:
-            mirrored = logits_in_batches(
-                model, images, batch_size, channels_last, flip=True, precision=precision
-            )
-            logits = flip_averaged(logits, mirrored)
-        return result_from_logits(model, logits, labels, classes, loss_clip_eps)
-    finally:
-        model.train(was_training)
+    logits, mirrored, labels = heldout_logits(
+        model,
+        images,
+        labels,
+        batch_size=batch_size,
+        channels_last=channels_last,
+        precision=precision,
+        mirrored=tta_flip,
+    )
+    if tta_flip:
+        logits = flip_averaged(logits, mirrored)
+    return result_from_logits(model, logits, labels, classes, loss_clip_eps)
 
 
 def flip_averaged(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:

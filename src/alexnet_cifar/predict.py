@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from .augment import SEED_MEAN
-from .evaluate import EvalResult, flip_averaged, logits_in_batches, result_from_logits
+from .evaluate import (
+    EvalResult,
+    flip_averaged,
+    heldout_logits,
+    logits_in_batches,
+    result_from_logits,
+)
 
 __all__ = [
     "ImageError",
@@ -168,22 +174,13 @@ def evaluate_with_tta(
     image; its loss is the cross-entropy of that mean (clipped as Keras clips), plus the model's
     L2 term. Both are what ``evaluate_model`` gives with and without ``tta_flip``.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        images = torch.as_tensor(images)
-        labels = torch.as_tensor(labels).to(device)
-        plain = logits_in_batches(model, images, batch_size, channels_last)
-        flipped = logits_in_batches(model, images, batch_size, channels_last, flip=True)
-        return (
-            result_from_logits(model, plain, labels, classes, loss_clip_eps),
-            result_from_logits(
-                model, flip_averaged(plain, flipped), labels, classes, loss_clip_eps
-            ),
-        )
-    finally:
-        model.train(was_training)
+    plain, flipped, labels = heldout_logits(
+        model, images, labels, batch_size=batch_size, channels_last=channels_last, mirrored=True
+    )
+    return (
+        result_from_logits(model, plain, labels, classes, loss_clip_eps),
+        result_from_logits(model, flip_averaged(plain, flipped), labels, classes, loss_clip_eps),
+    )
 
 
 # ---------------------------------------------------------------------- command
