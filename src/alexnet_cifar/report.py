@@ -470,6 +470,21 @@ def _lr_drops(ax, run: RunData) -> None:
         )
 
 
+def _star(ax, x, y, label: str) -> None:
+    """A hollow star that shows the point beneath it."""
+    ax.plot(
+        [x],
+        [y],
+        linestyle="none",
+        marker="*",
+        markersize=16,
+        markerfacecolor="none",
+        markeredgecolor="black",
+        markeredgewidth=1.3,
+        label=label,
+    )
+
+
 def _train_vs_test_figure(run: RunData, s: dict):
     fig = _figure((11.5, 4.6))
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -477,29 +492,19 @@ def _train_vs_test_figure(run: RunData, s: dict):
     x = m["epoch"]
     ax_loss.plot(x, m["loss"], label="train loss", color="C0", **style)
     ax_loss.plot(x, m["val_loss"], label="test loss", color="C3", **style)
-    ax_loss.plot(
-        [s["lowest_test_loss_epoch"]],
-        [s["lowest_test_loss"]],
-        linestyle="none",
-        marker="*",
-        markersize=16,
-        markerfacecolor="none",
-        markeredgecolor="black",
-        markeredgewidth=1.3,
-        label=f"lowest test loss (epoch {s['lowest_test_loss_epoch']})",
+    _star(
+        ax_loss,
+        s["lowest_test_loss_epoch"],
+        s["lowest_test_loss"],
+        f"lowest test loss (epoch {s['lowest_test_loss_epoch']})",
     )
     ax_acc.plot(x, [100 * v for v in m["accuracy"]], label="train accuracy", color="C0", **style)
     ax_acc.plot(x, [100 * v for v in m["val_accuracy"]], label="test accuracy", color="C3", **style)
-    ax_acc.plot(
-        [s["best_epoch"]],
-        [100 * s["best_test_accuracy"]],
-        linestyle="none",
-        marker="*",
-        markersize=16,
-        markerfacecolor="none",
-        markeredgecolor="black",
-        markeredgewidth=1.3,
-        label=f"best test accuracy (epoch {s['best_epoch']})",
+    _star(
+        ax_acc,
+        s["best_epoch"],
+        100 * s["best_test_accuracy"],
+        f"best test accuracy (epoch {s['best_epoch']})",
     )
     for ax, ylabel, title in (
         (ax_loss, "loss", "Loss: train vs test"),
