@@ -1,0 +1,232 @@
+"""What a run leaves in its folder besides checkpoints, and how it is read back.
+
+* ``config.json``: everything needed to rerun (model, recipe, seed, subsets, device, versions);
+* ``metrics.csv``: one row per epoch, the columns of :data:`METRIC_COLUMNS`;
+* TensorBoard events of the same scalars;
+* ``result.json``: the final and best accuracy, time, device and per-class results.
+
+Also the progress bar a long loop shows on a terminal, the version facts a run records, and
+durations as people read them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .data import CLASSES
+from .errors import AlexnetCifarError
+from .files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RESULT_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_object,
+)
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "RunLog",
+    "class_names",
+    "format_duration",
+    "progress_bar",
+    "read_metrics",
+    "versions",
+]
+
+#: The columns of metrics.csv, one row per finished epoch (Keras' names).
+METRIC_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def versions(device: torch.device | None = None) -> dict:
+    """The versions a result depends on (and the GPU, on CUDA)."""
+    v = {
+        "alexnet_cifar": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    if device is not None and device.type == "cuda":
+        v["cuda"] = torch.version.cuda
+        v["gpu"] = torch.cuda.get_device_name(device)
+    return v
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42.0 s``, ``3m05s``, ``2h07m``; ``–`` for a time that is missing or not a number."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ---------------------------------------------------------------------- progress
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool | None, initial: int = 0, unit="step"):
+    """A tqdm bar on stderr that disappears when done; ``enabled=None``: when stderr is a
+    terminal. A disabled bar is an object with the same methods that does nothing."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------- writing
+
+
+class RunLog:
+    """The run folder's config, metrics, TensorBoard events and result. With
+    ``enabled=False`` (the ranks other than 0 of a data-parallel run) nothing is written."""
+
+    def __init__(self, folder: Path, *, enabled: bool = True, tensorboard: bool = True):
+        self.folder = Path(folder)
+        self.enabled = enabled
+        self.tensorboard = tensorboard and enabled
+        self._tb = None
+
+    def write_config(self, config: dict) -> None:
+        if self.enabled:
+            atomic_write_json(self.folder / CONFIG_FILE, config, what="the run's settings")
+
+    def read_config(self) -> dict:
+        return read_json_object(self.folder / CONFIG_FILE, "run settings")
+
+    def write_metrics(self, history: list[dict]) -> None:
+        """metrics.csv with every finished epoch (rewritten whole, atomically)."""
+        if not self.enabled:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: row[k] for k in METRIC_COLUMNS})
+        atomic_write_text(self.folder / METRICS_FILE, buf.getvalue(), what="the metrics")
+
+    def open_tensorboard(self, first_epoch: int) -> None:
+        """Start the event file; events a crashed run logged past ``first_epoch`` are dropped."""
+        if self.tensorboard and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.folder), purge_step=first_epoch + 1)
+
+    def log_epoch(self, history: list[dict]) -> None:
+        """The newest epoch of ``history`` into metrics.csv and TensorBoard."""
+        self.write_metrics(history)
+        if self._tb is not None:
+            row = history[-1]
+            for k in METRIC_COLUMNS[1:]:
+                self._tb.add_scalar(k, row[k], row["epoch"])
+            self._tb.flush()
+
+    def write_result(self, result: dict) -> None:
+        if self.enabled:
+            atomic_write_json(self.folder / RESULT_FILE, result, what="the run's result")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_metrics(folder: Path, error=AlexnetCifarError) -> dict[str, list]:
+    """metrics.csv of a run folder as columns (``epoch`` as int); ``error`` names the file,
+    line and column of anything that is not a metrics file of this package."""
+    f = Path(folder) / METRICS_FILE
+    if not f.is_file():
+        raise error(
+            f"{folder} has no {METRICS_FILE}: no epoch of this run has finished, so there is "
+            "nothing to report yet"
+        )
+    try:
+        text = f.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {f}: {e}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in METRIC_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise error(
+            f"{f} is not a metrics file of this package: it lacks the column(s) "
+            + ", ".join(missing)
+        )
+    cols: dict[str, list] = {c: [] for c in METRIC_COLUMNS}
+    for line, row in enumerate(reader, start=2):
+        for c in METRIC_COLUMNS:
+            text_value = row.get(c)
+            try:
+                v = float(text_value)
+            except (TypeError, ValueError):
+                raise error(f"{f}, line {line}: {c} is {text_value!r}, not a number") from None
+            if c == "epoch" and not (math.isfinite(v) and v == int(v)):
+                raise error(f"{f}, line {line}: epoch is {text_value!r}, not a whole number")
+            cols[c].append(int(v) if c == "epoch" else v)
+    if not cols["epoch"]:
+        raise error(f"{f} holds no finished epoch: nothing to report")
+    if cols["epoch"] != list(range(1, len(cols["epoch"]) + 1)):
+        raise error(f"{f} is damaged: its epochs are not 1, 2, 3, ...")
+    return cols
+
+
+def class_names(path: str | os.PathLike, num_classes: int, meta: dict | None = None) -> list[str]:
+    """A run's class names (result.json, config.json, a model file's ``meta``), else
+    CIFAR-10's when the count fits, else '0', '1', ..."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    candidates = []
+    for name in (RESULT_FILE, CONFIG_FILE):
+        try:
+            candidates.append(read_json_object(folder / name).get("classes"))
+        except AlexnetCifarError:
+            continue
+    candidates.append((meta or {}).get("classes"))
+    for names in candidates:
+        if isinstance(names, list) and len(names) == num_classes:
+            return [str(n) for n in names]
+    if num_classes == len(CLASSES):
+        return list(CLASSES)
+    return [str(i) for i in range(num_classes)]
