@@ -70,11 +70,11 @@ def _engine_params(name, options, device, steps=4, bs=32):
     x, y, perm, dy, dx, flip = _data(n, device)
     model = _model(name, device)
     engine = Engine(model, Recipe(batch_size=bs, lr=0.003), device, options, x, y)
-    engine.begin_epoch(0, perm.to(device), dy.to(device), dx.to(device), flip.to(device))
+    engine.begin_epoch(0, (perm, dy, dx, flip))
     for s in range(steps):
         engine.step(s)
-    loss, correct, bad = engine.read_metrics()
-    return [p.detach().float().cpu() for p in model.parameters()], loss, bad
+    sums, bad = engine.read_metrics()
+    return [p.detach().float().cpu() for p in model.parameters()], sums.loss_sum, bad
 
 
 def correctness(say) -> bool:

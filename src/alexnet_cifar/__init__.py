@@ -1,27 +1,28 @@
-"""alexnet-cifar: the AlexNet-on-CIFAR-10 study, faithful to its Keras recipe, in PyTorch."""
+"""alexnet-cifar: the AlexNet-on-CIFAR-10 study, faithful to its Keras recipe, in PyTorch.
 
-from .data import CIFAR10, DataError, load_cifar10
+The public API: ``build_model``, ``load_cifar10``, ``load_model``, the ``augment`` module
+(``augment.translate``, ``augment.normalize``) and the ``alexnet-cifar`` command
+(``alexnet_cifar.cli:main``). How the package is laid out: docs/architecture.md.
+"""
+
+from . import augment
+from ._version import __version__
+from .checkpoint import load_model
+from .data import CIFAR10, load_cifar10
+from .errors import AlexnetCifarError, DataError
 from .models import PRESETS, AlexNet, AlexNetConfig, build_model, model_names
-
-__version__ = "0.1.0"
-
-
-def load_model(path, device="cpu"):
-    """The trained model (eval mode) from a run folder, a checkpoint or a final model file."""
-    from .evaluate import load_model as _load
-
-    return _load(path, device)
-
 
 __all__ = [
     "AlexNet",
     "AlexNetConfig",
+    "AlexnetCifarError",
     "CIFAR10",
     "DataError",
     "PRESETS",
     "__version__",
+    "augment",
     "build_model",
-    "load_model",
     "load_cifar10",
+    "load_model",
     "model_names",
 ]

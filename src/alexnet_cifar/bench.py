@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 
 import torch
 
-from . import __version__
-from .augment import draw_seed_augmentation, normalize
+from .augment import normalize
 from .engine import Engine, EngineOptions, plain_step
 from .models import AlexNet, get_config, layer_table
 from .recipe import Recipe
+from .runlog import versions
 
 __all__ = ["BenchSettings", "run_bench", "matmul_peak_tflops"]
 
@@ -122,9 +123,7 @@ def bench_model(name: str, s: BenchSettings) -> dict:
     torch.manual_seed(s.seed)
     model = AlexNet(get_config(name)).to(dev)
     engine = Engine(model, Recipe(batch_size=bs), dev, s.engine, x_u8, y)
-    perm = torch.arange(n)
-    dy, dx, flip = draw_seed_augmentation(n, g)
-    engine.begin_epoch(0, perm.to(dev), dy.to(dev), dx.to(dev), flip.to(dev))
+    engine.begin_epoch(0, engine.draw_epoch(g))
     model.train()
     _reset_peak(dev)
     _time_block(engine.step, 0, max(s.warmup, 1), dev)  # compiles and captures here
@@ -175,17 +174,12 @@ def environment(device: torch.device) -> dict:
             torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
         ),
         "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "alexnet_cifar": __version__,
-        "python": platform.python_version(),
+        **versions(device),
         "date": time.strftime("%Y-%m-%d"),
     }
     if device.type == "cuda":
-        env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
         try:
-            import subprocess
-
             env["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                 capture_output=True,
@@ -228,6 +222,6 @@ def format_row(r: dict) -> str:
     )
     return (
         f"{r['model']:<22} plain {r['plain_ms']:9.2f} ms  engine {r['engine_ms']:9.2f} ms  "
-        f"x{r['speedup']:.2f}  {r['engine_images_per_s']:9.0f} img/s  "
+        f"x{r['speedup']:.2f}  engine {r['engine_images_per_s']:9.0f} img/s  "
         f"{r['engine_tflops']:.3f} TFLOP/s{peak}{mem}"
     )

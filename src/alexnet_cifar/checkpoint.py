@@ -9,11 +9,8 @@ at least one whole checkpoint.
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import os
-import tempfile
 import threading
 import zlib
 from pathlib import Path
@@ -21,117 +18,24 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError, RunLockedError, param
+from .files import CHECKPOINT, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
+from .models import AlexNet, AlexNetConfig
+
 __all__ = [
-    "CHECKPOINT",
-    "CheckpointError",
-    "MODEL_FILE",
-    "PREV_CHECKPOINT",
+    "BackgroundWriter",
     "RunLock",
-    "RunLockedError",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "load_checkpoint",
+    "load_model",
+    "read_state",
+    "resolve_weights_file",
     "save_checkpoint",
+    "save_model_file",
 ]
 
-CHECKPOINT = "checkpoint.pt"
-PREV_CHECKPOINT = "checkpoint.prev.pt"
-MODEL_FILE = "model.pt"
 CHECKPOINT_FORMAT = "alexnet-cifar-checkpoint"
 MODEL_FORMAT = "alexnet-cifar-model"
 FORMAT_VERSION = 1
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or model file that is missing, damaged or of another model."""
-
-
-class RunLockedError(RuntimeError):
-    """Another live process trains in this run folder."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_failed(path: Path, e: BaseException) -> CheckpointError:
-    # torch.save reports a failed write as a RuntimeError; look for the OSError behind it.
-    cause: BaseException | None = e
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, OSError):
-        why = "the disk is full" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
-    else:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return CheckpointError(
-        f"could not write {path}: {why}. Nothing half-written was left behind; the files that "
-        f"were there before are intact. Free some space (or choose another --out) and resume."
-    )
-
-
-def atomic_write(path: Path, write, keep_previous: Path | None = None) -> None:
-    """Write ``path`` through ``write(file)`` to a temp file, fsync, rename into place.
-
-    With ``keep_previous``, the old ``path`` is renamed there first (after the new one is
-    complete), so the previous good version survives until the next write succeeds.
-    """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _write_failed(path, e) from e
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove_quietly(tmp)
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e).lower()):
-            raise _write_failed(path, e) from e
-        raise
-    _fsync_dir(path.parent)
-
-
-def _remove_quietly(p: str | Path) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def to_cpu(obj: Any) -> Any:
@@ -223,7 +127,13 @@ def save_checkpoint(run_dir: Path, state: dict, writer: BackgroundWriter | None 
 
     def write() -> None:
         body["digest"] = content_digest(body)
-        atomic_write(path, lambda f: torch.save(body, f), keep_previous=run_dir / PREV_CHECKPOINT)
+        atomic_write(
+            path,
+            lambda f: torch.save(body, f),
+            what="the checkpoint",
+            keep_previous=run_dir / PREV_CHECKPOINT,
+            advice="Free some space (or move the run folder) and resume.",
+        )
 
     if writer is None:
         write()
@@ -235,7 +145,7 @@ def save_checkpoint(run_dir: Path, state: dict, writer: BackgroundWriter | None 
 def save_model_file(path: Path, model_config: dict, state_dict: dict, meta: dict) -> None:
     """The final weights, with what it takes to rebuild the model."""
     obj = _sealed(MODEL_FORMAT, {"model_config": model_config, "model": state_dict, "meta": meta})
-    atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(Path(path), lambda f: torch.save(obj, f), what="the model file")
 
 
 def read_state(path: Path) -> dict:
@@ -300,7 +210,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+        self.path = Path(run_dir) / LOCK_FILE
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -312,7 +222,7 @@ class RunLock:
             os.close(fd)
             raise RunLockedError(
                 f"another trainer (pid {holder}) is using {self.path.parent}; wait for it to "
-                "finish or choose another --out"
+                f"finish or choose another {param('out')}"
             ) from e
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -330,3 +240,34 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# ---------------------------------------------------------------------- trained models
+
+
+def resolve_weights_file(path: str | Path) -> Path:
+    """The file to load for a run folder (final model, else newest checkpoint) or a file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (MODEL_FILE, CHECKPOINT, PREV_CHECKPOINT):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} holds no {MODEL_FILE} or {CHECKPOINT}: not a run folder of alexnet-cifar"
+        )
+    if not path.exists():
+        raise CheckpointError(f"no run folder or checkpoint at {path}")
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
+    """The trained model (eval mode) from a run folder, a checkpoint or a final model file."""
+    file = resolve_weights_file(path)
+    state = read_state(file)
+    try:
+        config = AlexNetConfig.from_dict(state["model_config"])
+        model = AlexNet(config)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file} does not hold a usable alexnet-cifar model: {e}") from e
+    return model.to(device).eval()

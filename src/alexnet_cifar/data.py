@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError, DataNotFoundError, SettingError, param
+
 __all__ = [
     "CIFAR10",
     "CLASSES",
@@ -75,16 +77,9 @@ ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 HOW_TO_GET = (
     "Get the official binary version (cifar-10-binary.tar.gz, from the CIFAR-10 page of the "
     "University of Toronto) and extract it so that <DIR>/cifar-10-batches-bin exists, then pass "
-    "--data-dir DIR or set CIFAR10_DIR=DIR. The python version (cifar-10-batches-py) works too."
+    f"DIR as {param('data_dir')} or set CIFAR10_DIR=DIR. The python version (cifar-10-batches-py) "
+    "works too."
 )
-
-
-class DataError(ValueError):
-    """The data files are missing, damaged or not CIFAR-10; the message names the file."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """No CIFAR-10 folder where we looked, and it could not be downloaded."""
 
 
 @dataclass
@@ -101,13 +96,13 @@ class CIFAR10:
 
     def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> CIFAR10:
         """A class-balanced subset of each split, fixed by ``seed`` (None keeps a split whole)."""
-        for flag, limit, n in (
+        for name, limit, n in (
             ("limit_train", limit_train, len(self.y_train)),
             ("limit_test", limit_test, len(self.y_test)),
         ):
             if limit is not None and not 1 <= limit <= n:
-                raise ValueError(
-                    f"{flag} must lie between 1 and {n} (the split's size), not {limit}"
+                raise SettingError(
+                    f"{param(name)} must lie between 1 and {n} (the split's size), not {limit}"
                 )
         out = self
         if limit_train is not None and limit_train < len(self.y_train):
@@ -117,6 +112,16 @@ class CIFAR10:
             i = balanced_subset(self.y_test, limit_test, seed, stream=2)
             out = replace(out, x_test=self.x_test[i], y_test=self.y_test[i])
         return out
+
+
+    def check_classes(self, num_classes: int, what: str = "the model") -> None:
+        """Refuse a model whose class count is not this data set's, naming both."""
+        if num_classes != len(self.classes):
+            raise SettingError(
+                f"{what} predicts {num_classes} classes but the data has {len(self.classes)} "
+                f"({', '.join(self.classes)}); it can only be evaluated on data with "
+                f"{num_classes} classes"
+            )
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int, stream: int = 0) -> np.ndarray:
@@ -151,7 +156,7 @@ def default_cache_dir() -> Path:
 def _root_candidates(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
     """The folder to use, and where its choice came from (for messages)."""
     if data_dir is not None:
-        return Path(data_dir).expanduser(), "--data-dir"
+        return Path(data_dir).expanduser(), param("data_dir")
     env = os.environ.get("CIFAR10_DIR")
     if env:
         return Path(env).expanduser(), "CIFAR10_DIR"
@@ -221,7 +226,7 @@ def _read_checked(path: Path, expected_md5: str | None, verify: bool) -> bytes:
             raise DataError(
                 f"{path} is not the official file: md5 {digest}, published {expected_md5}. "
                 "The file is damaged or was changed; download it again "
-                "(or pass --no-verify / verify=False to read it anyway)."
+                f"(or pass {param('verify', False)} to read it anyway)."
             )
     return data
 

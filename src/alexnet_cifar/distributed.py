@@ -15,7 +15,31 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "shard"]
+from .errors import SettingError, param
+
+__all__ = ["DistContext", "init_distributed", "resolve_device", "shard"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (CUDA when PyTorch sees a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = (name or "auto").strip().lower()
+    known = text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit())
+    if not known:
+        raise SettingError(
+            f"unknown {param('device')} {name!r}; use auto, cpu or cuda (or cuda:N)"
+        )
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingError(
+            f"{param('device', 'cuda')} was asked for but no CUDA GPU is visible to PyTorch "
+            f"(torch {torch.__version__}); use {param('device', 'cpu')} or auto"
+        )
+    return torch.device(text)
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .augment import normalize, translate_flip
+from .augment import draw_seed_augmentation, normalize, translate_flip
 from .distributed import DistContext, shard
+from .errors import SettingError, param
 from .models import AlexNet
 from .optim import keras_crossentropy, make_optimizer, recipe_loss, set_learning_rate
 from .recipe import Recipe
 
-__all__ = ["Engine", "EngineOptions", "plain_step"]
+__all__ = ["Engine", "EngineOptions", "EpochSums", "plain_step"]
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,20 @@ class EngineOptions:
         if precision == "auto":
             precision = "bf16" if cuda else "fp32"
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+            raise SettingError(
+                f"{param('precision')} must be auto, fp32 or bf16, not {precision!r}"
+            )
         if precision == "bf16" and not cuda:
-            raise ValueError("bf16 autocast is for CUDA; use --precision fp32 on the CPU")
+            raise SettingError(
+                f"bf16 autocast is for CUDA; use {param('precision', 'fp32')} on the CPU"
+            )
         graphs = self.cuda_graphs if self.cuda_graphs is not None else cuda and world_size == 1
         if graphs and not cuda:
-            raise ValueError("CUDA graphs need a CUDA device")
+            raise SettingError(f"CUDA graphs need a CUDA device: use {param('cuda_graphs', False)}")
         if graphs and world_size > 1:
-            raise ValueError(
-                "CUDA graphs are not used with data-parallel training; use --no-cuda-graphs"
+            raise SettingError(
+                "CUDA graphs are not used with data-parallel training; use "
+                f"{param('cuda_graphs', False)}"
             )
         channels_last = self.channels_last
         if channels_last is None:
@@ -75,6 +81,42 @@ class EngineOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EngineOptions:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class EpochSums:
+    """An epoch's running totals over all ranks: what a mid-epoch checkpoint carries."""
+
+    loss_sum: float = 0.0  # summed per-image loss (L2 term included, as Keras reports it)
+    correct: int = 0
+    seen: int = 0  # images trained on
+    seconds: float = 0.0  # training time, compile and capture left out
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> EpochSums:
+        d = d or {}
+        return cls(
+            float(d.get("loss_sum", 0.0)),
+            int(d.get("correct", 0)),
+            int(d.get("seen", 0)),
+            float(d.get("seconds", 0.0)),
+        )
 
 
 def plain_step(model: AlexNet, optimizer: torch.optim.Optimizer, x, y, eps: float = 1e-7):
@@ -94,7 +136,8 @@ class Engine:
     """Runs training steps over a data set that lives on the device.
 
     Per epoch: ``begin_epoch`` (the epoch's shuffle and augmentation draws), then ``step()``
-    once per batch, then ``read_metrics`` (the only read back to the host).
+    once per batch, then ``read_metrics`` (the only read back to the host). The engine owns
+    the batch sizes, the epoch's running totals and timing, and the weight average (EMA).
     """
 
     def __init__(
@@ -164,6 +207,13 @@ class Engine:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.epoch = 0
         self._arange = torch.arange(self.batch_size, device=device)
+        # Host-side bookkeeping of the epoch: images seen (all ranks, this rank) and time.
+        self.seen = self._seen_at_t0 = 0
+        self.local_seen = 0
+        self._seconds_before = 0.0
+        self._t0 = time.perf_counter()
+        self._setup_at_t0 = 0.0
+        self._last_peek = 0.0
         self._prepared: dict[int, torch.cuda.CUDAGraph | None] = {}
         self._pool = None
         self.setup_seconds = 0.0  # compile, warm-up and capture, kept out of the epoch times
@@ -213,7 +263,7 @@ class Engine:
             x = translate_flip(x, self.dy[pos], self.dx[pos], self.flip[pos])
         return x.contiguous(memory_format=self.memory_format), self.y_train[idx]
 
-    def _step(self, b: int) -> None:
+    def _device_step(self, b: int) -> None:
         """One step on the global batch at ``step_t`` of ``b`` rows; device state only."""
         recipe, world = self.recipe, self.dist.world_size
         offset, size = shard(b, world, self.dist.rank)
@@ -247,14 +297,15 @@ class Engine:
                 torch._foreach_mul_(self.ema, d)
                 torch._foreach_add_(self.ema, torch._foreach_mul(params, 1 - d))
 
-    def _batch_size_of(self, step: int) -> int:
+    def batch_rows(self, step: int) -> int:
+        """Rows of the global batch of step ``step`` (the last one of an epoch may be short)."""
         return min(self.batch_size, self.n - step * self.batch_size)
 
     def step(self, step: int) -> None:
         """Run step ``step`` of the epoch (the device counter must already be there)."""
         if self.recipe.per_step_lr:
             self.set_lr(self.recipe.lr_at(self.epoch, step, self.steps_per_epoch))
-        b = self._batch_size_of(step)
+        b = self.batch_rows(step)
         if b not in self._prepared:
             self._prepare(b)
         graph = self._prepared[b]
@@ -262,7 +313,9 @@ class Engine:
             graph.replay()
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            self._step(b)
+            self._device_step(b)
+        self.seen += b
+        self.local_seen += shard(b, self.dist.world_size, self.dist.rank)[1]
 
     # ------------------------------------------------------------------ compile and capture
     def _snapshot(self) -> dict:
@@ -316,7 +369,7 @@ class Engine:
                 for _ in range(2):
                     self.step_t.zero_()  # warm up on the epoch's first batch: always in range
                     self.optimizer.zero_grad(set_to_none=True)
-                    self._step(b)
+                    self._device_step(b)
         except Exception as e:  # a failed capture must not cost the run
             if not o.cuda_graphs:
                 raise
@@ -343,67 +396,87 @@ class Engine:
             for _ in range(3):
                 self.step_t.zero_()
                 self.optimizer.zero_grad(set_to_none=True)
-                self._step(b)
+                self._device_step(b)
         torch.cuda.current_stream(self.device).wait_stream(side)
         # Gradients are allocated inside the graph, so each replay writes (not adds) them.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._step(b)
+            self._device_step(b)
         self._pool = graph.pool()
         return graph
 
     # ------------------------------------------------------------------ epochs and metrics
+    def draw_epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The epoch's (order, dy, dx, flip), drawn on the CPU from ``generator``: every device
+        and rank draws the same, and a resumed run redraws them from the saved state."""
+        perm = torch.randperm(self.n, generator=generator)
+        dy, dx, flip = draw_seed_augmentation(
+            self.n, generator, None, self.recipe.max_shift, self.recipe.flip_p
+        )
+        return perm, dy, dx, flip
+
     def begin_epoch(
         self,
         epoch: int,
-        perm: torch.Tensor,
-        dy: torch.Tensor,
-        dx: torch.Tensor,
-        flip: torch.Tensor,
+        draws: tuple[torch.Tensor, ...],
         start_step: int = 0,
-        loss_sum: float = 0.0,
-        correct: int = 0,
+        carried: EpochSums | None = None,
     ) -> None:
-        """Load the epoch's order and draws into the static buffers; reset the accumulators.
-
-        ``loss_sum`` and ``correct`` carry a resumed epoch's sums (this process's share).
-        """
+        """Load the epoch's draws (order, dy, dx, flip; see :meth:`draw_epoch`) into the
+        static buffers and reset the running totals, or set them to ``carried``, a resumed
+        epoch's totals (summed over the ranks when saved: rank 0 carries the sums, the count
+        and time are everyone's)."""
+        perm, dy, dx, flip = draws
+        carried = carried or EpochSums()
         self.epoch = epoch
         self.set_lr(self.recipe.lr_at(epoch, start_step, self.steps_per_epoch))
-        self.perm.copy_(perm, non_blocking=True)
-        self.dy.copy_(dy, non_blocking=True)
-        self.dx.copy_(dx, non_blocking=True)
-        self.flip.copy_(flip, non_blocking=True)
+        for buffer, values in ((self.perm, perm), (self.dy, dy), (self.dx, dx), (self.flip, flip)):
+            buffer.copy_(values.to(self.device), non_blocking=True)
+        own = carried if self.dist.is_main else EpochSums()
         self.step_t.fill_(start_step)
-        self.loss_sum.fill_(loss_sum)
-        self.correct.fill_(correct)
+        self.loss_sum.fill_(own.loss_sum)
+        self.correct.fill_(own.correct)
         self.bad_step.fill_(-1)
+        self.seen = self._seen_at_t0 = carried.seen
+        self.local_seen = 0
+        self._seconds_before = carried.seconds
+        self._t0 = time.perf_counter()
+        self._setup_at_t0 = self.setup_seconds
+        self._last_peek = 0.0
 
-    def read_metrics(self, local: bool = False) -> tuple[float, int, int]:
-        """(loss sum, correct, first non-finite step or -1) over all ranks (or this one):
-        one synchronising read."""
+    def epoch_seconds(self) -> float:
+        """Wall time of this epoch so far, compile and capture left out."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        spent = time.perf_counter() - self._t0 - (self.setup_seconds - self._setup_at_t0)
+        return self._seconds_before + spent
+
+    def images_per_second(self) -> float:
+        """This epoch's training speed since it (re)started, all ranks together."""
+        spent = time.perf_counter() - self._t0 - (self.setup_seconds - self._setup_at_t0)
+        return (self.seen - self._seen_at_t0) / max(spent, 1e-9)
+
+    def read_metrics(self) -> tuple[EpochSums, int]:
+        """(the epoch's totals over all ranks, the first non-finite step or -1): one
+        synchronising read."""
         sums = torch.stack([self.loss_sum, self.correct.double()])
         big = torch.iinfo(torch.long).max
         bad = torch.where(self.bad_step < 0, big, self.bad_step).reshape(1)
-        if not local:
-            self.dist.all_reduce(sums, "sum")
-            self.dist.all_reduce(bad, "min")
+        self.dist.all_reduce(sums, "sum")
+        self.dist.all_reduce(bad, "min")
         sums, bad = sums.cpu(), int(bad.cpu())
-        return float(sums[0]), int(sums[1]), -1 if bad == big else bad
+        totals = EpochSums(float(sums[0]), int(sums[1]), self.seen, self.epoch_seconds())
+        return totals, (-1 if bad == big else bad)
 
-    def local_sums(self) -> dict:
-        """This rank's partial sums, for a mid-epoch checkpoint."""
-        loss_sum, correct, _ = self.read_metrics(local=True)
-        return {"loss_sum": loss_sum, "correct": correct}
-
-    def extra_state(self) -> dict:
+    def ema_state(self) -> dict:
+        """The weight average and its step count, for a checkpoint."""
         if self.ema is None:
             return {"ema": None}
         return {"ema": [t.detach() for t in self.ema], "ema_t": self.ema_t.detach()}
 
     @torch.no_grad()
-    def load_extra_state(self, state: dict | None) -> None:
+    def load_ema_state(self, state: dict | None) -> None:
         ema = (state or {}).get("ema")
         if self.ema is not None and ema is not None:
             torch._foreach_copy_(self.ema, [t.to(self.device) for t in ema])
@@ -425,20 +498,24 @@ class Engine:
             with torch.no_grad():
                 torch._foreach_copy_(params, backup)
 
-    def peek_metrics(self) -> tuple[float, int, int] | None:
-        """The accumulators as of a recent step, without waiting for the device.
+    def peek_metrics(self, every: float = 1.0) -> tuple[float, int, int] | None:
+        """This rank's running (loss sum, correct, first non-finite step or -1), without
+        waiting for the device; None when there is nothing new to show.
 
-        On CUDA this starts an asynchronous copy and returns the previous one once it has
-        landed (None until then); on the CPU it reads them directly.
+        On the CPU the totals are read directly, at every call. On CUDA at most every
+        ``every`` seconds: an asynchronous copy starts, and the previous one is returned once
+        it has landed.
         """
         if self.device.type != "cuda":
-            return self.read_metrics()
+            return float(self.loss_sum), int(self.correct), int(self.bad_step)
+        now = time.perf_counter()
         result = None
         if self._host is not None and self._host[1].query():
             h = self._host[0]
             result = (float(h[0]), int(h[1]), int(h[2]))
             self._host = None
-        if self._host is None:
+        if self._host is None and now - self._last_peek > every:
+            self._last_peek = now
             buf = torch.empty(3, dtype=torch.float64, pin_memory=True)
             buf.copy_(
                 torch.stack([self.loss_sum, self.correct.double(), self.bad_step.double()]),

@@ -1,19 +1,24 @@
-"""Evaluation on held-out images, and loading trained models back from runs and checkpoints."""
+"""Evaluation on held-out images: loss, accuracy and confusion matrix, plain or flip-averaged.
+
+Under data-parallel training each rank evaluates its share of the images and the sums are
+reduced over the ranks once, at the end.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .augment import normalize
-from .checkpoint import CHECKPOINT, MODEL_FILE, PREV_CHECKPOINT, CheckpointError, read_state
-from .models import AlexNet, AlexNetConfig
+from .distributed import DistContext, shard
+from .errors import SettingError
+from .models import AlexNet, probabilities
 from .optim import keras_crossentropy
 
-__all__ = ["EvalResult", "evaluate_model", "load_model", "resolve_weights_file"]
+__all__ = ["EvalResult", "evaluate_model", "evaluate_with_tta", "flip_averaged", "logits_in_batches"]
 
 
 @dataclass
@@ -54,10 +59,12 @@ def logits_in_batches(
     channels_last: bool = False,
     flip: bool = False,
     precision: str = "fp32",
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Logits (float32) of uint8 NHWC images, in eval mode, batch by batch on the model's device.
+    """Logits (float32) of uint8 NHWC images, batch by batch on the model's device.
 
     ``precision="bf16"`` runs the model under bf16 autocast (CUDA), as the engine trains.
+    ``on_batch(rows)`` is called after each batch (progress; it may raise to stop).
     """
     device = next(model.parameters()).device
     out = []
@@ -70,36 +77,68 @@ def logits_in_batches(
         )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out.append(model(x).float())
-    return torch.cat(out) if out else torch.empty(0, 10, device=device)
+        if on_batch is not None:
+            on_batch(len(x))
+    if out:
+        return torch.cat(out)
+    return torch.empty(0, model.config.num_classes, device=device)
+
+
+def flip_averaged(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Log of the mean of the softmax of each image and of its mirror image.
+
+    It stands in for logits anywhere (its softmax is that mean), so the loss and the accuracy
+    of the flip-averaged prediction come out of the same code as the plain ones.
+    """
+    return torch.log((probabilities(logits) + probabilities(mirrored)) / 2)
 
 
 @torch.no_grad()
-def heldout_logits(
-    model: torch.nn.Module,
+def evaluate_with_tta(
+    model: AlexNet,
     images: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,
     *,
+    classes: list[str] | None = None,
     batch_size: int = 500,
+    loss_clip_eps: float = 1e-7,
     channels_last: bool = False,
     precision: str = "fp32",
-    mirrored: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(logits, logits of the mirror images or None, labels) on the model's device, computed
-    with dropout off; the model's mode is restored afterwards."""
+    dist: DistContext | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[EvalResult, EvalResult]:
+    """(plain, flip-averaged) results on uint8 NHWC images, dropout off, each image run once
+    as it is and once mirrored.
+
+    The flip-averaged prediction is the mean of the softmax of each image and of its mirror
+    image; its loss is the cross-entropy of that mean (clipped as Keras clips), plus the
+    model's L2 term. With ``dist``, this rank takes its share of the images and the sums are
+    reduced over the ranks. ``on_batch(rows)`` follows the progress.
+    """
+    dist = dist or DistContext()
+    offset, size = shard(len(labels), dist.world_size, dist.rank)
+    images = torch.as_tensor(images)[offset : offset + size]
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        images = torch.as_tensor(images)
-
-        def run(flip: bool) -> torch.Tensor:
-            return logits_in_batches(
-                model, images, batch_size, channels_last, flip=flip, precision=precision
-            )
-
-        return run(False), run(True) if mirrored else None, torch.as_tensor(labels).to(device)
+        labels = torch.as_tensor(labels)[offset : offset + size].to(device)
+        run = dict(
+            batch_size=batch_size,
+            channels_last=channels_last,
+            precision=precision,
+            on_batch=on_batch,
+        )
+        plain = logits_in_batches(model, images, **run)
+        mirrored = logits_in_batches(model, images, flip=True, **run)
     finally:
         model.train(was_training)
+    return (
+        result_from_logits(model, plain, labels, classes, loss_clip_eps, dist),
+        result_from_logits(
+            model, flip_averaged(plain, mirrored), labels, classes, loss_clip_eps, dist
+        ),
+    )
 
 
 @torch.no_grad()
@@ -114,29 +153,42 @@ def evaluate_model(
     channels_last: bool = False,
     precision: str = "fp32",
     tta_flip: bool = False,
+    dist: DistContext | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Loss, accuracy and confusion matrix of ``model`` on uint8 NHWC images (dropout off)."""
-    logits, mirrored, labels = heldout_logits(
-        model,
-        images,
-        labels,
-        batch_size=batch_size,
-        channels_last=channels_last,
-        precision=precision,
-        mirrored=tta_flip,
-    )
+    """Loss, accuracy and confusion matrix of ``model`` on uint8 NHWC images (dropout off);
+    with ``tta_flip``, of the flip-averaged prediction (see :func:`evaluate_with_tta`)."""
     if tta_flip:
-        logits = flip_averaged(logits, mirrored)
-    return result_from_logits(model, logits, labels, classes, loss_clip_eps)
-
-
-def flip_averaged(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-    """Log of the mean of the softmax of each image and of its mirror image.
-
-    It stands in for logits anywhere (its softmax is that mean), so the loss and the accuracy
-    of the flip-averaged prediction come out of the same code as the plain ones.
-    """
-    return torch.log((torch.softmax(logits, 1) + torch.softmax(mirrored, 1)) / 2)
+        return evaluate_with_tta(
+            model,
+            images,
+            labels,
+            classes=classes,
+            batch_size=batch_size,
+            loss_clip_eps=loss_clip_eps,
+            channels_last=channels_last,
+            precision=precision,
+            dist=dist,
+            on_batch=on_batch,
+        )[1]
+    dist = dist or DistContext()
+    offset, size = shard(len(labels), dist.world_size, dist.rank)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        logits = logits_in_batches(
+            model,
+            torch.as_tensor(images)[offset : offset + size],
+            batch_size,
+            channels_last,
+            precision=precision,
+            on_batch=on_batch,
+        )
+        labels = torch.as_tensor(labels)[offset : offset + size].to(device)
+    finally:
+        model.train(was_training)
+    return result_from_logits(model, logits, labels, classes, loss_clip_eps, dist)
 
 
 def result_from_logits(
@@ -145,47 +197,31 @@ def result_from_logits(
     labels: torch.Tensor,
     classes: list[str] | None,
     loss_clip_eps: float = 1e-7,
+    dist: DistContext | None = None,
 ) -> EvalResult:
-    """Loss (with the model's L2 term), accuracy and confusion matrix of given predictions."""
-    ce = keras_crossentropy(logits, labels, loss_clip_eps)
-    pred = logits.argmax(1)
+    """Loss (with the model's L2 term), accuracy and confusion matrix of given predictions,
+    summed over the ranks of ``dist`` when there are several."""
     k = model.config.num_classes
-    confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
-    n = len(labels)
-    ce_mean = float(ce.sum() / max(n, 1))
+    if len(labels) and int(labels.max()) >= k:
+        raise SettingError(
+            f"the data has {int(labels.max()) + 1} or more classes but the model predicts {k}; "
+            "evaluate a model on data with its own number of classes"
+        )
+    ce_sum = keras_crossentropy(logits, labels, loss_clip_eps).double().sum()
+    confusion = torch.bincount(labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)
+    if dist is not None and dist.enabled:
+        where = logits.device if logits.device.type == "cuda" else torch.device("cpu")
+        ce_sum, confusion = ce_sum.to(where), confusion.to(where)
+        dist.all_reduce(ce_sum, "sum")
+        dist.all_reduce(confusion, "sum")
+    confusion = confusion.cpu().numpy()
+    n = int(confusion.sum())
+    ce_mean = float(ce_sum) / max(n, 1)
     return EvalResult(
         loss=ce_mean + float(model.l2_penalty()),
-        accuracy=float((pred == labels).sum()) / max(n, 1),
+        accuracy=float(confusion.trace()) / max(n, 1),
         cross_entropy=ce_mean,
         n=n,
-        confusion=confusion.cpu().numpy(),
+        confusion=confusion,
         classes=list(classes) if classes is not None else [str(i) for i in range(k)],
     )
-
-
-def resolve_weights_file(path: str | Path) -> Path:
-    """The file to load for a run folder (final model, else newest checkpoint) or a file."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (MODEL_FILE, CHECKPOINT, PREV_CHECKPOINT):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(
-            f"{path} holds no {MODEL_FILE} or {CHECKPOINT}: not a run folder of alexnet-cifar"
-        )
-    if not path.exists():
-        raise CheckpointError(f"no run folder or checkpoint at {path}")
-    return path
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
-    """The trained model (eval mode) from a run folder, a checkpoint or a final model file."""
-    file = resolve_weights_file(path)
-    state = read_state(file)
-    try:
-        config = AlexNetConfig.from_dict(state["model_config"])
-        model = AlexNet(config)
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file} does not hold a usable alexnet-cifar model: {e}") from e
-    return model.to(device).eval()

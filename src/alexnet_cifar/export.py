@@ -16,6 +16,8 @@ onnxscript to write, onnxruntime to check).
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import io
 import json
 import logging
@@ -27,24 +29,25 @@ import torch
 from torch import nn
 
 from .augment import SEED_MEAN, SEED_STD
+from .errors import ExportError
+from .files import atomic_write_bytes
+from .models import probabilities
 
 __all__ = [
     "ExportError",
     "ProbabilityModel",
-    "add_parsers",
     "check_onnx",
+    "check_torchscript",
+    "example_input",
     "export_onnx",
     "export_torchscript",
+    "onnxruntime_available",
 ]
 
 ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 INSTALL_HINT = "pip install 'alexnet-cifar[export]'"
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be done here (a missing optional package, an exporter failure)."""
 
 
 class ProbabilityModel(nn.Module):
@@ -55,12 +58,14 @@ class ProbabilityModel(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        return probabilities(self.model(x))
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def _require(module: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -84,7 +89,7 @@ def _quiet():
             lg.setLevel(level)
 
 
-def _example(model: nn.Module, batch: int = 2) -> torch.Tensor:
+def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
     cfg = model.config
     return torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size)
 
@@ -93,8 +98,6 @@ def export_onnx(model: nn.Module, path: str | Path, classes: list[str] | None = 
     """Write ``model`` (softmax output, dynamic batch) as ONNX; returns the path."""
     _require("onnxscript")
     onnx = _require("onnx")
-    from .checkpoint import atomic_write_bytes
-
     path = Path(path)
     wrapped = ProbabilityModel(model.cpu().float().eval()).eval()
     batch = torch.export.Dim("batch", min=1)
@@ -102,7 +105,7 @@ def export_onnx(model: nn.Module, path: str | Path, classes: list[str] | None = 
         with _quiet():
             program = torch.onnx.export(
                 wrapped,
-                (_example(model),),
+                (example_input(model),),
                 dynamo=True,
                 opset_version=ONNX_OPSET,
                 input_names=[INPUT_NAME],
@@ -126,23 +129,20 @@ def export_onnx(model: nn.Module, path: str | Path, classes: list[str] | None = 
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.doc_string = f"alexnet-cifar {model.config.name}: normalised NCHW images -> probabilities"
-    atomic_write_bytes(path, proto.SerializeToString())
+    atomic_write_bytes(path, proto.SerializeToString(), what="the ONNX file")
     onnx.checker.check_model(str(path))
     return path
 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """Write ``model`` (softmax output, any batch size) as a traced TorchScript file."""
-    from .checkpoint import atomic_write
-
     path = Path(path)
     wrapped = ProbabilityModel(model.cpu().float().eval()).eval()
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(wrapped, _example(model))
+        traced = torch.jit.trace(wrapped, example_input(model))
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
-    data = buf.getvalue()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, buf.getvalue(), what="the TorchScript file")
     return path
 
 
@@ -162,63 +162,3 @@ def check_torchscript(path: str | Path, model: nn.Module, x: torch.Tensor) -> fl
         got = loaded(x)
         want = ProbabilityModel(model.cpu().float().eval())(x)
     return float((got - want).abs().max())
-
-
-# ---------------------------------------------------------------------- command
-
-
-def add_parsers(sub) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write a trained model as ONNX or TorchScript",
-        description="Write a trained model for another runtime. Input 'input': float32 "
-        "(N, 3, 32, 32), RGB on 0..255 normalised per channel with mean (125.307, 122.95, "
-        "113.865) and std (62.9932, 62.0887, 66.7048); output 'probabilities': float32 "
-        "(N, classes), softmax. The batch size N is free. ONNX needs "
-        f"{INSTALL_HINT}.",
-    )
-    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
-    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
-    p.add_argument(
-        "--no-check",
-        action="store_true",
-        help="skip running the file on random inputs against PyTorch",
-    )
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    import importlib.util
-
-    from .checkpoint import read_state
-    from .cli import UserError
-    from .evaluate import load_model, resolve_weights_file
-    from .predict import class_names
-
-    model = load_model(args.path)
-    meta = read_state(resolve_weights_file(args.path)).get("meta") or {}
-    classes = class_names(args.path, model.config.num_classes, meta)
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out} is a folder; give a file name")
-    if not args.out.parent.exists():
-        raise UserError(f"the folder of --out {args.out} does not exist")
-    try:
-        if args.format == "onnx":
-            export_onnx(model, args.out, classes)
-        else:
-            export_torchscript(model, args.out)
-    except ExportError as e:
-        raise UserError(str(e)) from None
-    size = args.out.stat().st_size / 1e6
-    line = f"wrote {model.config.name} as {args.format} to {args.out} ({size:.1f} MB)"
-    if not args.no_check:
-        x = _example(model, 8)
-        if args.format == "torchscript":
-            line += f"; max |difference| to PyTorch {check_torchscript(args.out, model, x):.2e}"
-        elif importlib.util.find_spec("onnxruntime") is not None:
-            line += f"; max |difference| to PyTorch {check_onnx(args.out, model, x):.2e}"
-        else:
-            line += "; onnxruntime is not installed, so the file was not run"
-    print(line)
-    return 0

@@ -34,13 +34,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import PRESETS, AlexNet, AlexNetConfig, get_config
+from ._version import __version__
+from .checkpoint import save_model_file
+from .data import CLASSES
+from .errors import KerasFileError, param
+from .files import (
+    CHECKPOINT,
+    CONFIG_FILE,
+    MODEL_FILE,
+    RESULT_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+from .models import KERAS_LAYER_KINDS, PRESETS, AlexNet, AlexNetConfig, final_map, get_config, meta_model
 
 __all__ = [
     "KerasFileError",
     "KerasLayer",
     "KerasWeights",
-    "add_parsers",
     "export_keras_weights",
     "import_keras",
     "keras_to_state_dict",
@@ -49,10 +60,6 @@ __all__ = [
 ]
 
 _NESTED = ("layers", "_layer_checkpoint_dependencies")
-
-
-class KerasFileError(ValueError):
-    """A Keras file that cannot be read, or whose weights do not fit the chosen model."""
 
 
 @dataclass
@@ -219,9 +226,9 @@ def read_keras_weights(path: str | Path) -> KerasWeights:
         except zipfile.BadZipFile as e:
             raise KerasFileError(f"{path} is a damaged .keras archive: {e}") from e
         with h5py.File(io.BytesIO(data), "r") as f:
-            kw = _read_new_file(f, path, "keras3-archive")
-        kw.flatten_order = _flatten_order(config)
-        return kw
+            weights = _read_new_file(f, path, "keras3-archive")
+        weights.flatten_order = _flatten_order(config)
+        return weights
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -266,10 +273,8 @@ def _read_new_file(f, path: Path, fmt: str) -> KerasWeights:
 
 def _keras_shapes(config: AlexNetConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(our layer name, the Keras kernel shape it takes), in order."""
-    with torch.device("meta"):
-        model = AlexNet(config)
     out = []
-    for name, layer in model.layers.named_children():
+    for name, layer in meta_model(config).layers.named_children():
         if isinstance(layer, torch.nn.Conv2d):
             o, i, kh, kw = layer.weight.shape
             out.append((name, (kh, kw, i, o)))
@@ -279,15 +284,15 @@ def _keras_shapes(config: AlexNetConfig) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def _num_classes(kw: KerasWeights) -> int:
-    dense = [s for s in kw.kernel_shapes if len(s) == 2]
+def _num_classes(weights: KerasWeights) -> int:
+    dense = [s for s in weights.kernel_shapes if len(s) == 2]
     return dense[-1][1] if dense and dense[-1][1] >= 2 else 10
 
 
-def matching_presets(kw: KerasWeights) -> list[str]:
+def matching_presets(weights: KerasWeights) -> list[str]:
     """The presets whose every kernel shape the file's layers have, in order."""
-    shapes = _in_model_order(kw)
-    n = _num_classes(kw)
+    shapes = _in_model_order(weights)
+    n = _num_classes(weights)
     return [
         name
         for name in PRESETS
@@ -295,30 +300,33 @@ def matching_presets(kw: KerasWeights) -> list[str]:
     ]
 
 
-def _in_model_order(kw: KerasWeights) -> list[tuple[int, ...]]:
-    layers = _ordered_layers(kw)
+def _in_model_order(weights: KerasWeights) -> list[tuple[int, ...]]:
+    layers = _ordered_layers(weights)
     return [tuple(layer.arrays[0].shape) for layer in layers]
 
 
-def _ordered_layers(kw: KerasWeights) -> list[KerasLayer]:
+def _ordered_layers(weights: KerasWeights) -> list[KerasLayer]:
     # The seed's models are all convolutions, then all dense layers. Files that only know each
     # class's own order (.weights.h5) are put in that order; ordered files must already be in it.
-    convs = [x for x in kw.layers if x.arrays and x.arrays[0].ndim == 4]
-    denses = [x for x in kw.layers if x.arrays and x.arrays[0].ndim == 2]
+    convs = [x for x in weights.layers if x.arrays and x.arrays[0].ndim == 4]
+    denses = [x for x in weights.layers if x.arrays and x.arrays[0].ndim == 2]
     return convs + denses
 
 
-def _looks_like(kw: KerasWeights, model_name: str | None) -> str:
-    matches = [m for m in matching_presets(kw) if m != model_name]
+def _looks_like(weights: KerasWeights, model_name: str | None) -> str:
+    matches = [m for m in matching_presets(weights) if m != model_name]
     if matches:
-        return f" The file looks like {' or '.join(matches)}: import it with --model {matches[0]}."
+        return (
+            f" The file looks like {' or '.join(matches)}: import it with "
+            f"{param('model', matches[0])}."
+        )
     return " The file matches none of the presets (see 'alexnet-cifar models')."
 
 
-def keras_to_state_dict(kw: KerasWeights, config: AlexNetConfig) -> dict[str, torch.Tensor]:
+def keras_to_state_dict(weights: KerasWeights, config: AlexNetConfig) -> dict[str, torch.Tensor]:
     """Our state dict from the Keras layers, every shape checked; raises KerasFileError."""
     name = config.name
-    for layer in kw.layers:
+    for layer in weights.layers:
         ok = (
             len(layer.arrays) == 2
             and layer.arrays[0].ndim in (2, 4)
@@ -330,22 +338,22 @@ def keras_to_state_dict(kw: KerasWeights, config: AlexNetConfig) -> dict[str, to
                 f"{layer.describe()} is not a Conv2D or Dense layer with a kernel and a bias; "
                 "the seed's models have only those."
             )
-    if kw.ordered:
-        kinds = [layer.arrays[0].ndim for layer in kw.layers]
+    if weights.ordered:
+        kinds = [layer.arrays[0].ndim for layer in weights.layers]
         if 2 in kinds and 4 in kinds[kinds.index(2) :]:
-            late = kw.layers[kinds.index(4, kinds.index(2))]
+            late = weights.layers[kinds.index(4, kinds.index(2))]
             raise KerasFileError(
                 f"{late.describe()} comes after a dense layer; in the seed's models every "
                 "convolution comes before the dense head."
             )
-    layers = _ordered_layers(kw)
+    layers = _ordered_layers(weights)
     expected = _keras_shapes(config)
     n_conv = sum(len(s) == 4 for _, s in expected)
     got_conv = sum(x.arrays[0].ndim == 4 for x in layers)
     if (got_conv, len(layers) - got_conv) != (n_conv, len(expected) - n_conv):
         raise KerasFileError(
-            f"{kw.path} has {got_conv} Conv2D and {len(layers) - got_conv} Dense layers with "
-            f"weights; {name} has {n_conv} and {len(expected) - n_conv}.{_looks_like(kw, name)}"
+            f"{weights.path} has {got_conv} Conv2D and {len(layers) - got_conv} Dense layers with "
+            f"weights; {name} has {n_conv} and {len(expected) - n_conv}.{_looks_like(weights, name)}"
         )
     state: dict[str, torch.Tensor] = {}
     for layer, (ours, shape) in zip(layers, expected):
@@ -355,12 +363,12 @@ def keras_to_state_dict(kw: KerasWeights, config: AlexNetConfig) -> dict[str, to
             raise KerasFileError(
                 f"{layer.describe()} does not fit {name}'s {ours}: it has a kernel "
                 f"{tuple(kernel.shape)}, {ours} needs {shape} (Keras layout; {tuple(torch_shape)} "
-                f"in PyTorch).{_looks_like(kw, name)}"
+                f"in PyTorch).{_looks_like(weights, name)}"
             )
         if kernel.ndim == 4:
             weight = kernel.transpose(3, 2, 0, 1)
         else:
-            if ours == "fc1" and kw.flatten_order == "CHW":
+            if ours == "fc1" and weights.flatten_order == "CHW":
                 kernel = _chw_rows_to_hwc(kernel, config)
             weight = kernel.T
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
@@ -370,21 +378,9 @@ def keras_to_state_dict(kw: KerasWeights, config: AlexNetConfig) -> dict[str, to
     return state
 
 
-def _final_map(config: AlexNetConfig) -> tuple[int, int]:
-    side = config.image_size
-    for s in ([4, 2] if config.stem == "imagenet" else []) + [2, 2]:
-        side = -(-side // s)
-    return side, config.widths[4]
-
-
 def _chw_rows_to_hwc(kernel: np.ndarray, config: AlexNetConfig) -> np.ndarray:
-    side, c = _final_map(config)
+    side, c = final_map(config)
     return kernel.reshape(c, side, side, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
-
-
-def _hwc_rows_to_chw(kernel: np.ndarray, config: AlexNetConfig) -> np.ndarray:
-    side, c = _final_map(config)
-    return kernel.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
 
 
 # ---------------------------------------------------------------------- run folders
@@ -413,50 +409,51 @@ def import_keras(
     models, the seed's), "chw" (convolutions channels-first, Flatten at its default), or "auto":
     from the file's model config where it has one, else "hwc".
     """
-    from . import __version__
-    from .checkpoint import CHECKPOINT, MODEL_FILE, atomic_write_json, save_model_file
-    from .data import CLASSES
-    from .train import CONFIG_FILE, RESULT_FILE
-
     file, out = Path(file), Path(out)
-    kw = read_keras_weights(file)
+    weights = read_keras_weights(file)
     if flatten not in ("auto", "hwc", "chw"):
         raise ValueError(f"flatten must be 'auto', 'hwc' or 'chw', not {flatten!r}")
     if flatten != "auto":
-        kw.flatten_order = flatten.upper()
-    if not kw.layers:
+        weights.flatten_order = flatten.upper()
+    if not weights.layers:
         raise KerasFileError(f"{file} holds no layer weights")
     if model_name is None:
-        matches = matching_presets(kw)
+        matches = matching_presets(weights)
         if not matches:
             raise KerasFileError(
-                f"{file} matches none of the presets (kernels {kw.kernel_shapes}); "
+                f"{file} matches none of the presets (kernels {weights.kernel_shapes}); "
                 "see 'alexnet-cifar models'"
             )
         # alexnet_slim and alexnet_slim_regular share every shape; the first is the plain one.
         model_name = matches[0]
-    config = get_config(model_name, _num_classes(kw))
-    state = keras_to_state_dict(kw, config)
-    with torch.device("meta"):  # every parameter comes from the file: skip the random init
-        model = AlexNet(config)
+    config = get_config(model_name, _num_classes(weights))
+    state = keras_to_state_dict(weights, config)
+    model = meta_model(config)  # every parameter comes from the file: skip the random init
     model.load_state_dict(state, strict=True, assign=True)
     if out.exists() and not out.is_dir():
-        raise KerasFileError(f"--out {out} is a file, not a folder")
+        raise KerasFileError(f"{param('out')} {out} is a file, not a folder")
     if not force and any((out / n).exists() for n in (MODEL_FILE, CHECKPOINT)):
         raise KerasFileError(
-            f"{out} already holds a model; choose another --out or pass --force to replace it"
+            f"{out} already holds a model; choose another {param('out')} or pass "
+            f"{param('force', True)} to replace it"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KerasFileError(
+            f"cannot create the run folder {out}: {e.strerror or e}; choose a writable "
+            f"{param('out')}"
+        ) from None
     classes = list(CLASSES) if config.num_classes == len(CLASSES) else None
     classes = classes or [str(i) for i in range(config.num_classes)]
     source = {
         "file": str(file.resolve()),
         "sha256": _sha256(file),
-        "format": kw.format,
-        "keras_version": kw.keras_version,
-        "backend": kw.backend,
-        "flatten_order": kw.flatten_order,
-        "layers": [layer.name for layer in _ordered_layers(kw)],
+        "format": weights.format,
+        "keras_version": weights.keras_version,
+        "backend": weights.backend,
+        "flatten_order": weights.flatten_order,
+        "layers": [layer.name for layer in _ordered_layers(weights)],
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"model_name": model_name, "imported_from": "Keras", "source": source}
@@ -478,7 +475,7 @@ def import_keras(
         "run_dir": str(out),
         "imported_from": "Keras",
         "source_file": str(file),
-        "source_format": kw.format,
+        "source_format": weights.format,
         "params": sum(p.numel() for p in model.parameters()),
         "model_file": str(out / MODEL_FILE),
         "classes": classes,
@@ -490,21 +487,18 @@ def import_keras(
 # ---------------------------------------------------------------------- export to Keras
 
 
+def _snake(keras_class: str) -> str:
+    """Keras' default layer name of a class: ``Conv2D`` -> ``conv2d``, ``MaxPooling2D`` ->
+    ``max_pooling2d``."""
+    return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", keras_class).lower()
+
+
 def _keras_layer_plan(config: AlexNetConfig) -> list[tuple[str, str, str | None]]:
     """(Keras class path name, Keras layer name, our layer or None) for the seed's model."""
-    kinds = {
-        "Conv2dSame": "conv2d",
-        "MaxPool2dSame": "max_pooling2d",
-        "FlattenHWC": "flatten",
-        "Dense": "dense",
-        "Dropout": "dropout",
-    }
-    with torch.device("meta"):
-        model = AlexNet(config)
     counts: dict[str, int] = {}
     plan = [("input_layer", "input_layer", None)]
-    for ours, layer in model.layers.named_children():
-        kind = kinds[type(layer).__name__]
+    for ours, layer in meta_model(config).layers.named_children():
+        kind = _snake(KERAS_LAYER_KINDS[type(layer)])
         n = counts.get(kind, -1) + 1
         counts[kind] = n
         key = kind if n == 0 else f"{kind}_{n}"
@@ -525,8 +519,6 @@ def export_keras_weights(model: AlexNet, path: str | Path) -> str:
     (``model.load_weights`` of Keras 3), any other ``.h5`` in Keras 2's ``save_weights`` layout
     (``model.load_weights`` of Keras 2 and 3). Returns the format written."""
     import h5py
-
-    from .checkpoint import atomic_write
 
     path = Path(path)
     plan = _keras_layer_plan(model.config)
@@ -559,84 +551,5 @@ def export_keras_weights(model: AlexNet, path: str | Path) -> str:
                 g.attrs["weight_names"] = np.array([n.encode() for n in wn])
                 g.create_dataset(wn[0], data=kernel)
                 g.create_dataset(wn[1], data=bias)
-    data = buf.getvalue()
-    atomic_write(path, lambda fh: fh.write(data))
+    atomic_write_bytes(path, buf.getvalue(), what="the Keras weights file")
     return fmt
-
-
-# ---------------------------------------------------------------------- commands
-
-
-def add_parsers(sub) -> None:
-    from .cli import _model_name
-
-    p = sub.add_parser(
-        "import-keras",
-        help="turn the seed's Keras weights (.h5, .weights.h5, .keras) into a run folder",
-        description="Read the weights of the seed's Keras model: a Keras 2 model.save('x.h5') "
-        "or save_weights file, a Keras 3 .h5, .weights.h5 or .keras file. Every kernel is "
-        "checked against the model's shapes and converted (Conv2D HWIO to OIHW, Dense in/out "
-        "transposed). The run folder gets model.pt, config.json and result.json, and works "
-        "with evaluate, predict and export.",
-    )
-    p.add_argument("file", type=Path, metavar="FILE", help="Keras .h5, .weights.h5 or .keras")
-    p.add_argument(
-        "--model",
-        type=_model_name,
-        metavar="NAME",
-        help="the preset the file holds (default: found from the kernel shapes)",
-    )
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument(
-        "--flatten",
-        choices=("auto", "hwc", "chw"),
-        default="auto",
-        help="order of the flattened features the first dense layer reads: hwc for "
-        "channels-last Keras models (the seed's), chw for channels-first convolutions; auto "
-        "(default) reads it from the model config in .h5 and .keras files, else hwc",
-    )
-    p.add_argument("--force", action="store_true", help="replace a model already in RUN_DIR")
-    p.add_argument("--json", action="store_true", help="print result.json")
-    p.set_defaults(func=cmd_import_keras)
-
-    e = sub.add_parser(
-        "export-keras",
-        help="write a model's weights for the seed's Keras code (.h5 or .weights.h5)",
-        description="Write the weights in a file that the seed's Keras model loads with "
-        "model.load_weights(FILE): FILE ending in .weights.h5 gets Keras 3's layout, any other "
-        ".h5 the layout of Keras 2's save_weights (which Keras 3 reads too).",
-    )
-    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
-    e.add_argument("--out", type=Path, required=True, metavar="FILE", help=".h5 or .weights.h5")
-    e.set_defaults(func=cmd_export_keras)
-
-
-def cmd_import_keras(args) -> int:
-    from .cli import UserError, _print_json
-
-    try:
-        result = import_keras(
-            args.file, args.out, args.model, force=args.force, flatten=args.flatten
-        )
-    except KerasFileError as e:
-        raise UserError(str(e)) from None
-    if args.json:
-        _print_json(result)
-    else:
-        print(
-            f"imported {result['source_format']} file {args.file} as {result['model']} "
-            f"({result['params']:,} parameters) into {args.out}"
-        )
-    return 0
-
-
-def cmd_export_keras(args) -> int:
-    from .cli import UserError
-    from .evaluate import load_model
-
-    if not str(args.out).endswith(".h5"):
-        raise UserError(f"--out {args.out} must end in .h5 or .weights.h5")
-    model = load_model(args.path)
-    fmt = export_keras_weights(model, args.out)
-    print(f"wrote {model.config.name} weights ({fmt}) to {args.out}")
-    return 0

@@ -23,17 +23,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UnknownModelError, param
+
 __all__ = [
     "AlexNet",
     "AlexNetConfig",
+    "KERAS_LAYER_KINDS",
     "PRESETS",
     "PUBLISHED_PARAMS",
     "UnknownModelError",
     "build_model",
+    "final_map",
     "get_config",
     "layer_table",
+    "meta_model",
     "model_names",
+    "parse_model_list",
     "predict_proba",
+    "probabilities",
     "tf_same_padding",
 ]
 
@@ -120,22 +127,35 @@ PUBLISHED_PARAMS: dict[str, int] = {
 }
 
 
-class UnknownModelError(ValueError):
-    """A model name that is not one of the presets."""
-
-
 def model_names() -> list[str]:
     return list(PRESETS)
 
 
 def get_config(name: str, num_classes: int = 10) -> AlexNetConfig:
     """The preset called ``name``; an unknown name raises an error that lists the valid ones."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
+        name = str(name)
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownModelError(f"unknown model {name!r}.{hint} Valid models: {', '.join(PRESETS)}")
     cfg = PRESETS[name]
     return cfg if num_classes == cfg.num_classes else replace(cfg, num_classes=num_classes)
+
+
+def parse_model_list(text: str) -> list[str]:
+    """``all``, or preset names separated by commas: the names in the order given, once each."""
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise UnknownModelError(f"{param('models')} needs 'all' or model names separated by commas")
+    if "all" in (n.lower() for n in names):
+        if len(names) != 1:
+            raise UnknownModelError(
+                f"{param('models')}: give 'all' alone, or a list of models without it"
+            )
+        return list(PRESETS)
+    for n in names:
+        get_config(n)
+    return list(dict.fromkeys(names))
 
 
 def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -146,6 +166,14 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def final_map(config: AlexNetConfig) -> tuple[int, int]:
+    """(side, channels) of the last feature map, the one the flatten reads."""
+    side = config.image_size
+    for stride in ([4, 2] if config.stem == "imagenet" else []) + [2, 2]:
+        side = -(-side // stride)  # TF "same": ceil(n / stride)
+    return side, config.widths[4]
 
 
 class Conv2dSame(nn.Conv2d):
@@ -272,9 +300,7 @@ class AlexNet(nn.Module):
             ("pool3", MaxPool2dSame()),
             ("flatten", FlattenHWC()),
         ]
-        side = config.image_size
-        for pool_or_stride in ([4, 2] if config.stem == "imagenet" else []) + [2, 2]:
-            side = -(-side // pool_or_stride)
+        side, _ = final_map(config)
         d1, d2 = config.dense
         layers += [
             ("fc1", Dense(side * side * w5, d1, relu=True)),
@@ -333,6 +359,16 @@ class AlexNet(nn.Module):
             dense.bias.zero_()
 
 
+#: The Keras layer class each of our layers mirrors.
+KERAS_LAYER_KINDS: dict[type, str] = {
+    Conv2dSame: "Conv2D",
+    MaxPool2dSame: "MaxPooling2D",
+    FlattenHWC: "Flatten",
+    Dense: "Dense",
+    Dropout: "Dropout",
+}
+
+
 def build_model(name: str, num_classes: int = 10) -> AlexNet:
     """Build the preset ``name``, freshly initialised (Keras 2 initialisers), in train mode.
 
@@ -343,10 +379,21 @@ def build_model(name: str, num_classes: int = 10) -> AlexNet:
     return AlexNet(get_config(name, num_classes))
 
 
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The softmax the Keras model ends in, over the classes of a batch of logits."""
+    return torch.softmax(logits, dim=1)
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Class probabilities (the Keras model's softmax output) for normalised images."""
-    return torch.softmax(model(x).float(), dim=1)
+    return probabilities(model(x).float())
+
+
+def meta_model(config: AlexNetConfig) -> AlexNet:
+    """The model built on the meta device: its shapes without memory or initialisation."""
+    with torch.device("meta"):
+        return AlexNet(config)
 
 
 @dataclass
@@ -384,20 +431,12 @@ def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> L
         if isinstance(name_or_config, AlexNetConfig)
         else get_config(name_or_config, num_classes)
     )
-    with torch.device("meta"):
-        model = AlexNet(cfg)
-        x = torch.empty(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    model = meta_model(cfg)
+    x = torch.empty(1, cfg.in_channels, cfg.image_size, cfg.image_size, device="meta")
     table = LayerTable(cfg)
     table.rows.append(
         LayerRow("input", "InputLayer", (cfg.image_size, cfg.image_size, cfg.in_channels), 0, 0)
     )
-    kinds = {
-        Conv2dSame: "Conv2D",
-        MaxPool2dSame: "MaxPooling2D",
-        FlattenHWC: "Flatten",
-        Dense: "Dense",
-        Dropout: "Dropout",
-    }
     for name, layer in model.layers.named_children():
         x = layer(x)
         shape = tuple(x.shape[1:])
@@ -411,5 +450,5 @@ def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> L
             macs = layer.in_features * layer.out_features
         else:
             macs = 0
-        table.rows.append(LayerRow(name, kinds[type(layer)], shape, params, macs))
+        table.rows.append(LayerRow(name, KERAS_LAYER_KINDS[type(layer)], shape, params, macs))
     return table

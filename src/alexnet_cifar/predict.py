@@ -1,4 +1,4 @@
-"""Predictions on a user's own pictures, and flip-averaged (test-time augmentation) evaluation.
+"""Predictions on a user's own pictures.
 
 An image file of any size and mode becomes what the model was trained on: 32x32 RGB, normalised
 with the seed's mean and standard deviation. Transparent pixels are laid over the training set's
@@ -10,7 +10,6 @@ not kept).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,29 +17,13 @@ import numpy as np
 import torch
 
 from .augment import SEED_MEAN
-from .evaluate import (
-    EvalResult,
-    flip_averaged,
-    heldout_logits,
-    logits_in_batches,
-    result_from_logits,
-)
+from .errors import ImageError
+from .evaluate import logits_in_batches
+from .models import probabilities
 
-__all__ = [
-    "ImageError",
-    "Prediction",
-    "add_parsers",
-    "class_names",
-    "evaluate_with_tta",
-    "load_image",
-    "predict_images",
-]
+__all__ = ["ImageError", "LoadedImage", "Prediction", "load_image", "predict_images"]
 
 IMAGE_SIZE = 32
-
-
-class ImageError(ValueError):
-    """A file that is not an image this tool can read."""
 
 
 @dataclass
@@ -85,6 +68,8 @@ def load_image(path: str | Path) -> LoadedImage:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise ImageError(f"{path}: not a regular file (a pipe or a device is not read)")
     try:
         with Image.open(path) as img:
             img.load()
@@ -105,27 +90,6 @@ def load_image(path: str | Path) -> LoadedImage:
     if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
     return LoadedImage(np.asarray(rgb, dtype=np.uint8).copy(), size, mode)
-
-
-def class_names(path: str | Path, num_classes: int, meta: dict | None = None) -> list[str]:
-    """The run's class names (result.json, config.json), else CIFAR-10's, else '0', '1', ..."""
-    from .data import CLASSES
-
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    for name in ("result.json", "config.json"):
-        try:
-            names = json.loads((folder / name).read_text()).get("classes")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(names, list) and len(names) == num_classes:
-            return [str(n) for n in names]
-    names = (meta or {}).get("classes")
-    if isinstance(names, list) and len(names) == num_classes:
-        return [str(n) for n in names]
-    if num_classes == len(CLASSES):
-        return list(CLASSES)
-    return [str(i) for i in range(num_classes)]
 
 
 @dataclass
@@ -151,127 +115,4 @@ def predict_images(model, images: list[LoadedImage], batch_size: int = 256) -> n
         return np.zeros((0, model.config.num_classes))
     x = torch.from_numpy(np.stack([im.pixels for im in images]))
     logits = logits_in_batches(model.eval(), x, batch_size)
-    return torch.softmax(logits.double().cpu(), dim=1).numpy()
-
-
-# ---------------------------------------------------------------------- TTA evaluation
-
-
-@torch.no_grad()
-def evaluate_with_tta(
-    model,
-    images,
-    labels,
-    *,
-    classes: list[str] | None = None,
-    batch_size: int = 500,
-    loss_clip_eps: float = 1e-7,
-    channels_last: bool = False,
-) -> tuple[EvalResult, EvalResult]:
-    """(plain, flip-averaged) results on uint8 NHWC images, dropout off, each image run once.
-
-    The flip-averaged prediction is the mean of the softmax of each image and of its mirror
-    image; its loss is the cross-entropy of that mean (clipped as Keras clips), plus the model's
-    L2 term. Both are what ``evaluate_model`` gives with and without ``tta_flip``.
-    """
-    plain, flipped, labels = heldout_logits(
-        model, images, labels, batch_size=batch_size, channels_last=channels_last, mirrored=True
-    )
-    return (
-        result_from_logits(model, plain, labels, classes, loss_clip_eps),
-        result_from_logits(model, flip_averaged(plain, flipped), labels, classes, loss_clip_eps),
-    )
-
-
-# ---------------------------------------------------------------------- command
-
-
-def add_parsers(sub) -> None:
-    from .cli import _device, _int_at_least
-
-    p = sub.add_parser(
-        "predict",
-        help="the top classes of your own pictures (PNG, JPEG, ...)",
-        description="Predict the classes of image files with a trained model. Any size and "
-        "mode (RGBA, grey, palette, 16-bit) is converted to RGB (transparency over the "
-        "training mean colour) and resized to 32x32 (bicubic, aspect ratio not kept), then "
-        "normalised as in training. A file that cannot be read is reported and the others "
-        "are still predicted; the exit status is then 2.",
-    )
-    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    p.add_argument(
-        "--top-k", type=_int_at_least(1, "--top-k"), default=3, help="classes to show (3)"
-    )
-    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda")
-    p.add_argument("--json", action="store_true", help="a JSON list, one object per file")
-    p.set_defaults(func=cmd_predict)
-
-
-def cmd_predict(args) -> int:
-    import sys
-
-    from .checkpoint import read_state
-    from .evaluate import load_model, resolve_weights_file
-    from .train import resolve_device
-
-    device = resolve_device(args.device)
-    model = load_model(args.path, device=device)
-    meta = read_state(resolve_weights_file(args.path)).get("meta") or {}
-    classes = class_names(args.path, model.config.num_classes, meta)
-    k = min(args.top_k, len(classes))
-
-    loaded: list[tuple[Path, LoadedImage]] = []
-    errors: dict[int, str] = {}
-    for i, f in enumerate(args.images):
-        try:
-            loaded.append((f, load_image(f)))
-        except ImageError as e:
-            errors[i] = str(e)
-            print(f"error: {e}", file=sys.stderr)
-    probs = predict_images(model, [im for _, im in loaded])
-    by_index = {}
-    it = iter(zip(loaded, probs))
-    for i in range(len(args.images)):
-        if i not in errors:
-            (f, im), p = next(it)
-            by_index[i] = Prediction(str(f), p, im.original_size, im.mode, im.resized)
-
-    records = []
-    for i, f in enumerate(args.images):
-        if i in errors:
-            records.append({"file": str(f), "error": errors[i]})
-            continue
-        pr = by_index[i]
-        top = pr.top_k(classes, k)
-        records.append(
-            {
-                "file": pr.file,
-                "predicted": top[0]["class"],
-                "top_k": top,
-                "resized": pr.resized,
-                "original_size": list(pr.original_size),
-                "mode": pr.mode,
-            }
-        )
-        if pr.resized and args.json:
-            w, h = pr.original_size
-            print(f"note: {f} resized from {w}x{h} to 32x32", file=sys.stderr)
-    if args.json:
-        print(json.dumps(records, indent=2))
-    else:
-        for r in records:
-            if "error" in r:
-                continue
-            w, h = r["original_size"]
-            note = f"  (resized from {w}x{h} to 32x32)" if r["resized"] else ""
-            print(f"{r['file']}: {r['predicted']}{note}")
-            for t in r["top_k"]:
-                print(f"  {t['class']:<12}{t['probability']:.4f}")
-    if errors:
-        print(
-            f"error: {len(errors)} of {len(args.images)} files could not be read as images",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
+    return probabilities(logits.double().cpu()).numpy()

@@ -1,0 +1,143 @@
+"""Whether a run folder can be continued as asked: the run's identity, compared field by field.
+
+A run's identity is what decides what it computes: the model, the class count, the seed, the
+subsets and every field of the recipe. A resume must ask for the same identity; the one change
+it accepts, with ``force``, is more epochs (the learning-rate drops stay where they were, so
+the epochs already trained stay what they were). A study compares its runs the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .errors import AlexnetCifarError, CheckpointError, RunSetupError, param
+from .files import CHECKPOINT, CONFIG_FILE, PREV_CHECKPOINT, atomic_write_json, read_json_object
+from .recipe import Recipe
+
+__all__ = [
+    "SAFE_CHANGES",
+    "differences",
+    "has_checkpoint",
+    "identity_of_config",
+    "load_resume_state",
+    "run_identity",
+]
+
+#: Changes a resume accepts with ``force``: they extend the run without changing its past.
+SAFE_CHANGES = {"recipe.epochs"}
+
+
+def run_identity(
+    model: str,
+    num_classes: int,
+    seed: int,
+    limit_train: int | None,
+    limit_test: int | None,
+    recipe: Recipe,
+) -> dict:
+    """The fields that define what a run computes, flat (``recipe.lr``, ...)."""
+    ident = {
+        "model": model,
+        "num_classes": num_classes,
+        "seed": seed,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+    }
+    ident.update({f"recipe.{k}": v for k, v in recipe.to_dict().items()})
+    return ident
+
+
+def identity_of_config(config: dict) -> dict:
+    """The identity recorded in a run's config.json (the same flat form)."""
+    recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
+    ident = {k: config.get(k) for k in ("model", "num_classes", "seed", "limit_train", "limit_test")}
+    ident.update({f"recipe.{k}": v for k, v in recipe.items()})
+    return ident
+
+
+def differences(have: dict, want: dict) -> list[str]:
+    """The identity fields where ``have`` (a run) and ``want`` (what is asked) differ."""
+    return [k for k in want if have.get(k) != want[k]]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((Path(run_dir) / n).exists() for n in (CHECKPOINT, PREV_CHECKPOINT))
+
+
+def load_resume_state(
+    run_dir: Path, recipe: Recipe, identity, resume: bool, force: bool, say, warn
+) -> tuple[dict | None, Recipe]:
+    """(the checkpoint to continue from or None for a new run, the recipe to train with).
+
+    ``identity(recipe)`` gives the identity this run asks for with a recipe. Refuses a folder
+    that holds a run when ``resume`` is off, and a checkpoint whose identity differs (beyond
+    more epochs with ``force``), naming every difference.
+    """
+    run_dir = Path(run_dir)
+    if not resume:
+        if has_checkpoint(run_dir):
+            raise RunSetupError(
+                f"{run_dir} already holds a run. Add {param('resume', True)} to continue it, "
+                f"or choose another {param('out')} for a new run."
+            )
+        return None, recipe
+    if not has_checkpoint(run_dir):
+        say(f"nothing to resume in {run_dir}: starting a new run there")
+        return None, recipe
+    state, path = load_checkpoint(run_dir, warn=warn)
+    theirs = state.get("run_identity") or {}
+    if force and theirs.get("recipe.epochs") != recipe.epochs:
+        recipe = _extended(run_dir, path, state, theirs, recipe, say)
+    mine = identity(recipe)
+    refused = [k for k in differences(theirs, mine) if not (force and k in SAFE_CHANGES)]
+    if refused:
+        lines = [f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}" for k in refused]
+        advice = (
+            f"{param('force', True)} accepts only a change of {param('epochs')}"
+            if force
+            else f"add {param('force', True)} to change only the number of epochs"
+        )
+        raise CheckpointError(
+            f"cannot resume {path} with different settings:\n  "
+            + "\n  ".join(lines)
+            + "\nResume with the original settings (leave the flags out to reuse them; "
+            f"{advice}), or start a new run in another {param('out')}."
+        )
+    if state["epoch"] >= recipe.epochs:
+        say(f"{run_dir} has finished all {state['epoch']} epochs: nothing to train")
+    else:
+        say(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
+    return state, recipe
+
+
+def _extended(run_dir: Path, path: Path, state: dict, theirs: dict, recipe: Recipe, say) -> Recipe:
+    """The recipe for more epochs than the run had: its learning-rate drops stay put."""
+    kept = tuple(theirs.get("recipe.lr_milestones") or ())
+    extended = recipe.with_(lr_milestones=kept)
+    if theirs.get("recipe.epochs", 0) > recipe.epochs or state["epoch"] > recipe.epochs:
+        raise CheckpointError(
+            f"{path} has trained {state['epoch']} epochs; {param('epochs')} "
+            f"{recipe.epochs} cannot shorten a run"
+        )
+    say(
+        f"continuing to {recipe.epochs} epochs; the learning-rate drops stay at epochs "
+        f"{', '.join(map(str, kept)) or 'none'}"
+    )
+    _record_extension(run_dir, theirs.get("recipe.epochs"), extended)
+    return extended
+
+
+def _record_extension(run_dir: Path, old_epochs, recipe: Recipe) -> None:
+    """config.json follows a forced change, so a later plain resume reuses it."""
+    path = run_dir / CONFIG_FILE
+    try:
+        config = read_json_object(path)
+    except AlexnetCifarError:  # a missing or damaged config.json is rewritten on resume
+        return
+    config["recipe"] = recipe.to_dict()
+    config.setdefault("changes", []).append(
+        {"recipe.epochs": [old_epochs, recipe.epochs], "at": time.ctime()}
+    )
+    atomic_write_json(path, config, what="the run's settings")
