@@ -1,0 +1,303 @@
+"""What the commands share: the parser, argument types, the training flags and their mapping
+to the library's options, and how parameters named in messages become flags."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .._version import __version__
+from ..distributed import DEVICES
+from ..engine import EngineOptions
+from ..errors import AlexnetCifarError, SettingError, UnknownModelError
+from ..files import CONFIG_FILE, read_json_object
+from ..models import get_config, parse_model_list
+from ..recipe import RECIPES, Recipe, get_recipe
+from ..train import TrainOptions
+
+__all__ = [
+    "add_engine_flags",
+    "add_train_flags",
+    "device",
+    "flag_name",
+    "int_at_least",
+    "invocation",
+    "make_parser",
+    "model_list",
+    "model_name",
+    "positive_float",
+    "print_json",
+    "run_settings",
+    "train_options",
+]
+
+PROG = "alexnet-cifar"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line and a pointer to --help, not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def make_parser():
+    p = Parser(
+        prog=PROG,
+        description="AlexNet and four variants on CIFAR-10, trained with the seed post's "
+        "Keras recipe in PyTorch.",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    return p, sub
+
+
+# ---------------------------------------------------------------------- messages
+
+
+def flag_name(name: str, value: str | None) -> str:
+    """A parameter named in a library message, as this command's flag: ``limit_train`` ->
+    ``--limit-train``, ``verify=False`` -> ``--no-verify``, ``device='cpu'`` -> ``--device cpu``."""
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        return flag
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        v = value
+    if v is True:
+        return flag
+    if v is False:
+        return "--no-" + name.replace("_", "-")
+    return f"{flag} {v}"
+
+
+def invocation() -> list[str]:
+    """How the user can run this tool again from where they are: ``alexnet-cifar`` when that
+    is on the PATH, else the path they called (``.venv/bin/alexnet-cifar``), else
+    ``python -m alexnet_cifar``."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else PROG
+    if argv0.endswith(("__main__.py", "-c")) or not os.path.exists(argv0):
+        return [_short_path(sys.executable), "-m", "alexnet_cifar"]
+    on_path = shutil.which(PROG)
+    if on_path and os.path.samefile(on_path, argv0):
+        return [PROG]
+    return [_short_path(argv0)]
+
+
+def _short_path(path: str) -> str:
+    rel = os.path.relpath(os.path.abspath(path))
+    if rel.startswith(".."):
+        return os.path.abspath(path)
+    return rel if os.sep in rel else f".{os.sep}{rel}"
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------- argument types
+
+
+def int_at_least(lo: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number, not {text!r}"
+            ) from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {lo}, not {v}")
+        if v > 10**9:
+            raise argparse.ArgumentTypeError(f"{what} of {v} is too large")
+        return v
+
+    return parse
+
+
+def positive_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if not (v > 0 and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{what} must be a positive number, not {text}")
+        return v
+
+    return parse
+
+
+def device(text: str) -> str:
+    t = text.strip().lower()
+    if t in DEVICES or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (or cuda:N)")
+
+
+def model_name(text: str) -> str:
+    try:
+        get_config(text)
+    except UnknownModelError as e:
+        raise argparse.ArgumentTypeError(e.render(flag_name)) from None
+    return text
+
+
+def model_list(text: str) -> list[str]:
+    try:
+        return parse_model_list(text)
+    except UnknownModelError as e:
+        raise argparse.ArgumentTypeError(e.render(flag_name)) from None
+
+
+def folder(text: str) -> Path:
+    """A folder to write into: never the empty string (that would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty folder name; give a folder")
+    return Path(text)
+
+
+# ---------------------------------------------------------------------- training flags
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """The engine's speed-ups, each on by default where it helps and each switchable off."""
+    g = p.add_argument_group("engine (defaults: the fast configuration for the device)")
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 autocast (CUDA) or exact fp32; auto (default): bf16 on CUDA, fp32 on CPU",
+    )
+    for flag, dest, what in [
+        ("channels-last", "channels_last", "channels_last memory format (auto: on CUDA)"),
+        ("compile", "compile", "torch.compile the model (auto: on CUDA)"),
+        ("cuda-graphs", "cuda_graphs", "run each step as one CUDA graph (auto: on CUDA)"),
+        ("fused-optimizer", "fused_optimizer", "torch's fused SGD kernel (auto: on)"),
+    ]:
+        g.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=what)
+        g.add_argument(f"--no-{flag}", dest=dest, action="store_false")
+
+
+ENGINE_FLAGS = ("precision", "channels_last", "compile", "cuda_graphs", "fused_optimizer")
+
+
+def engine_options(args, prev: dict | None = None) -> EngineOptions:
+    """The engine flags given, the run's own settings for those left out (on resume), else
+    auto."""
+    prev = prev or {}
+    chosen = {}
+    for name in ENGINE_FLAGS:
+        value = getattr(args, name)
+        chosen[name] = value if value is not None else prev.get(name)
+    if chosen["precision"] is None:
+        chosen["precision"] = "auto"
+    return EngineOptions(**chosen)
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The training flags shared by ``train`` and ``study`` (all but MODEL, --out, --resume,
+    --force and --json)."""
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="seed (default): the post's recipe; fast: the same networks trained for the time "
+        "to reach the seed's accuracy (batch 512, warm-up and linear decay, label smoothing, "
+        "weight averaging, flip test-time augmentation; docs/performance.md)",
+    )
+    p.add_argument("--epochs", type=int_at_least(1, "--epochs"), help="seed 300, fast 40")
+    p.add_argument("--batch-size", type=int_at_least(1, "--batch-size"), help="seed 64, fast 512")
+    p.add_argument("--lr", type=positive_float("--lr"), help="peak learning rate (0.01, 0.08)")
+    p.add_argument("--seed", type=int_at_least(0, "--seed"), help="default 0")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding cifar-10-batches-bin (or -py); "
+        "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
+    )
+    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    p.add_argument(
+        "--limit-train",
+        type=int_at_least(1, "--limit-train"),
+        metavar="N",
+        help="train on a class-balanced subset of N images fixed by the seed",
+    )
+    p.add_argument(
+        "--limit-test",
+        type=int_at_least(1, "--limit-test"),
+        metavar="N",
+        help="evaluate on a class-balanced subset of N test images",
+    )
+    p.add_argument(
+        "--eval-batch-size",
+        type=int_at_least(1, "--eval-batch-size"),
+        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    add_engine_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
+    )
+
+
+def run_settings(out: Path) -> dict:
+    """A run folder's config.json, or {} when there is none; a damaged one is an error."""
+    if not (out / CONFIG_FILE).exists():
+        return {}
+    config = read_json_object(out / CONFIG_FILE, "run settings", error=SettingError)
+    for key, kind in (("recipe", dict), ("engine_requested", dict)):
+        if key in config and not isinstance(config[key], kind):
+            raise SettingError(f"{out / CONFIG_FILE} is damaged: {key!r} is not an object")
+    return config
+
+
+def _recipe(args, prev_recipe: dict) -> Recipe:
+    """The recipe a train-like command asks for: a resumed run's own, else the named one,
+    with the flags given on top."""
+    try:
+        if prev_recipe and args.recipe in (None, prev_recipe.get("name", "seed")):
+            # a resumed run keeps its whole recipe, drops included (kept across --force)
+            base = Recipe.from_dict(prev_recipe)
+            return base.with_(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        name = args.recipe or prev_recipe.get("name", "seed")
+        return get_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    except AlexnetCifarError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise SettingError(f"the recipe cannot be used: {e}") from None
+
+
+def train_options(args, model: str, out: Path, prev: dict, resume: bool) -> TrainOptions:
+    """TrainOptions from the shared training flags; a flag left out takes its value from
+    ``prev`` (the settings of an earlier run or study: recipe, seed, limits, engine), else the
+    default."""
+
+    def given_or_prev(name: str, default=None):
+        value = getattr(args, name)
+        return value if value is not None else prev.get(name, default)
+
+    return TrainOptions(
+        model=model,
+        out=out,
+        recipe=_recipe(args, prev.get("recipe") or {}),
+        seed=given_or_prev("seed", 0),
+        device=args.device,
+        data_dir=args.data_dir,
+        verify=not args.no_verify,
+        limit_train=given_or_prev("limit_train"),
+        limit_test=given_or_prev("limit_test"),
+        eval_batch_size=args.eval_batch_size,
+        engine=engine_options(args, prev.get("engine_requested")),
+        resume=resume,
+        force=getattr(args, "force", False),
+        quiet=args.quiet or getattr(args, "json", False),
+        progress=False if args.no_progress else None,
+        tensorboard=not args.no_tensorboard,
+    )

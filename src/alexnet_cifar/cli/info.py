@@ -1,0 +1,81 @@
+"""``models`` and ``summary``: the variants as tables."""
+
+from __future__ import annotations
+
+from ..models import PRESETS, PUBLISHED_PARAMS, layer_table
+from .flags import model_name, print_json
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub) -> None:
+    m = sub.add_parser("models", help="the five variants: parameters, MACs, size")
+    m.add_argument("--json", action="store_true", help="a JSON list of objects")
+    m.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("summary", help="a Keras-like layer table of one variant")
+    s.add_argument("model", type=model_name, metavar="MODEL", help="variant (see 'models')")
+    s.add_argument("--json", action="store_true", help="the layers as a JSON object")
+    s.set_defaults(func=cmd_summary)
+
+
+def cmd_models(args) -> int:
+    rows = []
+    for name, cfg in PRESETS.items():
+        t = layer_table(name)
+        rows.append(
+            {
+                "name": name,
+                "params": t.params,
+                "published_params": PUBLISHED_PARAMS[name],
+                "macs": t.macs,
+                "size_mb": round(t.size_mb, 2),
+                "stem": cfg.stem,
+                "widths": list(cfg.widths),
+                "dense": list(cfg.dense),
+                "conv_init": cfg.conv_init,
+                "l2": cfg.l2,
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"{'model':<22}{'params':>13}{'MACs/image':>13}{'fp32 MB':>10}  init, L2")
+    for r in rows:
+        extra = r["conv_init"] + (f", L2 {r['l2']:g}" if r["l2"] else "")
+        print(
+            f"{r['name']:<22}{r['params']:>13,}{r['macs'] / 1e9:>12.3f}G{r['size_mb']:>10.1f}  "
+            f"{extra}"
+        )
+    return 0
+
+
+def cmd_summary(args) -> int:
+    t = layer_table(args.model)
+    if args.json:
+        layers = [
+            {
+                "name": r.name,
+                "type": r.kind,
+                "output_shape": list(r.output_shape),
+                "params": r.params,
+                "macs": r.macs,
+            }
+            for r in t.rows
+        ]
+        print_json({"name": args.model, "layers": layers, "params": t.params, "macs": t.macs})
+        return 0
+    line = "_" * 66
+    print(f'Model: "{args.model}"')
+    print(line)
+    print(f"{'Layer (type)':<29}{'Output Shape':<26}{'Param #':>11}")
+    print("=" * 66)
+    for i, r in enumerate(t.rows):
+        shape = "(None, " + ", ".join(str(d) for d in r.output_shape) + ")"
+        print(f"{r.name + ' (' + r.kind + ')':<29}{shape:<26}{r.params:>11,}")
+        print("=" * 66 if i == len(t.rows) - 1 else line)
+    print(f"Total params: {t.params:,}")
+    print(f"Trainable params: {t.params:,}")
+    print("Non-trainable params: 0")
+    print(f"MACs per image: {t.macs:,}   float32 size: {t.size_mb:.1f} MB")
+    return 0

@@ -1,0 +1,218 @@
+"""``train``, ``evaluate`` and ``bench``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..bench import BenchSettings, format_row, run_bench
+from ..checkpoint import load_model
+from ..data import load_cifar10
+from ..distributed import resolve_device
+from ..evaluate import evaluate_model, evaluate_with_tta
+from ..train import train
+from .flags import (
+    add_engine_flags,
+    add_train_flags,
+    device,
+    engine_options,
+    folder,
+    int_at_least,
+    model_name,
+    model_list,
+    print_json,
+    run_settings,
+    train_options,
+)
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train one variant with the seed recipe",
+        description="Train one variant with the seed recipe (SGD 0.01, Nesterov 0.9, drops x0.1 "
+        "at 1/3 and 2/3 of the epochs, batch 64, shifts of up to 4 pixels and flips). The run "
+        "folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every epoch) "
+        "and model.pt (the final weights).",
+    )
+    t.add_argument("model", type=model_name, metavar="MODEL", help="variant (see 'models')")
+    add_train_flags(t)
+    t.add_argument("--out", type=folder, help="run folder (default runs/MODEL)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (flags left out are "
+        "taken from the run)",
+    )
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume, accept a changed --epochs (the learning-rate drops stay put)",
+    )
+    t.add_argument("--json", action="store_true", help="print the final result as JSON")
+    t.set_defaults(func=cmd_train, resume_command=_resume_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="test loss, accuracy, per-class accuracy and confusion matrix of a trained model",
+    )
+    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    e.add_argument(
+        "--data-dir",
+        help="folder holding cifar-10-batches-bin (default $CIFAR10_DIR, else the cache)",
+    )
+    e.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    e.add_argument(
+        "--batch-size",
+        type=int_at_least(1, "--batch-size"),
+        default=500,
+        help="images per forward pass (500)",
+    )
+    e.add_argument(
+        "--limit-test",
+        type=int_at_least(1, "--limit-test"),
+        metavar="N",
+        help="a class-balanced subset of N test images",
+    )
+    e.add_argument(
+        "--seed", type=int_at_least(0, "--seed"), default=0, help="fixes the --limit-test subset"
+    )
+    e.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="also report the flip-averaged prediction (mean softmax of image and mirror image)",
+    )
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser(
+        "bench",
+        help="time the training step: plain eager fp32 against the engine, in one process",
+        description="Per model: ms per step, images/s and TFLOP/s of (a) a plain eager fp32 "
+        "step with torch.optim.SGD and (b) the engine as train runs it; the ratio a/b; on CUDA "
+        "also the measured bf16 matmul peak, the fraction of it reached, and peak memory.",
+    )
+    b.add_argument(
+        "--models",
+        type=model_list,
+        default="all",
+        help="all (default) or a comma-separated list",
+    )
+    b.add_argument("--batch-size", type=int_at_least(1, "--batch-size"), default=64)
+    b.add_argument(
+        "--steps",
+        type=int_at_least(1, "--steps"),
+        help="measured steps per round and side (default 60 on CUDA, 4 on CPU)",
+    )
+    b.add_argument(
+        "--rounds",
+        type=int_at_least(1, "--rounds"),
+        help="alternations of plain and engine (default 5 on CUDA, 2 on CPU)",
+    )
+    b.add_argument(
+        "--warmup",
+        type=int_at_least(0, "--warmup"),
+        help="unmeasured steps first (default 10 on CUDA, 1 on CPU)",
+    )
+    b.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_engine_flags(b)
+    b.set_defaults(func=cmd_bench)
+
+
+def _resume_train(args, e) -> list[str]:
+    return ["train", e.model, "--out", str(e.run_dir), "--resume"]
+
+
+def cmd_train(args) -> int:
+    out = args.out if args.out is not None else Path("runs") / args.model
+    prev = run_settings(out) if args.resume else {}
+    result = train(train_options(args, args.model, out, prev, args.resume))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for the run
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"{result['model']}: test accuracy {result['test_accuracy']:.4f} "
+            f"(test loss {result['test_loss']:.4f}) after {result['epochs']} "
+            f"epoch{'s' if result['epochs'] != 1 else ''}, best "
+            f"{result['best_test_accuracy']:.4f} at epoch {result['best_epoch']}; "
+            f"{result['train_seconds']:.1f} s; run folder {out}"
+        )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    dev = resolve_device(args.device)
+    model = load_model(args.path, device=dev)
+    data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
+    data = data.subset(None, args.limit_test, args.seed)
+    data.check_classes(model.config.num_classes, what=f"the model in {args.path}")
+    how = dict(classes=data.classes, batch_size=args.batch_size, channels_last=dev.type == "cuda")
+    x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    tta = None
+    if args.tta:
+        res, tta = evaluate_with_tta(model, x, y, **how)
+    else:
+        res = evaluate_model(model, x, y, **how)
+    if args.json:
+        out = {"path": str(args.path), "model": model.config.name, **res.to_dict()}
+        if tta is not None:
+            out["tta"] = tta.to_dict()
+            out["tta_loss"], out["tta_accuracy"] = tta.loss, tta.accuracy
+        print_json(out)
+        return 0
+    print(
+        f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+        f"accuracy {res.accuracy:.4f}"
+    )
+    if tta is not None:
+        print(
+            f"flip-averaged (--tta): loss {tta.loss:.4f}  accuracy {tta.accuracy:.4f}  "
+            f"({tta.accuracy - res.accuracy:+.4f} against the plain prediction)"
+        )
+    print("\nper-class accuracy:")
+    for c, a in zip(res.classes, res.per_class_accuracy):
+        print(f"  {c:<12}{a:.4f}")
+    width = max(6, max(len(c) for c in res.classes[:10]) if res.classes else 6)
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    print(" " * (width + 1) + "".join(f"{c[:5]:>6}" for c in res.classes))
+    for c, row in zip(res.classes, res.confusion):
+        print(f"{c:<{width + 1}}" + "".join(f"{v:>6}" for v in row))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    dev = resolve_device(args.device)
+    settings = BenchSettings(
+        models=args.models,
+        device=dev,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        engine=engine_options(args),
+    )
+    settings.engine.resolve(dev)
+    if not args.json:
+        s = settings.resolved()
+        print(
+            f"bench on {dev}: batch {s.batch_size}, {s.rounds} rounds of {s.steps} steps "
+            f"per side after {s.warmup} warm-up step{'s' if s.warmup != 1 else ''}; "
+            "images/s and TFLOP/s are the engine's, the plain step's are in --json"
+        )
+    out = run_bench(
+        settings,
+        report=(lambda r: None) if args.json else (lambda r: print(format_row(r), flush=True)),
+    )
+    if args.json:
+        print_json(out)
+    elif "bf16_matmul_peak_tflops" in out:
+        print(f"measured bf16 matmul peak: {out['bf16_matmul_peak_tflops']} TFLOP/s")
+    return 0
