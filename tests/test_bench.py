@@ -44,7 +44,8 @@ def test_bench_json_fields_are_consistent(capsys):
 
 
 def test_bench_refuses_unknown_models_and_gpu_options(capsys):
-    assert main(["bench", "--models", "alexnet,resnet", "--device", "cpu"]) == 2
-    assert "unknown model 'resnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--models", "alexnet,resnet", "--device", "cpu"])
+    assert e.value.code == 2 and "unknown model 'resnet'" in capsys.readouterr().err
     assert main(["bench", "--precision", "bf16", "--device", "cpu"]) == 2
     assert "bf16" in capsys.readouterr().err

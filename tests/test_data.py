@@ -319,7 +319,7 @@ def test_download_with_bad_md5_leaves_nothing(tmp_path, archive_server, monkeypa
 
 def test_download_failure_says_how_to_get_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "ARCHIVE_URL", "http://127.0.0.1:9/cifar-10-binary.tar.gz")
-    with pytest.raises(DataNotFoundError, match="download .* failed.*--data-dir"):
+    with pytest.raises(DataNotFoundError, match="download .* failed.*data_dir"):
         load_cifar10(tmp_path / "dl", progress=False)
 
 

@@ -7,10 +7,11 @@ import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
-from alexnet_cifar.engine import Engine, EngineOptions, plain_step
+from alexnet_cifar.engine import Engine, EngineOptions, EpochSums, plain_step
 from alexnet_cifar.optim import make_optimizer, set_learning_rate
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.train import RunSetupError, TrainOptions, train
+from alexnet_cifar.errors import SettingError
+from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
 
 from .conftest import interrupt_at, train_options
 
@@ -52,7 +53,7 @@ def test_engine_step_equals_plain_step(channels_last, fused):
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.003, momentum=0.9, nesterov=True)
     opts = EngineOptions(precision="fp32", channels_last=channels_last, fused_optimizer=fused)
     engine = Engine(model, recipe, CPU, opts, x_u8, y)
-    engine.begin_epoch(0, perm, dy, dx, flip)
+    engine.begin_epoch(0, (perm, dy, dx, flip))
 
     losses = []
     for step in range(engine.steps_per_epoch):
@@ -69,9 +70,9 @@ def test_engine_step_equals_plain_step(channels_last, fused):
         torch.manual_seed(100 + step)
         engine.step(step)
 
-    loss_sum, correct, bad = engine.read_metrics()
-    assert bad == -1
-    assert loss_sum == pytest.approx(sum(losses), rel=1e-5)
+    sums, bad = engine.read_metrics()
+    assert bad == -1 and sums.seen == n
+    assert sums.loss_sum == pytest.approx(sum(losses), rel=1e-5)
     for (name_, a), b in zip(ref.named_parameters(), model.parameters()):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-7, msg=name_)
     # and they did move
@@ -85,7 +86,7 @@ def test_device_side_batch_is_translate_plus_flip():
     x_u8, y = _dataset(n, seed=3)
     perm, dy, dx, flip = _epoch_draws(n, seed=4)
     engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y)
-    engine.begin_epoch(0, perm, dy, dx, flip, start_step=2)
+    engine.begin_epoch(0, (perm, dy, dx, flip), start_step=2)
     xb, yb = engine._inputs(n - 2 * bs)
     sl = slice(2 * bs, n)
     want = hflip(translate(normalize(x_u8[perm[sl]]), dy[sl], dx[sl]), flip[sl])
@@ -123,7 +124,7 @@ def test_preparation_leaves_no_trace():
     model = build_model(name)
     opts = EngineOptions(compile=True, compile_backend="eager")
     engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y)
-    engine.begin_epoch(0, perm, dy, dx, flip, start_step=1, loss_sum=2.5, correct=3)
+    engine.begin_epoch(0, (perm, dy, dx, flip), start_step=1, carried=EpochSums(2.5, 3, 16))
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     engine._prepare(bs)
@@ -131,7 +132,8 @@ def test_preparation_leaves_no_trace():
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)
     assert torch.equal(torch.get_rng_state(), rng)
-    assert int(engine.step_t) == 1 and engine.read_metrics() == (2.5, 3, -1)
+    sums, bad = engine.read_metrics()
+    assert int(engine.step_t) == 1 and (sums.loss_sum, sums.correct, sums.seen, bad) == (2.5, 3, 16, -1)
     assert all(
         int(torch.count_nonzero(engine.optimizer.state[p]["momentum_buffer"])) == 0
         for p in model.parameters()
@@ -143,7 +145,7 @@ def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_
     """torch.compile (its eager backend here, for speed) with warm-up and an interruption."""
     out = tmp_path / "run"
     eng = EngineOptions(compile=True, compile_backend="eager")
-    with pytest.raises(Exception, match="Resume with"):
+    with pytest.raises(TrainingInterrupted, match="SIGINT: stopped in epoch 2"):
         train(train_options(out, engine=eng), data=cifar10, on_step=interrupt_at(1, 1))
     train(train_options(out, engine=eng, resume=True), data=cifar10)
 
@@ -175,7 +177,7 @@ def test_engine_options_resolve_per_device():
 
 
 def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):
-    with pytest.raises(RunSetupError, match="bf16"):
+    with pytest.raises(SettingError, match="bf16"):
         train(
             TrainOptions(
                 model="alexnet",

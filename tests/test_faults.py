@@ -29,6 +29,7 @@ from alexnet_cifar.checkpoint import (
     save_model_file,
 )
 from alexnet_cifar.cli import main
+from alexnet_cifar.errors import FileWriteError
 from alexnet_cifar.models import PRESETS, build_model
 from alexnet_cifar.train import NonFiniteLossError, TrainingInterrupted, train
 
@@ -148,7 +149,7 @@ def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, referen
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM" in err and "Resume with: alexnet-cifar train" in err
+    assert "SIGTERM" in err and "Resume with: " in err and " train alexnet_thinner_4 " in err
     assert "Traceback" not in err
     p = _main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
@@ -384,7 +385,7 @@ def test_full_disk_fails_clearly_and_leaves_nothing_half_written(
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
-    with pytest.raises(CheckpointError, match="the disk is full") as e:
+    with pytest.raises(FileWriteError, match="checkpoint .*: the disk is full") as e:
         train(train_options(out), data=cifar10)
     assert "intact" in str(e.value)
     monkeypatch.setattr(torch, "save", real_save)
@@ -395,14 +396,14 @@ def test_full_disk_fails_clearly_and_leaves_nothing_half_written(
 
 
 def test_unwritable_metrics_file_is_a_clear_error(tmp_path, monkeypatch):
-    from alexnet_cifar import checkpoint
+    from alexnet_cifar import files
 
     def refuse(*a, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
-    with pytest.raises(CheckpointError, match="could not write .*Read-only file system"):
-        checkpoint.atomic_write_text(tmp_path / "metrics.csv", "x")
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(FileWriteError, match="could not write the metrics .*Read-only file system"):
+        files.atomic_write_text(tmp_path / "metrics.csv", "x", what="the metrics")
     assert not (tmp_path / "metrics.csv").exists()
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from alexnet_cifar.augment import SEED_MEAN, normalize
 from alexnet_cifar.cli import main
-from alexnet_cifar.evaluate import evaluate_model
-from alexnet_cifar.predict import evaluate_with_tta, load_image
+from alexnet_cifar.evaluate import evaluate_model, evaluate_with_tta
+from alexnet_cifar.predict import load_image
 
 from .conftest import write_binary_folder
 from .test_train import run_cli

@@ -59,7 +59,7 @@ def test_weight_average_follows_its_definition():
     y = torch.randint(0, 10, (24,), generator=g)
     engine = Engine(model, recipe, torch.device("cpu"), EngineOptions(), x, y)
     engine.begin_epoch(
-        0, torch.arange(24), torch.zeros(24), torch.zeros(24), torch.zeros(24, dtype=torch.bool)
+        0, (torch.arange(24), torch.zeros(24), torch.zeros(24), torch.zeros(24, dtype=torch.bool))
     )
     want = [p.detach().clone() for p in model.parameters()]
     for step in range(3):

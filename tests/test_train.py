@@ -188,7 +188,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(
     with pytest.raises(TrainingInterrupted) as e:
         train(train_options(out), data=cifar10, on_step=interrupt_at(epoch, step, sig))
     assert e.value.signum == sig
-    assert "--resume" in str(e.value) and str(out) in str(e.value)
+    assert (e.value.run_dir, e.value.model) == (out, "alexnet_thinner_4")
+    assert str(out / "checkpoint.pt") in str(e.value)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     last_step = step + 1 == 5  # 160 images / 32 = 5 steps an epoch
     assert (ckpt["epoch"], ckpt["step"]) == ((epoch + 1, 0) if last_step else (epoch, step + 1))
@@ -202,7 +203,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(
 
 @pytest.mark.real_data
 def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run, tmp_path):
-    with pytest.raises(RunSetupError, match="--resume"):
+    with pytest.raises(RunSetupError, match="already holds a run. Add resume=True"):
         train(train_options(reference_run), data=cifar10)
     with pytest.raises(CheckpointError, match=r"seed: checkpoint has 5, this run asks 6"):
         train(train_options(reference_run, resume=True, seed=6), data=cifar10)
