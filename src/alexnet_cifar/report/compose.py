@@ -1,0 +1,392 @@
+"""The report composed from its runs, and ``build_report``, which writes it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .._version import __version__
+from ..errors import ReportError
+from ..files import atomic_write_json, atomic_write_text, json_safe
+from ..models import PRESETS
+from ..runlog import format_duration
+from .document import Document
+from .figures import CURVES, draw_figures, remove_stale_figures, train_vs_test_files
+from .numbers import (
+    OVERFIT_RISE,
+    POST_BEST,
+    SEED_BATCH,
+    SEED_EPOCHS,
+    SEED_TEST,
+    SEED_TRAIN,
+    run_summary,
+)
+from .runs import label_slug, load_runs
+
+__all__ = ["build_report"]
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _pts(x) -> str:
+    return "–" if x is None else f"{100 * x:+.2f} pts"
+
+
+def _int(x) -> str:
+    return "–" if x is None else f"{x:,}"
+
+
+def _signed_int(x) -> str:
+    return "–" if x is None else ("0" if x == 0 else f"{x:+,}")
+
+
+def _macs(x: int) -> str:
+    return f"{x / 1e9:.3f} G"
+
+
+def _mb(x) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def _setting_notes(summaries: list[dict]) -> list[str]:
+    """How these runs differ from the post's setting (300 epochs, all 50,000 / 10,000 images)."""
+    notes = []
+    other = sorted({s["recipe"] for s in summaries} - {"seed"})
+    if other:
+        notes.append("recipe " + ", ".join(f"`{r}`" for r in other) + " instead of the seed's")
+    epochs = sorted({s["epochs_planned"] for s in summaries})
+    if any(e != SEED_EPOCHS for e in epochs):
+        notes.append(
+            f"{' / '.join(str(e) for e in epochs)} epoch{'s' if epochs != [1] else ''} planned "
+            f"instead of the post's {SEED_EPOCHS}"
+        )
+    batches = sorted({s["batch_size"] for s in summaries if s["batch_size"] is not None})
+    if any(b != SEED_BATCH for b in batches):
+        notes.append(f"batch {' / '.join(str(b) for b in batches)} instead of {SEED_BATCH}")
+    trains = sorted({s["n_train"] for s in summaries if s["n_train"] is not None})
+    if any(n != SEED_TRAIN for n in trains):
+        notes.append(
+            f"{' / '.join(f'{n:,}' for n in trains)} of the {SEED_TRAIN:,} training images"
+        )
+    tests = sorted({s["n_test"] for s in summaries if s["n_test"] is not None})
+    if any(n != SEED_TEST for n in tests):
+        notes.append(f"{' / '.join(f'{n:,}' for n in tests)} of the {SEED_TEST:,} test images")
+    unfinished = [s["label"] for s in summaries if s["status"] != "finished"]
+    if unfinished:
+        notes.append("unfinished: " + ", ".join(f"`{u}`" for u in unfinished))
+    return notes
+
+
+def _verdict(summaries: list[dict], best: dict) -> list[str]:
+    lines = [
+        f"**Best by best test accuracy: `{best['label']}`**, "
+        f"{_pct(best['best_test_accuracy'])} at epoch {best['best_epoch']} of {best['epochs']}."
+    ]
+    if len(summaries) > 1:
+        ranked = sorted(summaries, key=lambda s: -s["best_test_accuracy"])
+        lines.append(
+            "Ranking: "
+            + ", ".join(f"`{s['label']}` {_pct(s['best_test_accuracy'])}" for s in ranked)
+            + "."
+        )
+    post = [s for s in summaries if s["model"] == POST_BEST]
+    if best["model"] == POST_BEST:
+        lines.append(
+            f"This agrees with the post, whose best is `{POST_BEST}` at about 92%; the difference "
+            f"is {_pts(best['test_accuracy_difference'])}."
+        )
+    elif post:
+        p = max(post, key=lambda s: s["best_test_accuracy"])
+        lines.append(
+            f"This differs from the post, whose best is `{POST_BEST}` at about 92%: here it "
+            f"reached {_pct(p['best_test_accuracy'])}, "
+            f"{100 * (best['best_test_accuracy'] - p['best_test_accuracy']):.2f} points below "
+            f"`{best['label']}`."
+        )
+    else:
+        lines.append(
+            f"The post's best, `{POST_BEST}` (about 92%), is not among these runs, so its verdict "
+            "cannot be checked here."
+        )
+    return lines
+
+
+def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None) -> dict:
+    """Write report.md, report.html, summary.json and the figures of ``run_dirs`` into ``out``.
+
+    Returns the summary (also ``out/summary.json``). Raises ReportError for a folder that is not
+    a run folder or holds no finished epoch.
+    """
+    runs = load_runs(run_dirs)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create the report folder {out}: {e.strerror or e}") from None
+    out_abs = out.resolve()
+    summaries = [run_summary(r) for r in runs]
+    for r, s in zip(runs, summaries):
+        s["run_dir"] = os.path.relpath(r.path.resolve(), out_abs)
+    best_i = max(range(len(runs)), key=lambda i: (summaries[i]["best_test_accuracy"], -i))
+    best = summaries[best_i]
+    with_classes = [
+        (s["best_test_accuracy"], -i, i)
+        for i, (r, s) in enumerate(zip(runs, summaries))
+        if r.class_results() is not None
+    ]
+    class_i = max(with_classes)[2] if with_classes else None
+
+    for s, name in zip(summaries, train_vs_test_files(runs)):
+        s["figures"] = {"train_vs_test": name}
+    figures = draw_figures(runs, summaries, class_i, out)
+    all_figures = list(figures.values()) + [s["figures"]["train_vs_test"] for s in summaries]
+    remove_stale_figures(out, set(all_figures))
+
+    title = title or "AlexNet on CIFAR-10: the variants compared"
+    doc = _compose(runs, summaries, best, class_i, figures, out_abs, title)
+    summary = {
+        "generator": f"alexnet-cifar {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "definitions": {
+            "generalisation_gap": "final train accuracy - final test accuracy",
+            "best_test_accuracy": "highest test accuracy over the epochs; best_epoch is its epoch",
+            "test_accuracy_difference": "best test accuracy - the post's published accuracy",
+            "params_difference": "our parameter count - the post's published count",
+            "seconds_per_epoch": "mean of the seconds column of metrics.csv",
+            "total_seconds": "sum of the seconds column of metrics.csv",
+            "checkpoint_bytes": "size of the run's model.pt on disk",
+            "overfitting": f"final test loss more than {OVERFIT_RISE:.0%} above its minimum",
+        },
+        "runs": summaries,
+        "best": {
+            "label": best["label"],
+            "model": best["model"],
+            "run_dir": best["run_dir"],
+            "best_test_accuracy": best["best_test_accuracy"],
+            "best_epoch": best["best_epoch"],
+        },
+        "post_best": POST_BEST,
+        "agrees_with_post": (
+            best["model"] == POST_BEST if any(s["model"] == POST_BEST for s in summaries) else None
+        ),
+        "class_results_of": summaries[class_i]["label"] if class_i is not None else None,
+        "figures": figures,
+        "report": {"markdown": "report.md", "html": "report.html"},
+    }
+    atomic_write_text(out / "report.md", doc.markdown(), what="the report")
+    atomic_write_text(out / "report.html", doc.html(out, title), what="the report")
+    atomic_write_json(out / "summary.json", summary, what="the report's summary")
+    return json_safe(summary)
+
+
+def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str) -> Document:
+    doc = Document()
+    doc.h(1, title)
+    variants = sorted({s["model"] for s in summaries}, key=list(PRESETS).index)
+    recipes = sorted({s["recipe"] for s in summaries})
+    lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
+    if recipes == ["seed"]:
+        how = (
+            f"the seed recipe (SGD with Nesterov momentum, lr {lrs} divided by 10 at 1/3 and "
+            "2/3 of the epochs, shifts and flips)"
+        )
+    else:
+        how = (
+            "the recipes " + ", ".join(f"`{r}`" for r in recipes) + f" (peak lr {lrs}; the "
+            "fields of each are in its run's config.json)"
+        )
+    doc.p(
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''} of "
+        + ", ".join(f"`{v}`" for v in variants)
+        + f", trained with {how}. Written by "
+        f"alexnet-cifar {__version__} on {time.strftime('%Y-%m-%d')}."
+    )
+
+    doc.h(2, "Verdict")
+    doc.ul(_verdict(summaries, best))
+    notes = _setting_notes(summaries)
+    if notes:
+        doc.p(
+            "**Not the post's setting:** "
+            + "; ".join(notes)
+            + ". The numbers show how far this training got; they are not comparable with the "
+            "post's results."
+        )
+    doc.p("Overfitting (a test loss that rises after its minimum):")
+    doc.ul([f"`{s['label']}`: {s['overfitting_note']}." for s in summaries])
+
+    doc.h(2, "Results")
+    header = [
+        "variant",
+        "epochs",
+        "params",
+        "MACs / image",
+        "checkpoint MB",
+        "best test acc.",
+        "best at epoch",
+        "final test acc.",
+        "final train acc.",
+        "gap",
+        "lowest test loss: epoch",
+        "s / epoch",
+        "total time",
+        "device",
+    ]
+    rows = []
+    for s in summaries:
+        epochs = (
+            str(s["epochs"])
+            if s["status"] == "finished"
+            else f"unfinished (epoch {s['epochs']} of {s['epochs_planned']})"
+        )
+        rows.append(
+            [
+                f"`{s['label']}`",
+                epochs,
+                _int(s["params"]),
+                _macs(s["macs"]),
+                _mb(s["checkpoint_mb"]),
+                _pct(s["best_test_accuracy"]),
+                str(s["best_epoch"]),
+                _pct(s["final_test_accuracy"]),
+                _pct(s["final_train_accuracy"]),
+                _pts(s["generalisation_gap"]),
+                str(s["lowest_test_loss_epoch"]),
+                f"{s['seconds_per_epoch']:.1f}",
+                format_duration(s["total_seconds"]),
+                s["device"],
+            ]
+        )
+    numeric = [False, False] + [True] * 11 + [False]
+    doc.table(header, rows, numeric)
+    doc.p(
+        "**gap** (generalisation gap) = final train accuracy − final test accuracy. Train "
+        "accuracy is the average over the epoch's batches with augmentation and dropout on, as "
+        "Keras reports it; test accuracy is measured after the epoch. **checkpoint MB** is the "
+        "size of the run's `model.pt` on disk (10^6 bytes; – while unfinished). **s / epoch** is "
+        "the mean and **total time** the sum of the per-epoch seconds in `metrics.csv` (training "
+        "and the test pass)."
+    )
+
+    doc.h(2, "Against the post")
+    header2 = [
+        "variant",
+        "params: post",
+        "params: ours",
+        "difference",
+        "test accuracy: post",
+        "best test accuracy: ours",
+        "difference",
+        "overfitting: post",
+        "overfitting: ours",
+    ]
+    rows2 = []
+    for s in summaries:
+        ours_over = {True: "yes", False: "no", None: "too short to tell"}[s["overfitting"]]
+        rows2.append(
+            [
+                f"`{s['label']}`",
+                _int(s["published_params"]),
+                _int(s["params"]),
+                _signed_int(s["params_difference"]),
+                s["published_test_accuracy"] or "–",
+                _pct(s["best_test_accuracy"]),
+                _pts(s["test_accuracy_difference"]),
+                s["post_overfitting"] or "–",
+                ours_over,
+            ]
+        )
+    doc.table(header2, rows2, [False, True, True, True, True, True, True, False, False])
+    doc.p(
+        'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
+        "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "
+        "for the others it gives curves but no number (–). Differences are ours minus the post's, "
+        "in percentage points (pts) for accuracy."
+    )
+
+    doc.h(2, "Learning curves")
+    captions = {
+        "test_accuracy": "Test accuracy of every run after each epoch.",
+        "train_accuracy": "Train accuracy (epoch average, augmentation and dropout on).",
+        "test_loss": "Test loss (cross-entropy, plus the L2 term for the regularised variants). "
+        'A curve that falls and then climbs is the post\'s "Nike swoosh": overfitting.',
+        "train_loss": "Train loss (epoch average, plus the L2 term where the variant has one).",
+    }
+    for stem, _col, fig_title, _y, _p in CURVES:
+        doc.img(figures[stem], fig_title, captions[stem])
+
+    doc.h(2, "Train vs test, per variant")
+    doc.p(
+        "Each run's train and test curves side by side; the star marks the lowest test loss and "
+        "the best test accuracy, dotted lines the learning-rate drops."
+    )
+    for r, s in zip(runs, summaries):
+        doc.h(3, f"`{s['label']}`" + ("" if r.finished else f": {r.status}"))
+        doc.img(s["figures"]["train_vs_test"], f"{s['label']}: train vs test", None)
+        doc.p(
+            f"Final train accuracy {_pct(s['final_train_accuracy'])}, final test accuracy "
+            f"{_pct(s['final_test_accuracy'])} (gap {_pts(s['generalisation_gap'])}); "
+            f"{s['overfitting_note']}."
+        )
+
+    doc.h(2, "Model size")
+    doc.img(
+        figures["model_size"],
+        "Parameters and checkpoint size per variant",
+        "Left: parameters, ours and the post's. Right: the final model file on disk, beside "
+        "params x 4 bytes (float32), which is about the size of the post's saved .h5 files.",
+    )
+
+    doc.h(2, "The best variant, class by class")
+    if class_i is None:
+        doc.p(
+            "No run has finished with per-class results (`result.json`), so there is no "
+            "confusion matrix yet."
+        )
+    else:
+        cs = summaries[class_i]
+        if cs is not best:
+            why = (
+                "has not finished"
+                if best["status"] != "finished"
+                else "has no per-class results in its result.json"
+            )
+            doc.p(
+                f"`{best['label']}` {why}, so these are the results of `{cs['label']}`, the "
+                "best run that has them."
+            )
+        doc.p(
+            f"`{cs['label']}`: the final model on its {_int(cs['n_test'])} test images "
+            f"(test accuracy {_pct(cs['final_test_accuracy'])})."
+        )
+        doc.img(figures["confusion_matrix"], f"Confusion matrix of {cs['label']}", None)
+        doc.img(figures["per_class_accuracy"], f"Per-class accuracy of {cs['label']}", None)
+
+    doc.h(2, "Runs")
+    items = []
+    for r, s in zip(runs, summaries):
+        subset = ""
+        if s["limit_train"] or s["limit_test"]:
+            subset = f", subsets of {_int(s['n_train'])} train / {_int(s['n_test'])} test images"
+        items.append(
+            f"`{s['label']}`: `{s['run_dir']}`, {r.status}, seed {s['seed']}, "
+            f"{s['epochs_planned']} epochs, batch {s['batch_size']}, lr {s['lr']:g}{subset}; "
+            f"{s['device']}, torch {s['torch']}"
+        )
+    doc.ul(items)
+
+    doc.h(2, "TensorBoard")
+    rels = [s["run_dir"] for s in summaries]
+    if all(not rel.startswith("..") for rel in rels):
+        doc.p(
+            "The runs' TensorBoard events lie under this folder; `tensorboard --logdir .` here "
+            "shows all runs side by side (scalars `loss`, `accuracy`, `val_loss`, "
+            "`val_accuracy`, `lr`, `seconds`)."
+        )
+    else:
+        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in summaries)
+        doc.p(f"From this folder, `tensorboard --logdir_spec {spec}` shows all runs side by side.")
+    return doc
