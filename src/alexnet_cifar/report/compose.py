@@ -184,7 +184,7 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None) 
 
 def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str) -> Document:
     doc = Document()
-    doc.h(1, title)
+    doc.heading(1, title)
     variants = sorted({s["model"] for s in summaries}, key=list(PRESETS).index)
     recipes = sorted({s["recipe"] for s in summaries})
     lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
@@ -198,27 +198,27 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
             "the recipes " + ", ".join(f"`{r}`" for r in recipes) + f" (peak lr {lrs}; the "
             "fields of each are in its run's config.json)"
         )
-    doc.p(
+    doc.paragraph(
         f"{len(runs)} run{'s' if len(runs) != 1 else ''} of "
         + ", ".join(f"`{v}`" for v in variants)
         + f", trained with {how}. Written by "
         f"alexnet-cifar {__version__} on {time.strftime('%Y-%m-%d')}."
     )
 
-    doc.h(2, "Verdict")
-    doc.ul(_verdict(summaries, best))
+    doc.heading(2, "Verdict")
+    doc.bullets(_verdict(summaries, best))
     notes = _setting_notes(summaries)
     if notes:
-        doc.p(
+        doc.paragraph(
             "**Not the post's setting:** "
             + "; ".join(notes)
             + ". The numbers show how far this training got; they are not comparable with the "
             "post's results."
         )
-    doc.p("Overfitting (a test loss that rises after its minimum):")
-    doc.ul([f"`{s['label']}`: {s['overfitting_note']}." for s in summaries])
+    doc.paragraph("Overfitting (a test loss that rises after its minimum):")
+    doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in summaries])
 
-    doc.h(2, "Results")
+    doc.heading(2, "Results")
     header = [
         "variant",
         "epochs",
@@ -262,7 +262,7 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         )
     numeric = [False, False] + [True] * 11 + [False]
     doc.table(header, rows, numeric)
-    doc.p(
+    doc.paragraph(
         "**gap** (generalisation gap) = final train accuracy − final test accuracy. Train "
         "accuracy is the average over the epoch's batches with augmentation and dropout on, as "
         "Keras reports it; test accuracy is measured after the epoch. **checkpoint MB** is the "
@@ -271,7 +271,7 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         "and the test pass)."
     )
 
-    doc.h(2, "Against the post")
+    doc.heading(2, "Against the post")
     header2 = [
         "variant",
         "params: post",
@@ -300,14 +300,14 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
             ]
         )
     doc.table(header2, rows2, [False, True, True, True, True, True, True, False, False])
-    doc.p(
+    doc.paragraph(
         'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
         "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "
         "for the others it gives curves but no number (–). Differences are ours minus the post's, "
         "in percentage points (pts) for accuracy."
     )
 
-    doc.h(2, "Learning curves")
+    doc.heading(2, "Learning curves")
     captions = {
         "test_accuracy": "Test accuracy of every run after each epoch.",
         "train_accuracy": "Train accuracy (epoch average, augmentation and dropout on).",
@@ -316,33 +316,33 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         "train_loss": "Train loss (epoch average, plus the L2 term where the variant has one).",
     }
     for stem, _col, fig_title, _y, _p in CURVES:
-        doc.img(figures[stem], fig_title, captions[stem])
+        doc.figure(figures[stem], fig_title, captions[stem])
 
-    doc.h(2, "Train vs test, per variant")
-    doc.p(
+    doc.heading(2, "Train vs test, per variant")
+    doc.paragraph(
         "Each run's train and test curves side by side; the star marks the lowest test loss and "
         "the best test accuracy, dotted lines the learning-rate drops."
     )
     for r, s in zip(runs, summaries):
-        doc.h(3, f"`{s['label']}`" + ("" if r.finished else f": {r.status}"))
-        doc.img(s["figures"]["train_vs_test"], f"{s['label']}: train vs test", None)
-        doc.p(
+        doc.heading(3, f"`{s['label']}`" + ("" if r.finished else f": {r.status}"))
+        doc.figure(s["figures"]["train_vs_test"], f"{s['label']}: train vs test", None)
+        doc.paragraph(
             f"Final train accuracy {_pct(s['final_train_accuracy'])}, final test accuracy "
             f"{_pct(s['final_test_accuracy'])} (gap {_pts(s['generalisation_gap'])}); "
             f"{s['overfitting_note']}."
         )
 
-    doc.h(2, "Model size")
-    doc.img(
+    doc.heading(2, "Model size")
+    doc.figure(
         figures["model_size"],
         "Parameters and checkpoint size per variant",
         "Left: parameters, ours and the post's. Right: the final model file on disk, beside "
         "params x 4 bytes (float32), which is about the size of the post's saved .h5 files.",
     )
 
-    doc.h(2, "The best variant, class by class")
+    doc.heading(2, "The best variant, class by class")
     if class_i is None:
-        doc.p(
+        doc.paragraph(
             "No run has finished with per-class results (`result.json`), so there is no "
             "confusion matrix yet."
         )
@@ -354,18 +354,18 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
                 if best["status"] != "finished"
                 else "has no per-class results in its result.json"
             )
-            doc.p(
+            doc.paragraph(
                 f"`{best['label']}` {why}, so these are the results of `{cs['label']}`, the "
                 "best run that has them."
             )
-        doc.p(
+        doc.paragraph(
             f"`{cs['label']}`: the final model on its {_int(cs['n_test'])} test images "
             f"(test accuracy {_pct(cs['final_test_accuracy'])})."
         )
-        doc.img(figures["confusion_matrix"], f"Confusion matrix of {cs['label']}", None)
-        doc.img(figures["per_class_accuracy"], f"Per-class accuracy of {cs['label']}", None)
+        doc.figure(figures["confusion_matrix"], f"Confusion matrix of {cs['label']}", None)
+        doc.figure(figures["per_class_accuracy"], f"Per-class accuracy of {cs['label']}", None)
 
-    doc.h(2, "Runs")
+    doc.heading(2, "Runs")
     items = []
     for r, s in zip(runs, summaries):
         subset = ""
@@ -376,17 +376,19 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
             f"{s['epochs_planned']} epochs, batch {s['batch_size']}, lr {s['lr']:g}{subset}; "
             f"{s['device']}, torch {s['torch']}"
         )
-    doc.ul(items)
+    doc.bullets(items)
 
-    doc.h(2, "TensorBoard")
+    doc.heading(2, "TensorBoard")
     rels = [s["run_dir"] for s in summaries]
     if all(not rel.startswith("..") for rel in rels):
-        doc.p(
+        doc.paragraph(
             "The runs' TensorBoard events lie under this folder; `tensorboard --logdir .` here "
             "shows all runs side by side (scalars `loss`, `accuracy`, `val_loss`, "
             "`val_accuracy`, `lr`, `seconds`)."
         )
     else:
         spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in summaries)
-        doc.p(f"From this folder, `tensorboard --logdir_spec {spec}` shows all runs side by side.")
+        doc.paragraph(
+            f"From this folder, `tensorboard --logdir_spec {spec}` shows all runs side by side."
+        )
     return doc

@@ -1,6 +1,7 @@
 """A tiny document model: headings, paragraphs, lists, tables and figures, as Markdown and HTML.
 
-The HTML is one self-contained file: figures inlined as data URLs, CSS inline, no script.
+Inline text may hold `code` and **bold**, the only markup both renderings share. The HTML is one
+self-contained file: figures inlined as data URLs, CSS inline, no script.
 """
 
 from __future__ import annotations
@@ -9,122 +10,153 @@ import base64
 import html
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ReportError
 
+__all__ = ["Document"]
 
-class Document:
-    """Headings, paragraphs, lists, tables and figures, rendered as Markdown and as HTML.
 
-    Inline text may hold `code` and **bold**, the only markup both renderings share.
-    """
+def _inline_html(text: str) -> str:
+    """Escaped text with `code` and **bold** as HTML."""
+    t = html.escape(text, quote=False)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
 
-    def __init__(self):
-        self.blocks: list[tuple] = []
 
-    def h(self, level: int, text: str):
-        self.blocks.append(("h", level, text))
+@dataclass
+class _Heading:
+    level: int
+    text: str
 
-    def p(self, text: str):
-        self.blocks.append(("p", text))
-
-    def ul(self, items: list[str]):
-        self.blocks.append(("ul", items))
-
-    def table(self, header: list[str], rows: list[list[str]], numeric: list[bool]):
-        self.blocks.append(("table", header, rows, numeric))
-
-    def img(self, file: str, alt: str, caption: str | None = None):
-        self.blocks.append(("img", file, alt, caption))
-
-    # Markdown -------------------------------------------------------------------------
     def markdown(self) -> str:
-        out: list[str] = []
-        for b in self.blocks:
-            kind = b[0]
-            if kind == "h":
-                out.append("#" * b[1] + " " + b[2])
-            elif kind == "p":
-                out.append(b[1])
-            elif kind == "ul":
-                out.append("\n".join(f"- {item}" for item in b[1]))
-            elif kind == "table":
-                _, header, rows, numeric = b
-                align = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
-                lines = [self._md_row(header), align] + [self._md_row(r) for r in rows]
-                out.append("\n".join(lines))
-            elif kind == "img":
-                _, file, alt, caption = b
-                out.append(f"![{alt}]({file})" + (f"\n\n*{caption}*" if caption else ""))
-        return "\n\n".join(out) + "\n"
+        return "#" * self.level + " " + self.text
+
+    def html(self, folder: Path) -> str:
+        return f"<h{self.level}>{_inline_html(self.text)}</h{self.level}>"
+
+
+@dataclass
+class _Paragraph:
+    text: str
+
+    def markdown(self) -> str:
+        return self.text
+
+    def html(self, folder: Path) -> str:
+        return f"<p>{_inline_html(self.text)}</p>"
+
+
+@dataclass
+class _Bullets:
+    items: list[str]
+
+    def markdown(self) -> str:
+        return "\n".join(f"- {item}" for item in self.items)
+
+    def html(self, folder: Path) -> str:
+        return "<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in self.items) + "</ul>"
+
+
+@dataclass
+class _Table:
+    header: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]  # per column: right-aligned
+
+    def markdown(self) -> str:
+        align = "|" + "|".join("---:" if n else "---" for n in self.numeric) + "|"
+        lines = [self._markdown_row(self.header), align]
+        return "\n".join(lines + [self._markdown_row(r) for r in self.rows])
 
     @staticmethod
-    def _md_row(cells: list[str]) -> str:
+    def _markdown_row(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    # HTML -----------------------------------------------------------------------------
-    def _html_row(self, cells: list[str], numeric: list[bool], tag: str) -> str:
+    def html(self, folder: Path) -> str:
+        return (
+            '<div class="table"><table><thead>'
+            + self._html_row(self.header, "th")
+            + "</thead><tbody>"
+            + "".join(self._html_row(r, "td") for r in self.rows)
+            + "</tbody></table></div>"
+        )
+
+    def _html_row(self, cells: list[str], tag: str) -> str:
         return (
             "<tr>"
             + "".join(
-                f'<{tag} class="num">{self._inline(c)}</{tag}>'
-                if n
-                else f"<{tag}>{self._inline(c)}</{tag}>"
-                for c, n in zip(cells, numeric)
+                f'<{tag} class="num">{_inline_html(c)}</{tag}>'
+                if numeric
+                else f"<{tag}>{_inline_html(c)}</{tag}>"
+                for c, numeric in zip(cells, self.numeric)
             )
             + "</tr>"
         )
 
-    @staticmethod
-    def _inline(text: str) -> str:
-        t = html.escape(text, quote=False)
-        t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+
+@dataclass
+class _Figure:
+    file: str  # a PNG file beside the document
+    alt: str
+    caption: str | None
+
+    def markdown(self) -> str:
+        return f"![{self.alt}]({self.file})" + (f"\n\n*{self.caption}*" if self.caption else "")
+
+    def html(self, folder: Path) -> str:
+        data = (folder / self.file).read_bytes()
+        width, height = png_size(data)
+        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        caption = f"<figcaption>{_inline_html(self.caption)}</figcaption>" if self.caption else ""
+        return (
+            f'<figure><img src="{src}" alt="{html.escape(self.alt)}" width="{width}" '
+            f'height="{height}">{caption}</figure>'
+        )
+
+
+class Document:
+    """Headings, paragraphs, bulleted lists, tables and figures, in the order they are added,
+    rendered as Markdown (:meth:`markdown`) and as one self-contained HTML page (:meth:`html`)."""
+
+    def __init__(self):
+        self.blocks: list[_Heading | _Paragraph | _Bullets | _Table | _Figure] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(_Heading(level, text))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(_Paragraph(text))
+
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(_Bullets(items))
+
+    def table(self, header: list[str], rows: list[list[str]], numeric: list[bool]) -> None:
+        self.blocks.append(_Table(header, rows, numeric))
+
+    def figure(self, file: str, alt: str, caption: str | None = None) -> None:
+        """The PNG ``file`` (beside the document) with its alt text and an optional caption."""
+        self.blocks.append(_Figure(file, alt, caption))
+
+    def markdown(self) -> str:
+        return "\n\n".join(b.markdown() for b in self.blocks) + "\n"
 
     def html(self, folder: Path, title: str) -> str:
-        body: list[str] = []
-        for b in self.blocks:
-            kind = b[0]
-            if kind == "h":
-                body.append(f"<h{b[1]}>{self._inline(b[2])}</h{b[1]}>")
-            elif kind == "p":
-                body.append(f"<p>{self._inline(b[1])}</p>")
-            elif kind == "ul":
-                items = "".join(f"<li>{self._inline(i)}</li>" for i in b[1])
-                body.append(f"<ul>{items}</ul>")
-            elif kind == "table":
-                _, header, rows, numeric = b
-                body.append(
-                    '<div class="table"><table><thead>'
-                    + self._html_row(header, numeric, "th")
-                    + "</thead><tbody>"
-                    + "".join(self._html_row(r, numeric, "td") for r in rows)
-                    + "</tbody></table></div>"
-                )
-            elif kind == "img":
-                _, file, alt, caption = b
-                data = (folder / file).read_bytes()
-                w, h = _png_size(data)
-                src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-                cap = f"<figcaption>{self._inline(caption)}</figcaption>" if caption else ""
-                body.append(
-                    f'<figure><img src="{src}" alt="{html.escape(alt)}" width="{w}" '
-                    f'height="{h}">{cap}</figure>'
-                )
+        """The page, with the figures read from ``folder`` and inlined."""
         return (
             "<!DOCTYPE html>\n"
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{html.escape(title)}</title>\n"
             '<link rel="icon" href="data:,">\n'
-            f"<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(body)
+            f"<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+            + "\n".join(b.html(folder) for b in self.blocks)
             + "\n</main>\n</body>\n</html>\n"
         )
 
 
-_CSS = """
+CSS = """
 body{margin:0;background:#fff;color:#1f2328;font:15px/1.5 -apple-system,"Segoe UI",
 Helvetica,Arial,sans-serif}
 main{max-width:1180px;margin:0 auto;padding:24px 28px 48px}
@@ -145,7 +177,8 @@ figcaption{color:#59636e;font-size:.92em;margin-top:.3em}
 """
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG file's bytes."""
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         raise ReportError("a figure is not a PNG file")
     return struct.unpack(">II", data[16:24])
