@@ -11,7 +11,7 @@ from ..errors import ReportError
 from ..files import atomic_write_json, atomic_write_text, json_safe
 from ..models import PRESETS
 from ..runlog import format_duration
-from .document import Document
+from .document import Column, Document
 from .figures import CURVES, draw_figures, remove_stale_figures, train_vs_test_files
 from .numbers import (
     OVERFIT_RISE,
@@ -49,6 +49,52 @@ def _macs(x: int) -> str:
 
 def _mb(x) -> str:
     return "–" if x is None else f"{x:.1f}"
+
+
+def _variant(s: dict) -> str:
+    return f"`{s['label']}`"
+
+
+def _epochs(s: dict) -> str:
+    if s["status"] == "finished":
+        return str(s["epochs"])
+    return f"unfinished (epoch {s['epochs']} of {s['epochs_planned']})"
+
+
+def _overfitting_word(s: dict) -> str:
+    return {True: "yes", False: "no", None: "too short to tell"}[s["overfitting"]]
+
+
+#: The Results table: one row per run summary.
+RESULT_COLUMNS = [
+    Column("variant", _variant),
+    Column("epochs", _epochs),
+    Column("params", lambda s: _int(s["params"]), numeric=True),
+    Column("MACs / image", lambda s: _macs(s["macs"]), numeric=True),
+    Column("checkpoint MB", lambda s: _mb(s["checkpoint_mb"]), numeric=True),
+    Column("best test acc.", lambda s: _pct(s["best_test_accuracy"]), numeric=True),
+    Column("best at epoch", lambda s: str(s["best_epoch"]), numeric=True),
+    Column("final test acc.", lambda s: _pct(s["final_test_accuracy"]), numeric=True),
+    Column("final train acc.", lambda s: _pct(s["final_train_accuracy"]), numeric=True),
+    Column("gap", lambda s: _pts(s["generalisation_gap"]), numeric=True),
+    Column("lowest test loss: epoch", lambda s: str(s["lowest_test_loss_epoch"]), numeric=True),
+    Column("s / epoch", lambda s: f"{s['seconds_per_epoch']:.1f}", numeric=True),
+    Column("total time", lambda s: format_duration(s["total_seconds"]), numeric=True),
+    Column("device", lambda s: s["device"]),
+]
+
+#: The Against the post table: the post's figures beside ours, one row per run summary.
+POST_COLUMNS = [
+    Column("variant", _variant),
+    Column("params: post", lambda s: _int(s["published_params"]), numeric=True),
+    Column("params: ours", lambda s: _int(s["params"]), numeric=True),
+    Column("difference", lambda s: _signed_int(s["params_difference"]), numeric=True),
+    Column("test accuracy: post", lambda s: s["published_test_accuracy"] or "–", numeric=True),
+    Column("best test accuracy: ours", lambda s: _pct(s["best_test_accuracy"]), numeric=True),
+    Column("difference", lambda s: _pts(s["test_accuracy_difference"]), numeric=True),
+    Column("overfitting: post", lambda s: s["post_overfitting"] or "–"),
+    Column("overfitting: ours", _overfitting_word),
+]
 
 
 def _setting_notes(summaries: list[dict]) -> list[str]:
@@ -219,49 +265,7 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
     doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in summaries])
 
     doc.heading(2, "Results")
-    header = [
-        "variant",
-        "epochs",
-        "params",
-        "MACs / image",
-        "checkpoint MB",
-        "best test acc.",
-        "best at epoch",
-        "final test acc.",
-        "final train acc.",
-        "gap",
-        "lowest test loss: epoch",
-        "s / epoch",
-        "total time",
-        "device",
-    ]
-    rows = []
-    for s in summaries:
-        epochs = (
-            str(s["epochs"])
-            if s["status"] == "finished"
-            else f"unfinished (epoch {s['epochs']} of {s['epochs_planned']})"
-        )
-        rows.append(
-            [
-                f"`{s['label']}`",
-                epochs,
-                _int(s["params"]),
-                _macs(s["macs"]),
-                _mb(s["checkpoint_mb"]),
-                _pct(s["best_test_accuracy"]),
-                str(s["best_epoch"]),
-                _pct(s["final_test_accuracy"]),
-                _pct(s["final_train_accuracy"]),
-                _pts(s["generalisation_gap"]),
-                str(s["lowest_test_loss_epoch"]),
-                f"{s['seconds_per_epoch']:.1f}",
-                format_duration(s["total_seconds"]),
-                s["device"],
-            ]
-        )
-    numeric = [False, False] + [True] * 11 + [False]
-    doc.table(header, rows, numeric)
+    doc.table(RESULT_COLUMNS, summaries)
     doc.paragraph(
         "**gap** (generalisation gap) = final train accuracy − final test accuracy. Train "
         "accuracy is the average over the epoch's batches with augmentation and dropout on, as "
@@ -272,34 +276,7 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
     )
 
     doc.heading(2, "Against the post")
-    header2 = [
-        "variant",
-        "params: post",
-        "params: ours",
-        "difference",
-        "test accuracy: post",
-        "best test accuracy: ours",
-        "difference",
-        "overfitting: post",
-        "overfitting: ours",
-    ]
-    rows2 = []
-    for s in summaries:
-        ours_over = {True: "yes", False: "no", None: "too short to tell"}[s["overfitting"]]
-        rows2.append(
-            [
-                f"`{s['label']}`",
-                _int(s["published_params"]),
-                _int(s["params"]),
-                _signed_int(s["params_difference"]),
-                s["published_test_accuracy"] or "–",
-                _pct(s["best_test_accuracy"]),
-                _pts(s["test_accuracy_difference"]),
-                s["post_overfitting"] or "–",
-                ours_over,
-            ]
-        )
-    doc.table(header2, rows2, [False, True, True, True, True, True, True, False, False])
+    doc.table(POST_COLUMNS, summaries)
     doc.paragraph(
         'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
         "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "

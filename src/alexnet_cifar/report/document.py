@@ -10,12 +10,24 @@ import base64
 import html
 import re
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ReportError
 
-__all__ = ["Document"]
+__all__ = ["Column", "Document"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header, the cell it shows for an item, and whether it holds numbers
+    (right-aligned)."""
+
+    header: str
+    cell: Callable[[Any], str]
+    numeric: bool = False
 
 
 def _inline_html(text: str) -> str:
@@ -132,8 +144,11 @@ class Document:
     def bullets(self, items: list[str]) -> None:
         self.blocks.append(_Bullets(items))
 
-    def table(self, header: list[str], rows: list[list[str]], numeric: list[bool]) -> None:
-        self.blocks.append(_Table(header, rows, numeric))
+    def table(self, columns: Sequence[Column], items: Sequence[Any]) -> None:
+        """One row per item, its cells made by the columns."""
+        header = [c.header for c in columns]
+        rows = [[c.cell(item) for c in columns] for item in items]
+        self.blocks.append(_Table(header, rows, [c.numeric for c in columns]))
 
     def figure(self, file: str, alt: str, caption: str | None = None) -> None:
         """The PNG ``file`` (beside the document) with its alt text and an optional caption."""
