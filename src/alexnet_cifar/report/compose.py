@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._version import __version__
@@ -22,7 +23,7 @@ from .numbers import (
     SEED_TRAIN,
     run_summary,
 )
-from .runs import label_slug, load_runs
+from .runs import RunData, label_slug, load_runs
 
 __all__ = ["build_report"]
 
@@ -160,6 +161,21 @@ def _verdict(summaries: list[dict], best: dict) -> list[str]:
     return lines
 
 
+DEFAULT_TITLE = "AlexNet on CIFAR-10: the variants compared"
+
+
+@dataclass
+class ReportContent:
+    """What the report shows: the runs, their summaries, the best of them and the figure files."""
+
+    title: str
+    runs: list[RunData]
+    summaries: list[dict]  # run_summary() of each run, with its run_dir and figures
+    best: dict  # the summary with the highest best test accuracy
+    class_index: int | None  # the run whose per-class results are shown; None if no run has them
+    figures: dict[str, str]  # the figures shared by all runs, key -> file name
+
+
 def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None) -> dict:
     """Write report.md, report.html, summary.json and the figures of ``run_dirs`` into ``out``.
 
@@ -172,28 +188,43 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot create the report folder {out}: {e.strerror or e}") from None
-    out_abs = out.resolve()
     summaries = [run_summary(r) for r in runs]
-    for r, s in zip(runs, summaries):
-        s["run_dir"] = os.path.relpath(r.path.resolve(), out_abs)
-    best_i = max(range(len(runs)), key=lambda i: (summaries[i]["best_test_accuracy"], -i))
-    best = summaries[best_i]
+    for r, s, name in zip(runs, summaries, train_vs_test_files(runs)):
+        s["run_dir"] = os.path.relpath(r.path.resolve(), out.resolve())
+        s["figures"] = {"train_vs_test": name}
+    best_index = max(range(len(runs)), key=lambda i: (summaries[i]["best_test_accuracy"], -i))
+    class_index = _class_results_run(runs, summaries)
+    figures = draw_figures(runs, summaries, class_index, out)
+    remove_stale_figures(
+        out, set(figures.values()) | {s["figures"]["train_vs_test"] for s in summaries}
+    )
+    content = ReportContent(
+        title or DEFAULT_TITLE, runs, summaries, summaries[best_index], class_index, figures
+    )
+    doc = Document()
+    for section in SECTIONS:
+        section(doc, content)
+    summary = _summary(content)
+    atomic_write_text(out / "report.md", doc.markdown(), what="the report")
+    atomic_write_text(out / "report.html", doc.html(out, content.title), what="the report")
+    atomic_write_json(out / "summary.json", summary, what="the report's summary")
+    return json_safe(summary)
+
+
+def _class_results_run(runs: list[RunData], summaries: list[dict]) -> int | None:
+    """The run with the highest best test accuracy among those with per-class results."""
     with_classes = [
         (s["best_test_accuracy"], -i, i)
         for i, (r, s) in enumerate(zip(runs, summaries))
         if r.class_results() is not None
     ]
-    class_i = max(with_classes)[2] if with_classes else None
+    return max(with_classes)[2] if with_classes else None
 
-    for s, name in zip(summaries, train_vs_test_files(runs)):
-        s["figures"] = {"train_vs_test": name}
-    figures = draw_figures(runs, summaries, class_i, out)
-    all_figures = list(figures.values()) + [s["figures"]["train_vs_test"] for s in summaries]
-    remove_stale_figures(out, set(all_figures))
 
-    title = title or "AlexNet on CIFAR-10: the variants compared"
-    doc = _compose(runs, summaries, best, class_i, figures, out_abs, title)
-    summary = {
+def _summary(c: ReportContent) -> dict:
+    """summary.json: every run's numbers, the definitions, the best and the files."""
+    best, summaries = c.best, c.summaries
+    return {
         "generator": f"alexnet-cifar {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "definitions": {
@@ -218,42 +249,48 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None) 
         "agrees_with_post": (
             best["model"] == POST_BEST if any(s["model"] == POST_BEST for s in summaries) else None
         ),
-        "class_results_of": summaries[class_i]["label"] if class_i is not None else None,
-        "figures": figures,
+        "class_results_of": (
+            summaries[c.class_index]["label"] if c.class_index is not None else None
+        ),
+        "figures": c.figures,
         "report": {"markdown": "report.md", "html": "report.html"},
     }
-    atomic_write_text(out / "report.md", doc.markdown(), what="the report")
-    atomic_write_text(out / "report.html", doc.html(out, title), what="the report")
-    atomic_write_json(out / "summary.json", summary, what="the report's summary")
-    return json_safe(summary)
 
 
-def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str) -> Document:
-    doc = Document()
-    doc.heading(1, title)
-    variants = sorted({s["model"] for s in summaries}, key=list(PRESETS).index)
-    recipes = sorted({s["recipe"] for s in summaries})
-    lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
-    if recipes == ["seed"]:
-        how = (
-            f"the seed recipe (SGD with Nesterov momentum, lr {lrs} divided by 10 at 1/3 and "
-            "2/3 of the epochs, shifts and flips)"
-        )
-    else:
-        how = (
-            "the recipes " + ", ".join(f"`{r}`" for r in recipes) + f" (peak lr {lrs}; the "
-            "fields of each are in its run's config.json)"
-        )
+# ---------------------------------------------------------------------- the sections
+
+
+def _title_and_intro(doc: Document, c: ReportContent) -> None:
+    n = len(c.runs)
+    variants = sorted({s["model"] for s in c.summaries}, key=list(PRESETS).index)
+    doc.heading(1, c.title)
     doc.paragraph(
-        f"{len(runs)} run{'s' if len(runs) != 1 else ''} of "
+        f"{n} run{'s' if n != 1 else ''} of "
         + ", ".join(f"`{v}`" for v in variants)
-        + f", trained with {how}. Written by "
+        + f", trained with {_training_text(c.summaries)}. Written by "
         f"alexnet-cifar {__version__} on {time.strftime('%Y-%m-%d')}."
     )
 
+
+def _training_text(summaries: list[dict]) -> str:
+    """How the runs were trained: the seed recipe in words, or the names of the recipes."""
+    recipes = sorted({s["recipe"] for s in summaries})
+    lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
+    if recipes == ["seed"]:
+        return (
+            f"the seed recipe (SGD with Nesterov momentum, lr {lrs} divided by 10 at 1/3 and "
+            "2/3 of the epochs, shifts and flips)"
+        )
+    return (
+        "the recipes " + ", ".join(f"`{r}`" for r in recipes) + f" (peak lr {lrs}; the "
+        "fields of each are in its run's config.json)"
+    )
+
+
+def _verdict_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "Verdict")
-    doc.bullets(_verdict(summaries, best))
-    notes = _setting_notes(summaries)
+    doc.bullets(_verdict(c.summaries, c.best))
+    notes = _setting_notes(c.summaries)
     if notes:
         doc.paragraph(
             "**Not the post's setting:** "
@@ -262,10 +299,12 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
             "post's results."
         )
     doc.paragraph("Overfitting (a test loss that rises after its minimum):")
-    doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in summaries])
+    doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in c.summaries])
 
+
+def _results_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "Results")
-    doc.table(RESULT_COLUMNS, summaries)
+    doc.table(RESULT_COLUMNS, c.summaries)
     doc.paragraph(
         "**gap** (generalisation gap) = final train accuracy − final test accuracy. Train "
         "accuracy is the average over the epoch's batches with augmentation and dropout on, as "
@@ -275,8 +314,10 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         "and the test pass)."
     )
 
+
+def _against_the_post_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "Against the post")
-    doc.table(POST_COLUMNS, summaries)
+    doc.table(POST_COLUMNS, c.summaries)
     doc.paragraph(
         'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
         "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "
@@ -284,23 +325,29 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         "in percentage points (pts) for accuracy."
     )
 
-    doc.heading(2, "Learning curves")
-    captions = {
-        "test_accuracy": "Test accuracy of every run after each epoch.",
-        "train_accuracy": "Train accuracy (epoch average, augmentation and dropout on).",
-        "test_loss": "Test loss (cross-entropy, plus the L2 term for the regularised variants). "
-        'A curve that falls and then climbs is the post\'s "Nike swoosh": overfitting.',
-        "train_loss": "Train loss (epoch average, plus the L2 term where the variant has one).",
-    }
-    for stem, _col, fig_title, _y, _p in CURVES:
-        doc.figure(figures[stem], fig_title, captions[stem])
 
+_CURVE_CAPTIONS = {
+    "test_accuracy": "Test accuracy of every run after each epoch.",
+    "train_accuracy": "Train accuracy (epoch average, augmentation and dropout on).",
+    "test_loss": "Test loss (cross-entropy, plus the L2 term for the regularised variants). "
+    'A curve that falls and then climbs is the post\'s "Nike swoosh": overfitting.',
+    "train_loss": "Train loss (epoch average, plus the L2 term where the variant has one).",
+}
+
+
+def _learning_curves_section(doc: Document, c: ReportContent) -> None:
+    doc.heading(2, "Learning curves")
+    for stem, _column, title, _ylabel, _percent in CURVES:
+        doc.figure(c.figures[stem], title, _CURVE_CAPTIONS[stem])
+
+
+def _train_vs_test_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "Train vs test, per variant")
     doc.paragraph(
         "Each run's train and test curves side by side; the star marks the lowest test loss and "
         "the best test accuracy, dotted lines the learning-rate drops."
     )
-    for r, s in zip(runs, summaries):
+    for r, s in zip(c.runs, c.summaries):
         doc.heading(3, f"`{s['label']}`" + ("" if r.finished else f": {r.status}"))
         doc.figure(s["figures"]["train_vs_test"], f"{s['label']}: train vs test", None)
         doc.paragraph(
@@ -309,42 +356,48 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
             f"{s['overfitting_note']}."
         )
 
+
+def _model_size_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "Model size")
     doc.figure(
-        figures["model_size"],
+        c.figures["model_size"],
         "Parameters and checkpoint size per variant",
         "Left: parameters, ours and the post's. Right: the final model file on disk, beside "
         "params x 4 bytes (float32), which is about the size of the post's saved .h5 files.",
     )
 
+
+def _class_by_class_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "The best variant, class by class")
-    if class_i is None:
+    if c.class_index is None:
         doc.paragraph(
             "No run has finished with per-class results (`result.json`), so there is no "
             "confusion matrix yet."
         )
-    else:
-        cs = summaries[class_i]
-        if cs is not best:
-            why = (
-                "has not finished"
-                if best["status"] != "finished"
-                else "has no per-class results in its result.json"
-            )
-            doc.paragraph(
-                f"`{best['label']}` {why}, so these are the results of `{cs['label']}`, the "
-                "best run that has them."
-            )
-        doc.paragraph(
-            f"`{cs['label']}`: the final model on its {_int(cs['n_test'])} test images "
-            f"(test accuracy {_pct(cs['final_test_accuracy'])})."
+        return
+    shown, best = c.summaries[c.class_index], c.best
+    if shown is not best:
+        why = (
+            "has not finished"
+            if best["status"] != "finished"
+            else "has no per-class results in its result.json"
         )
-        doc.figure(figures["confusion_matrix"], f"Confusion matrix of {cs['label']}", None)
-        doc.figure(figures["per_class_accuracy"], f"Per-class accuracy of {cs['label']}", None)
+        doc.paragraph(
+            f"`{best['label']}` {why}, so these are the results of `{shown['label']}`, the "
+            "best run that has them."
+        )
+    doc.paragraph(
+        f"`{shown['label']}`: the final model on its {_int(shown['n_test'])} test images "
+        f"(test accuracy {_pct(shown['final_test_accuracy'])})."
+    )
+    doc.figure(c.figures["confusion_matrix"], f"Confusion matrix of {shown['label']}", None)
+    doc.figure(c.figures["per_class_accuracy"], f"Per-class accuracy of {shown['label']}", None)
 
+
+def _runs_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "Runs")
     items = []
-    for r, s in zip(runs, summaries):
+    for r, s in zip(c.runs, c.summaries):
         subset = ""
         if s["limit_train"] or s["limit_test"]:
             subset = f", subsets of {_int(s['n_train'])} train / {_int(s['n_test'])} test images"
@@ -355,17 +408,32 @@ def _compose(runs, summaries, best, class_i, figures, out_abs: Path, title: str)
         )
     doc.bullets(items)
 
+
+def _tensorboard_section(doc: Document, c: ReportContent) -> None:
     doc.heading(2, "TensorBoard")
-    rels = [s["run_dir"] for s in summaries]
-    if all(not rel.startswith("..") for rel in rels):
+    if all(not s["run_dir"].startswith("..") for s in c.summaries):
         doc.paragraph(
             "The runs' TensorBoard events lie under this folder; `tensorboard --logdir .` here "
             "shows all runs side by side (scalars `loss`, `accuracy`, `val_loss`, "
             "`val_accuracy`, `lr`, `seconds`)."
         )
     else:
-        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in summaries)
+        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in c.summaries)
         doc.paragraph(
             f"From this folder, `tensorboard --logdir_spec {spec}` shows all runs side by side."
         )
-    return doc
+
+
+#: The report's sections, in order; each adds its part to the document.
+SECTIONS = (
+    _title_and_intro,
+    _verdict_section,
+    _results_section,
+    _against_the_post_section,
+    _learning_curves_section,
+    _train_vs_test_section,
+    _model_size_section,
+    _class_by_class_section,
+    _runs_section,
+    _tensorboard_section,
+)
