@@ -178,15 +178,27 @@ def _curves_figure(runs: list[RunData], column: str, title: str, ylabel: str, pe
 
 
 def _lr_drops(ax, run: RunData) -> None:
+    """Dotted lines where a step schedule multiplied the learning rate, labelled by how much."""
     recipe = run.config["recipe"]
     if recipe.get("lr_schedule", "step") != "step":
         return  # a per-step schedule has no drops to mark
     drops = [int(m) for m in recipe.get("lr_milestones") or []]
     shown = [m for m in drops if 0 < m < run.epochs_done]
+    label = _lr_drop_label(recipe)
     for i, m in enumerate(shown):
         ax.axvline(
-            m + 0.5, color="0.55", linestyle=":", linewidth=1, label="lr x0.1" if i == 0 else None
+            m + 0.5, color="0.55", linestyle=":", linewidth=1, label=label if i == 0 else None
         )
+
+
+def _lr_drop_label(recipe: dict) -> str:
+    """``lr x0.1``: the factor of the recipe's drops (``lr_decay``, 0.1 where it has none)."""
+    decay = recipe.get("lr_decay")
+    if decay is None:
+        decay = 0.1
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        return "lr drop"  # a damaged config.json: still mark the drop
+    return f"lr x{decay:g}"
 
 
 def _train_vs_test_figure(run: RunData, s: dict):
