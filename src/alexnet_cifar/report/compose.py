@@ -28,27 +28,35 @@ from .runs import RunData, label_slug, load_runs
 __all__ = ["build_report"]
 
 
-def _pct(x) -> str:
+# Cells and inline numbers; "–" where a number is missing.
+
+
+def _percent(x) -> str:
+    """A share as a percentage: 0.9123 -> 91.23%."""
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
-def _pts(x) -> str:
+def _points(x) -> str:
+    """A difference of shares in percentage points: 0.0123 -> +1.23 pts."""
     return "–" if x is None else f"{100 * x:+.2f} pts"
 
 
-def _int(x) -> str:
+def _count(x) -> str:
+    """A count with thousands separators: 1234567 -> 1,234,567."""
     return "–" if x is None else f"{x:,}"
 
 
-def _signed_int(x) -> str:
+def _signed_count(x) -> str:
     return "–" if x is None else ("0" if x == 0 else f"{x:+,}")
 
 
-def _macs(x: int) -> str:
+def _giga_macs(x: int) -> str:
+    """Multiply-accumulates in billions."""
     return f"{x / 1e9:.3f} G"
 
 
-def _mb(x) -> str:
+def _megabytes(x) -> str:
+    """Megabytes (10^6 bytes), one decimal."""
     return "–" if x is None else f"{x:.1f}"
 
 
@@ -66,33 +74,35 @@ def _overfitting_word(s: dict) -> str:
     return {True: "yes", False: "no", None: "too short to tell"}[s["overfitting"]]
 
 
-#: The Results table: one row per run summary.
+# The tables: one row per run summary (run_summary()); each cell function takes one.
+
+#: The Results table.
 RESULT_COLUMNS = [
     Column("variant", _variant),
     Column("epochs", _epochs),
-    Column("params", lambda s: _int(s["params"]), numeric=True),
-    Column("MACs / image", lambda s: _macs(s["macs"]), numeric=True),
-    Column("checkpoint MB", lambda s: _mb(s["checkpoint_mb"]), numeric=True),
-    Column("best test acc.", lambda s: _pct(s["best_test_accuracy"]), numeric=True),
+    Column("params", lambda s: _count(s["params"]), numeric=True),
+    Column("MACs / image", lambda s: _giga_macs(s["macs"]), numeric=True),
+    Column("checkpoint MB", lambda s: _megabytes(s["checkpoint_mb"]), numeric=True),
+    Column("best test acc.", lambda s: _percent(s["best_test_accuracy"]), numeric=True),
     Column("best at epoch", lambda s: str(s["best_epoch"]), numeric=True),
-    Column("final test acc.", lambda s: _pct(s["final_test_accuracy"]), numeric=True),
-    Column("final train acc.", lambda s: _pct(s["final_train_accuracy"]), numeric=True),
-    Column("gap", lambda s: _pts(s["generalisation_gap"]), numeric=True),
+    Column("final test acc.", lambda s: _percent(s["final_test_accuracy"]), numeric=True),
+    Column("final train acc.", lambda s: _percent(s["final_train_accuracy"]), numeric=True),
+    Column("gap", lambda s: _points(s["generalisation_gap"]), numeric=True),
     Column("lowest test loss: epoch", lambda s: str(s["lowest_test_loss_epoch"]), numeric=True),
     Column("s / epoch", lambda s: f"{s['seconds_per_epoch']:.1f}", numeric=True),
     Column("total time", lambda s: format_duration(s["total_seconds"]), numeric=True),
     Column("device", lambda s: s["device"]),
 ]
 
-#: The Against the post table: the post's figures beside ours, one row per run summary.
+#: The Against the post table: the post's figures beside ours.
 POST_COLUMNS = [
     Column("variant", _variant),
-    Column("params: post", lambda s: _int(s["published_params"]), numeric=True),
-    Column("params: ours", lambda s: _int(s["params"]), numeric=True),
-    Column("difference", lambda s: _signed_int(s["params_difference"]), numeric=True),
+    Column("params: post", lambda s: _count(s["published_params"]), numeric=True),
+    Column("params: ours", lambda s: _count(s["params"]), numeric=True),
+    Column("difference", lambda s: _signed_count(s["params_difference"]), numeric=True),
     Column("test accuracy: post", lambda s: s["published_test_accuracy"] or "–", numeric=True),
-    Column("best test accuracy: ours", lambda s: _pct(s["best_test_accuracy"]), numeric=True),
-    Column("difference", lambda s: _pts(s["test_accuracy_difference"]), numeric=True),
+    Column("best test accuracy: ours", lambda s: _percent(s["best_test_accuracy"]), numeric=True),
+    Column("difference", lambda s: _points(s["test_accuracy_difference"]), numeric=True),
     Column("overfitting: post", lambda s: s["post_overfitting"] or "–"),
     Column("overfitting: ours", _overfitting_word),
 ]
@@ -128,29 +138,30 @@ def _setting_notes(summaries: list[dict]) -> list[str]:
 
 
 def _verdict(summaries: list[dict], best: dict) -> list[str]:
+    """The best run, the ranking, and whether that agrees with the post's best."""
     lines = [
         f"**Best by best test accuracy: `{best['label']}`**, "
-        f"{_pct(best['best_test_accuracy'])} at epoch {best['best_epoch']} of {best['epochs']}."
+        f"{_percent(best['best_test_accuracy'])} at epoch {best['best_epoch']} of {best['epochs']}."
     ]
     if len(summaries) > 1:
         ranked = sorted(summaries, key=lambda s: -s["best_test_accuracy"])
         lines.append(
             "Ranking: "
-            + ", ".join(f"`{s['label']}` {_pct(s['best_test_accuracy'])}" for s in ranked)
+            + ", ".join(f"`{s['label']}` {_percent(s['best_test_accuracy'])}" for s in ranked)
             + "."
         )
-    post = [s for s in summaries if s["model"] == POST_BEST]
+    runs_of_post_best = [s for s in summaries if s["model"] == POST_BEST]
     if best["model"] == POST_BEST:
         lines.append(
             f"This agrees with the post, whose best is `{POST_BEST}` at about 92%; the difference "
-            f"is {_pts(best['test_accuracy_difference'])}."
+            f"is {_points(best['test_accuracy_difference'])}."
         )
-    elif post:
-        p = max(post, key=lambda s: s["best_test_accuracy"])
+    elif runs_of_post_best:
+        post_acc = max(s["best_test_accuracy"] for s in runs_of_post_best)
         lines.append(
             f"This differs from the post, whose best is `{POST_BEST}` at about 92%: here it "
-            f"reached {_pct(p['best_test_accuracy'])}, "
-            f"{100 * (best['best_test_accuracy'] - p['best_test_accuracy']):.2f} points below "
+            f"reached {_percent(post_acc)}, "
+            f"{100 * (best['best_test_accuracy'] - post_acc):.2f} points below "
             f"`{best['label']}`."
         )
     else:
@@ -221,9 +232,9 @@ def _class_results_run(runs: list[RunData], summaries: list[dict]) -> int | None
     return max(with_classes)[2] if with_classes else None
 
 
-def _summary(c: ReportContent) -> dict:
+def _summary(content: ReportContent) -> dict:
     """summary.json: every run's numbers, the definitions, the best and the files."""
-    best, summaries = c.best, c.summaries
+    best, summaries = content.best, content.summaries
     return {
         "generator": f"alexnet-cifar {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -250,9 +261,9 @@ def _summary(c: ReportContent) -> dict:
             best["model"] == POST_BEST if any(s["model"] == POST_BEST for s in summaries) else None
         ),
         "class_results_of": (
-            summaries[c.class_index]["label"] if c.class_index is not None else None
+            summaries[content.class_index]["label"] if content.class_index is not None else None
         ),
-        "figures": c.figures,
+        "figures": content.figures,
         "report": {"markdown": "report.md", "html": "report.html"},
     }
 
@@ -260,14 +271,14 @@ def _summary(c: ReportContent) -> dict:
 # ---------------------------------------------------------------------- the sections
 
 
-def _title_and_intro(doc: Document, c: ReportContent) -> None:
-    n = len(c.runs)
-    variants = sorted({s["model"] for s in c.summaries}, key=list(PRESETS).index)
-    doc.heading(1, c.title)
+def _title_and_intro(doc: Document, content: ReportContent) -> None:
+    n = len(content.runs)
+    variants = sorted({s["model"] for s in content.summaries}, key=list(PRESETS).index)
+    doc.heading(1, content.title)
     doc.paragraph(
         f"{n} run{'s' if n != 1 else ''} of "
         + ", ".join(f"`{v}`" for v in variants)
-        + f", trained with {_training_text(c.summaries)}. Written by "
+        + f", trained with {_training_text(content.summaries)}. Written by "
         f"alexnet-cifar {__version__} on {time.strftime('%Y-%m-%d')}."
     )
 
@@ -287,10 +298,10 @@ def _training_text(summaries: list[dict]) -> str:
     )
 
 
-def _verdict_section(doc: Document, c: ReportContent) -> None:
+def _verdict_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Verdict")
-    doc.bullets(_verdict(c.summaries, c.best))
-    notes = _setting_notes(c.summaries)
+    doc.bullets(_verdict(content.summaries, content.best))
+    notes = _setting_notes(content.summaries)
     if notes:
         doc.paragraph(
             "**Not the post's setting:** "
@@ -299,12 +310,12 @@ def _verdict_section(doc: Document, c: ReportContent) -> None:
             "post's results."
         )
     doc.paragraph("Overfitting (a test loss that rises after its minimum):")
-    doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in c.summaries])
+    doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in content.summaries])
 
 
-def _results_section(doc: Document, c: ReportContent) -> None:
+def _results_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Results")
-    doc.table(RESULT_COLUMNS, c.summaries)
+    doc.table(RESULT_COLUMNS, content.summaries)
     doc.paragraph(
         "**gap** (generalisation gap) = final train accuracy − final test accuracy. Train "
         "accuracy is the average over the epoch's batches with augmentation and dropout on, as "
@@ -315,9 +326,9 @@ def _results_section(doc: Document, c: ReportContent) -> None:
     )
 
 
-def _against_the_post_section(doc: Document, c: ReportContent) -> None:
+def _against_the_post_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Against the post")
-    doc.table(POST_COLUMNS, c.summaries)
+    doc.table(POST_COLUMNS, content.summaries)
     doc.paragraph(
         'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
         "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "
@@ -335,47 +346,47 @@ _CURVE_CAPTIONS = {
 }
 
 
-def _learning_curves_section(doc: Document, c: ReportContent) -> None:
+def _learning_curves_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Learning curves")
     for stem, _column, title, _ylabel, _percent in CURVES:
-        doc.figure(c.figures[stem], title, _CURVE_CAPTIONS[stem])
+        doc.figure(content.figures[stem], title, _CURVE_CAPTIONS[stem])
 
 
-def _train_vs_test_section(doc: Document, c: ReportContent) -> None:
+def _train_vs_test_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Train vs test, per variant")
     doc.paragraph(
         "Each run's train and test curves side by side; the star marks the lowest test loss and "
         "the best test accuracy, dotted lines the learning-rate drops."
     )
-    for r, s in zip(c.runs, c.summaries):
+    for r, s in zip(content.runs, content.summaries):
         doc.heading(3, f"`{s['label']}`" + ("" if r.finished else f": {r.status}"))
         doc.figure(s["figures"]["train_vs_test"], f"{s['label']}: train vs test", None)
         doc.paragraph(
-            f"Final train accuracy {_pct(s['final_train_accuracy'])}, final test accuracy "
-            f"{_pct(s['final_test_accuracy'])} (gap {_pts(s['generalisation_gap'])}); "
+            f"Final train accuracy {_percent(s['final_train_accuracy'])}, final test accuracy "
+            f"{_percent(s['final_test_accuracy'])} (gap {_points(s['generalisation_gap'])}); "
             f"{s['overfitting_note']}."
         )
 
 
-def _model_size_section(doc: Document, c: ReportContent) -> None:
+def _model_size_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Model size")
     doc.figure(
-        c.figures["model_size"],
+        content.figures["model_size"],
         "Parameters and checkpoint size per variant",
         "Left: parameters, ours and the post's. Right: the final model file on disk, beside "
         "params x 4 bytes (float32), which is about the size of the post's saved .h5 files.",
     )
 
 
-def _class_by_class_section(doc: Document, c: ReportContent) -> None:
+def _class_by_class_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "The best variant, class by class")
-    if c.class_index is None:
+    if content.class_index is None:
         doc.paragraph(
             "No run has finished with per-class results (`result.json`), so there is no "
             "confusion matrix yet."
         )
         return
-    shown, best = c.summaries[c.class_index], c.best
+    shown, best = content.summaries[content.class_index], content.best
     if shown is not best:
         why = (
             "has not finished"
@@ -387,20 +398,24 @@ def _class_by_class_section(doc: Document, c: ReportContent) -> None:
             "best run that has them."
         )
     doc.paragraph(
-        f"`{shown['label']}`: the final model on its {_int(shown['n_test'])} test images "
-        f"(test accuracy {_pct(shown['final_test_accuracy'])})."
+        f"`{shown['label']}`: the final model on its {_count(shown['n_test'])} test images "
+        f"(test accuracy {_percent(shown['final_test_accuracy'])})."
     )
-    doc.figure(c.figures["confusion_matrix"], f"Confusion matrix of {shown['label']}", None)
-    doc.figure(c.figures["per_class_accuracy"], f"Per-class accuracy of {shown['label']}", None)
+    doc.figure(content.figures["confusion_matrix"], f"Confusion matrix of {shown['label']}", None)
+    doc.figure(
+        content.figures["per_class_accuracy"], f"Per-class accuracy of {shown['label']}", None
+    )
 
 
-def _runs_section(doc: Document, c: ReportContent) -> None:
+def _runs_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "Runs")
     items = []
-    for r, s in zip(c.runs, c.summaries):
+    for r, s in zip(content.runs, content.summaries):
         subset = ""
         if s["limit_train"] or s["limit_test"]:
-            subset = f", subsets of {_int(s['n_train'])} train / {_int(s['n_test'])} test images"
+            subset = (
+                f", subsets of {_count(s['n_train'])} train / {_count(s['n_test'])} test images"
+            )
         items.append(
             f"`{s['label']}`: `{s['run_dir']}`, {r.status}, seed {s['seed']}, "
             f"{s['epochs_planned']} epochs, batch {s['batch_size']}, lr {s['lr']:g}{subset}; "
@@ -409,16 +424,16 @@ def _runs_section(doc: Document, c: ReportContent) -> None:
     doc.bullets(items)
 
 
-def _tensorboard_section(doc: Document, c: ReportContent) -> None:
+def _tensorboard_section(doc: Document, content: ReportContent) -> None:
     doc.heading(2, "TensorBoard")
-    if all(not s["run_dir"].startswith("..") for s in c.summaries):
+    if all(not s["run_dir"].startswith("..") for s in content.summaries):
         doc.paragraph(
             "The runs' TensorBoard events lie under this folder; `tensorboard --logdir .` here "
             "shows all runs side by side (scalars `loss`, `accuracy`, `val_loss`, "
             "`val_accuracy`, `lr`, `seconds`)."
         )
     else:
-        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in c.summaries)
+        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in content.summaries)
         doc.paragraph(
             f"From this folder, `tensorboard --logdir_spec {spec}` shows all runs side by side."
         )

@@ -91,19 +91,19 @@ def _overfitting(test_loss: list[float], lowest_at: int) -> tuple[bool | None, s
 
 def run_summary(run: RunData) -> dict:
     """Every number the report shows for one run, straight from its files."""
-    m = run.metrics
-    cfg = run.config
+    metrics = run.metrics
+    config = run.config
     n = run.epochs_done
-    table = layer_table(AlexNetConfig.from_dict(cfg["model_config"]))
+    table = layer_table(AlexNetConfig.from_dict(config["model_config"]))
     params = int(run.result["params"]) if run.result and "params" in run.result else table.params
-    best_at = _argbest(m["val_accuracy"], lambda a, b: a > b)
-    lowest_at = _argbest(m["val_loss"], lambda a, b: a < b)
-    overfitting, note, rise = _overfitting(m["val_loss"], lowest_at)
-    final_test, final_train = m["val_accuracy"][-1], m["accuracy"][-1]
+    best_at = _argbest(metrics["val_accuracy"], lambda a, b: a > b)
+    lowest_at = _argbest(metrics["val_loss"], lambda a, b: a < b)
+    overfitting, note, rise = _overfitting(metrics["val_loss"], lowest_at)
+    final_test, final_train = metrics["val_accuracy"][-1], metrics["accuracy"][-1]
     published_params = PUBLISHED_PARAMS.get(run.model)
     published_acc = PUBLISHED_ACCURACY.get(run.model)
-    best_acc = m["val_accuracy"][best_at]
-    recipe = cfg["recipe"]
+    best_acc = metrics["val_accuracy"][best_at]
+    recipe = config["recipe"]
     return {
         "label": run.label,
         "model": run.model,
@@ -117,31 +117,31 @@ def run_summary(run: RunData) -> dict:
         "checkpoint_bytes": run.model_bytes,
         "checkpoint_mb": None if run.model_bytes is None else run.model_bytes / 1e6,
         "best_test_accuracy": best_acc,
-        "best_epoch": m["epoch"][best_at],
+        "best_epoch": metrics["epoch"][best_at],
         "final_test_accuracy": final_test,
         "final_train_accuracy": final_train,
         "generalisation_gap": final_train - final_test,
-        "final_test_loss": m["val_loss"][-1],
-        "lowest_test_loss": m["val_loss"][lowest_at],
-        "lowest_test_loss_epoch": m["epoch"][lowest_at],
+        "final_test_loss": metrics["val_loss"][-1],
+        "lowest_test_loss": metrics["val_loss"][lowest_at],
+        "lowest_test_loss_epoch": metrics["epoch"][lowest_at],
         "test_loss_rise": rise,
         "overfitting": overfitting,
         "overfitting_note": note,
-        "seconds_per_epoch": sum(m["seconds"]) / n,
-        "total_seconds": sum(m["seconds"]),
-        "device": _device_text(cfg),
+        "seconds_per_epoch": sum(metrics["seconds"]) / n,
+        "total_seconds": sum(metrics["seconds"]),
+        "device": _device_text(config),
         "published_test_accuracy": published_acc[1] if published_acc else None,
         "published_test_accuracy_value": published_acc[0] if published_acc else None,
         "test_accuracy_difference": best_acc - published_acc[0] if published_acc else None,
         "post_overfitting": POST_OVERFITTING.get(run.model),
-        "seed": cfg.get("seed"),
+        "seed": config.get("seed"),
         "recipe": recipe.get("name", "seed"),
         "batch_size": recipe.get("batch_size"),
         "lr": recipe.get("lr"),
         "lr_milestones": recipe.get("lr_milestones"),
-        "n_train": cfg.get("n_train"),
-        "n_test": cfg.get("n_test"),
-        "limit_train": cfg.get("limit_train"),
-        "limit_test": cfg.get("limit_test"),
-        "torch": (cfg.get("versions") or {}).get("torch"),
+        "n_train": config.get("n_train"),
+        "n_test": config.get("n_test"),
+        "limit_train": config.get("limit_train"),
+        "limit_test": config.get("limit_test"),
+        "torch": (config.get("versions") or {}).get("torch"),
     }
