@@ -1,0 +1,36 @@
+"""The study's report: any set of run folders as tables, figures and a verdict, like the post.
+
+``build_report(run_dirs, out)`` reads each run folder (``config.json``, ``metrics.csv``, and
+``result.json`` and ``model.pt`` once the run has finished), and writes into ``out``:
+
+* ``report.md``: renders on GitHub, with the figures as PNG files beside it;
+* ``report.html``: the same in one self-contained file (figures inlined, CSS inline, no script);
+* ``summary.json``: every number of the tables per run, the figure files and the best variant;
+* the PNG figures (Matplotlib, Agg): learning curves of all runs, train vs test per run, model
+  sizes, and the confusion matrix and per-class accuracy of the best variant.
+
+Definitions used throughout: the generalisation gap is the final train accuracy minus the final
+test accuracy; the train figures are the epoch averages Keras reports (augmentation and dropout
+on); a run overfits when its test loss ends more than ``OVERFIT_RISE`` above its minimum.
+
+The modules, each one job: ``runs`` reads run folders, ``numbers`` holds each run's numbers and
+the post's figures, ``figures`` draws, ``document`` renders Markdown and HTML, and ``compose``
+puts the report together and writes it.
+"""
+
+from ..errors import ReportError
+from .compose import build_report
+from .numbers import OVERFIT_RISE, POST_BEST, PUBLISHED_ACCURACY, run_summary
+from .runs import RunData, load_run, load_runs
+
+__all__ = [
+    "OVERFIT_RISE",
+    "POST_BEST",
+    "PUBLISHED_ACCURACY",
+    "ReportError",
+    "RunData",
+    "build_report",
+    "load_run",
+    "load_runs",
+    "run_summary",
+]

@@ -1,0 +1,367 @@
+"""The report's figures as PNG files, drawn with Matplotlib's Agg backend (no pyplot).
+
+Matplotlib is imported inside the functions that draw: the rest of the package never needs it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ReportError
+from ..files import atomic_write_bytes, read_json_object
+from .runs import RunData, label_slug
+
+__all__ = ["CURVES", "draw_figures", "remove_stale_figures", "train_vs_test_files"]
+
+DPI = 110
+MARKERS_UP_TO = 40  # epochs; longer curves are drawn as plain lines
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.fontsize": 9,
+    "figure.titlesize": 13,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+CURVES = [
+    # file stem, metrics column, title, y label, percent
+    ("test_accuracy", "val_accuracy", "Test accuracy by epoch", "test accuracy (%)", True),
+    ("train_accuracy", "accuracy", "Train accuracy by epoch", "train accuracy (%)", True),
+    ("test_loss", "val_loss", "Test loss by epoch", "test loss", False),
+    ("train_loss", "loss", "Train loss by epoch", "train loss", False),
+]
+
+
+def train_vs_test_files(runs: list[RunData]) -> list[str]:
+    """The file name of each run's train-vs-test figure: from its label, unique."""
+    used: set[str] = set()
+    names = []
+    for r in runs:
+        slug = label_slug(r.label)
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        names.append(f"curves_{slug}.png")
+    return names
+
+
+def draw_figures(
+    runs: list[RunData], summaries: list[dict], class_index: int | None, out: Path
+) -> dict[str, str]:
+    """Draw every figure into ``out``; returns the shared figures as {key: file name}.
+
+    Each run's own figure goes to its summary's ``figures["train_vs_test"]``; the confusion
+    matrix and per-class accuracy are those of ``runs[class_index]`` (none if None).
+    """
+    import matplotlib
+
+    figures: dict[str, str] = {}
+    with matplotlib.rc_context(STYLE):
+        for stem, column, title, ylabel, percent in CURVES:
+            figures[stem] = f"{stem}.png"
+            _save(_curves_figure(runs, column, title, ylabel, percent), out / figures[stem])
+        for r, s in zip(runs, summaries):
+            _save(_train_vs_test_figure(r, s), out / s["figures"]["train_vs_test"])
+        figures["model_size"] = "model_size.png"
+        _save(_model_size_figure(runs, summaries), out / figures["model_size"])
+        if class_index is not None:
+            run = runs[class_index]
+            classes, confusion, per_class = run.class_results()
+            overall = summaries[class_index]["final_test_accuracy"]
+            figures["confusion_matrix"] = "confusion_matrix.png"
+            figures["per_class_accuracy"] = "per_class_accuracy.png"
+            _save(_confusion_figure(run, classes, confusion), out / figures["confusion_matrix"])
+            _save(
+                _per_class_figure(run, classes, per_class, overall),
+                out / figures["per_class_accuracy"],
+            )
+    return figures
+
+
+def remove_stale_figures(out: Path, keep: set[str]) -> None:
+    """Figures an earlier report in ``out`` wrote and this one does not (e.g. a dropped run)."""
+    old = out / "summary.json"
+    if not old.is_file():
+        return
+    try:
+        prev = read_json_object(old, "report summary", error=ReportError)
+        names = list(prev.get("figures", {}).values())
+        names += [r["figures"]["train_vs_test"] for r in prev.get("runs", [])]
+    except (ReportError, KeyError, TypeError, AttributeError):
+        return
+    for name in names:
+        if isinstance(name, str) and name.endswith(".png") and "/" not in name and name not in keep:
+            (out / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- drawing helpers
+
+
+def _figure(size):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg backend, without pyplot's global state
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue(), what="the report figure")
+
+
+def _line_style(n_points: int) -> dict:
+    if n_points <= MARKERS_UP_TO:
+        return {"marker": "o", "markersize": 4 if n_points > 1 else 7}
+    return {}
+
+
+def _epoch_axis(ax, max_epoch: int) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if max_epoch <= 15:
+        ax.set_xticks(range(1, max(max_epoch, 1) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max(max_epoch, 1) + 0.5)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def _legend_label(run: RunData) -> str:
+    return run.label if run.finished else f"{run.label}, {run.status}"
+
+
+def _star(ax, x, y, label: str) -> None:
+    """A hollow star that shows the point beneath it."""
+    ax.plot(
+        [x],
+        [y],
+        linestyle="none",
+        marker="*",
+        markersize=16,
+        markerfacecolor="none",
+        markeredgecolor="black",
+        markeredgewidth=1.3,
+        label=label,
+    )
+
+
+# ---------------------------------------------------------------------- the figures
+
+
+def _curves_figure(runs: list[RunData], column: str, title: str, ylabel: str, percent: bool):
+    fig = _figure((9, 5.2))
+    ax = fig.add_subplot()
+    for r in runs:
+        y = [100 * v for v in r.metrics[column]] if percent else r.metrics[column]
+        ax.plot(
+            r.metrics["epoch"],
+            y,
+            label=_legend_label(r),
+            color=r.color,
+            linewidth=1.6,
+            **_line_style(r.epochs_done),
+        )
+    _epoch_axis(ax, max(r.epochs_done for r in runs))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(title="variant", loc="lower right" if percent else "upper right")
+    return fig
+
+
+def _lr_drops(ax, run: RunData) -> None:
+    """Dotted lines where a step schedule multiplied the learning rate, labelled by how much."""
+    recipe = run.config["recipe"]
+    if recipe.get("lr_schedule", "step") != "step":
+        return  # a per-step schedule has no drops to mark
+    drops = [int(m) for m in recipe.get("lr_milestones") or []]
+    shown = [m for m in drops if 0 < m < run.epochs_done]
+    label = _lr_drop_label(recipe)
+    for i, m in enumerate(shown):
+        ax.axvline(
+            m + 0.5, color="0.55", linestyle=":", linewidth=1, label=label if i == 0 else None
+        )
+
+
+def _lr_drop_label(recipe: dict) -> str:
+    """``lr x0.1``: the factor of the recipe's drops (``lr_decay``, 0.1 where it has none)."""
+    decay = recipe.get("lr_decay")
+    if decay is None:
+        decay = 0.1
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        return "lr drop"  # a damaged config.json: still mark the drop
+    return f"lr x{decay:g}"
+
+
+def _train_vs_test_figure(run: RunData, s: dict):
+    fig = _figure((11.5, 4.6))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    m, style = run.metrics, _line_style(run.epochs_done)
+    x = m["epoch"]
+    ax_loss.plot(x, m["loss"], label="train loss", color="C0", **style)
+    ax_loss.plot(x, m["val_loss"], label="test loss", color="C3", **style)
+    _star(
+        ax_loss,
+        s["lowest_test_loss_epoch"],
+        s["lowest_test_loss"],
+        f"lowest test loss (epoch {s['lowest_test_loss_epoch']})",
+    )
+    ax_acc.plot(x, [100 * v for v in m["accuracy"]], label="train accuracy", color="C0", **style)
+    ax_acc.plot(x, [100 * v for v in m["val_accuracy"]], label="test accuracy", color="C3", **style)
+    _star(
+        ax_acc,
+        s["best_epoch"],
+        100 * s["best_test_accuracy"],
+        f"best test accuracy (epoch {s['best_epoch']})",
+    )
+    for ax, ylabel, title in (
+        (ax_loss, "loss", "Loss: train vs test"),
+        (ax_acc, "accuracy (%)", "Accuracy: train vs test"),
+    ):
+        _lr_drops(ax, run)
+        _epoch_axis(ax, run.epochs_done)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best")
+    status = "" if run.finished else f", {run.status}"
+    fig.suptitle(f"{run.label}: train vs test{status}")
+    return fig
+
+
+def _model_size_figure(runs: list[RunData], summaries: list[dict]):
+    fig = _figure((11.5, 5))
+    ax_params, ax_size = fig.subplots(1, 2)
+    x = np.arange(len(runs))
+    colors = [r.color for r in runs]
+    heights_params = _params_bars(ax_params, x, colors, summaries)
+    heights_size = _checkpoint_bars(ax_size, x, colors, summaries)
+    labels = [r.label for r in runs]
+    for ax, heights in ((ax_params, heights_params), (ax_size, heights_size)):
+        ax.set_xticks(x, labels, rotation=20, ha="right")
+        ax.set_ylim(0, 1.4 * max(max(heights), 1e-9))  # headroom: the legend sits above the bars
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper left")
+    fig.suptitle("Model size per variant")
+    return fig
+
+
+_BAR_WIDTH = 0.38
+
+
+def _params_bars(ax, x, colors: list[str], summaries: list[dict]) -> list[float]:
+    """Our parameter counts beside the post's, in millions; returns every bar's height."""
+    w = _BAR_WIDTH
+    ours = [s["params"] / 1e6 for s in summaries]
+    post = [
+        (s["published_params"] or 0) / 1e6 if s["published_params"] is not None else 0
+        for s in summaries
+    ]
+    bars_ours = ax.bar(x - w / 2, ours, w, color=colors, label="this package")
+    bars_post = ax.bar(
+        x + w / 2, post, w, facecolor="white", edgecolor="black", hatch="//", label="the post"
+    )
+    ax.bar_label(bars_ours, labels=[f"{v:.1f}M" for v in ours], fontsize=8, padding=2)
+    ax.bar_label(
+        bars_post,
+        labels=[
+            f"{v:.1f}M" if s["published_params"] is not None else "–"
+            for v, s in zip(post, summaries)
+        ],
+        fontsize=8,
+        padding=2,
+    )
+    ax.set_title("Parameters")
+    ax.set_ylabel("parameters (millions)")
+    return ours + post
+
+
+def _checkpoint_bars(ax, x, colors: list[str], summaries: list[dict]) -> list[float]:
+    """model.pt on disk beside params x 4 bytes, in MB; returns every bar's height."""
+    w = _BAR_WIDTH
+    disk = [s["checkpoint_mb"] or 0 for s in summaries]
+    fp32 = [s["params"] * 4 / 1e6 for s in summaries]
+    bars_disk = ax.bar(x - w / 2, disk, w, color=colors, label="model.pt on disk")
+    bars_fp32 = ax.bar(
+        x + w / 2,
+        fp32,
+        w,
+        facecolor="white",
+        edgecolor="black",
+        hatch="..",
+        label="params x 4 bytes (about the post's .h5)",
+    )
+    ax.bar_label(
+        bars_disk,
+        labels=[
+            f"{v:.1f}" if s["checkpoint_mb"] is not None else "n/a" for v, s in zip(disk, summaries)
+        ],
+        fontsize=8,
+        padding=2,
+    )
+    ax.bar_label(bars_fp32, labels=[f"{v:.1f}" for v in fp32], fontsize=8, padding=2)
+    ax.set_title("Checkpoint size on disk")
+    ax.set_ylabel("MB (10^6 bytes)")
+    return disk + fp32
+
+
+def _confusion_figure(run: RunData, classes: list[str], confusion):
+    cm = np.asarray(confusion)
+    fig = _figure((8, 7))
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    k = len(classes)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if cm[i, j] > threshold else "black",
+            )
+    fig.colorbar(im, ax=ax, shrink=0.8, label="test images")
+    n = int(cm.sum())
+    acc = float(np.trace(cm)) / n if n else 0.0
+    ax.set_title(
+        f"Confusion matrix: {run.label}\nfinal model, {n:,} test images, accuracy {100 * acc:.2f}%"
+    )
+    return fig
+
+
+def _per_class_figure(run: RunData, classes: list[str], per_class: list[float], overall: float):
+    fig = _figure((8.5, 5.2))
+    ax = fig.add_subplot()
+    y = list(range(len(classes)))
+    vals = [100 * v for v in per_class]
+    bars = ax.barh(y, vals, color=run.color)
+    ax.bar_label(bars, labels=[f"{v:.1f}%" for v in vals], padding=3, fontsize=9)
+    ax.axvline(
+        100 * overall,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"all classes ({100 * overall:.1f}%)",
+    )
+    ax.set_yticks(y, classes)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 108)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(f"Per-class test accuracy: {run.label} (final model)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig

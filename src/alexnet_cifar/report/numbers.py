@@ -1,0 +1,147 @@
+"""The numbers of one run, and the post's published figures they are compared with.
+
+The generalisation gap is the final train accuracy minus the final test accuracy; the train
+figures are the epoch averages Keras reports (augmentation and dropout on); a run overfits when
+its test loss ends more than ``OVERFIT_RISE`` above its minimum.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..models import PUBLISHED_PARAMS, AlexNetConfig, layer_table
+from .runs import RunData
+
+__all__ = [
+    "OVERFIT_RISE",
+    "POST_BEST",
+    "POST_OVERFITTING",
+    "PUBLISHED_ACCURACY",
+    "SEED_BATCH",
+    "SEED_EPOCHS",
+    "SEED_TEST",
+    "SEED_TRAIN",
+    "run_summary",
+]
+
+#: Test accuracy the post reports, as (value compared against, the post's words).
+PUBLISHED_ACCURACY: dict[str, tuple[float, str]] = {
+    "alexnet_slim": (0.90, "90%+"),
+    "alexnet_slim_regular": (0.92, "~92%"),
+}
+#: The post's verdict: the variant with the highest accuracy.
+POST_BEST = "alexnet_slim_regular"
+#: What the post says about each variant's overfitting.
+POST_OVERFITTING: dict[str, str] = {
+    "alexnet": 'heavy: test loss falls, then climbs (the "Nike swoosh")',
+    "alexnet_slim": "still overfits",
+    "alexnet_slim_regular": "less than alexnet_slim",
+    "alexnet_thinner_2": "somewhat: test loss rises late",
+    "alexnet_thinner_4": "none: test loss does not rise",
+}
+# The post's setting: epochs, train and test images, batch size.
+SEED_EPOCHS = 300
+SEED_TRAIN, SEED_TEST = 50_000, 10_000
+SEED_BATCH = 64
+#: A run overfits when its final test loss exceeds its lowest test loss by more than this share.
+OVERFIT_RISE = 0.05
+
+
+def _argbest(values: list[float], better) -> int:
+    """Index of the first best value, ignoring NaN."""
+    best = None
+    for i, v in enumerate(values):
+        if math.isnan(v):
+            continue
+        if best is None or better(v, values[best]):
+            best = i
+    return 0 if best is None else best
+
+
+def _device_text(config: dict) -> str:
+    device = str(config.get("device", "?"))
+    gpu = (config.get("versions") or {}).get("gpu")
+    return f"{device} ({gpu})" if gpu else device
+
+
+def _overfitting(test_loss: list[float], lowest_at: int) -> tuple[bool | None, str, float | None]:
+    """(overfits, why in words, rise of the final test loss over its minimum as a share).
+
+    ``overfits`` is None for a single epoch: too short to tell.
+    """
+    n = len(test_loss)
+    lowest, final = test_loss[lowest_at], test_loss[-1]
+    rise = (final - lowest) / lowest if lowest > 0 and math.isfinite(final) else None
+    if n < 2:
+        return None, "one epoch: too short to tell", rise
+    if lowest_at == n - 1:
+        return False, "test loss still falling at the last epoch: no sign yet", rise
+    if rise is not None and rise > OVERFIT_RISE:
+        note = (
+            f"test loss rose {rise:.0%} after its minimum ({lowest:.3f} at epoch {lowest_at + 1}, "
+            f"{final:.3f} at epoch {n})"
+        )
+        return True, note, rise
+    note = (
+        f"test loss ends within {OVERFIT_RISE:.0%} of its minimum (epoch {lowest_at + 1}): "
+        "little overfitting"
+    )
+    return False, note, rise
+
+
+def run_summary(run: RunData) -> dict:
+    """Every number the report shows for one run, straight from its files."""
+    metrics = run.metrics
+    config = run.config
+    n = run.epochs_done
+    table = layer_table(AlexNetConfig.from_dict(config["model_config"]))
+    params = int(run.result["params"]) if run.result and "params" in run.result else table.params
+    best_at = _argbest(metrics["val_accuracy"], lambda a, b: a > b)
+    lowest_at = _argbest(metrics["val_loss"], lambda a, b: a < b)
+    overfitting, note, rise = _overfitting(metrics["val_loss"], lowest_at)
+    final_test, final_train = metrics["val_accuracy"][-1], metrics["accuracy"][-1]
+    published_params = PUBLISHED_PARAMS.get(run.model)
+    published_acc = PUBLISHED_ACCURACY.get(run.model)
+    best_acc = metrics["val_accuracy"][best_at]
+    recipe = config["recipe"]
+    return {
+        "label": run.label,
+        "model": run.model,
+        "status": "finished" if run.finished else "unfinished",
+        "epochs": n,
+        "epochs_planned": run.epochs_planned,
+        "params": params,
+        "published_params": published_params,
+        "params_difference": None if published_params is None else params - published_params,
+        "macs": table.macs,
+        "checkpoint_bytes": run.model_bytes,
+        "checkpoint_mb": None if run.model_bytes is None else run.model_bytes / 1e6,
+        "best_test_accuracy": best_acc,
+        "best_epoch": metrics["epoch"][best_at],
+        "final_test_accuracy": final_test,
+        "final_train_accuracy": final_train,
+        "generalisation_gap": final_train - final_test,
+        "final_test_loss": metrics["val_loss"][-1],
+        "lowest_test_loss": metrics["val_loss"][lowest_at],
+        "lowest_test_loss_epoch": metrics["epoch"][lowest_at],
+        "test_loss_rise": rise,
+        "overfitting": overfitting,
+        "overfitting_note": note,
+        "seconds_per_epoch": sum(metrics["seconds"]) / n,
+        "total_seconds": sum(metrics["seconds"]),
+        "device": _device_text(config),
+        "published_test_accuracy": published_acc[1] if published_acc else None,
+        "published_test_accuracy_value": published_acc[0] if published_acc else None,
+        "test_accuracy_difference": best_acc - published_acc[0] if published_acc else None,
+        "post_overfitting": POST_OVERFITTING.get(run.model),
+        "seed": config.get("seed"),
+        "recipe": recipe.get("name", "seed"),
+        "batch_size": recipe.get("batch_size"),
+        "lr": recipe.get("lr"),
+        "lr_milestones": recipe.get("lr_milestones"),
+        "n_train": config.get("n_train"),
+        "n_test": config.get("n_test"),
+        "limit_train": config.get("limit_train"),
+        "limit_test": config.get("limit_test"),
+        "torch": (config.get("versions") or {}).get("torch"),
+    }

@@ -1,0 +1,163 @@
+"""Run folders as the report reads them: settings, metrics, result, model size and labels."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from ..errors import ReportError
+from ..files import CONFIG_FILE, MODEL_FILE, RESULT_FILE, read_json_object
+from ..models import PRESETS, AlexNetConfig
+from ..runlog import read_metrics
+
+__all__ = ["ClassResults", "RunData", "label_slug", "load_run", "load_runs"]
+
+
+class ClassResults(NamedTuple):
+    """A finished run's test results per class, from its result.json."""
+
+    classes: list[str]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    accuracy: list[float]  # per class, in the order of ``classes``
+
+
+@dataclass
+class RunData:
+    """One run folder as read from disk."""
+
+    path: Path
+    config: dict
+    metrics: dict[str, list]  # column -> values, one per finished epoch
+    result: dict | None  # None while the run is unfinished
+    model_bytes: int | None  # size of model.pt on disk; None while unfinished
+    label: str = ""
+    color: str = "C0"
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.metrics["epoch"])
+
+    @property
+    def epochs_planned(self) -> int:
+        return int(self.config["recipe"]["epochs"])
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return "finished"
+        return f"unfinished (epoch {self.epochs_done} of {self.epochs_planned})"
+
+    def class_results(self) -> ClassResults | None:
+        """The per-class results in result.json, or None if absent or malformed."""
+        r = self.result or {}
+        classes, cm, per = r.get("classes"), r.get("confusion_matrix"), r.get("per_class_accuracy")
+        if isinstance(per, dict) and isinstance(classes, list):  # {class name: accuracy}
+            per = [per.get(c) for c in classes]
+        if not (isinstance(classes, list) and isinstance(cm, list) and isinstance(per, list)):
+            return None
+        if any(not isinstance(v, (int, float)) for v in per):
+            return None
+        k = len(classes)
+        if k == 0 or len(cm) != k or any(len(row) != k for row in cm) or len(per) != k:
+            return None
+        return ClassResults(classes, cm, per)
+
+
+def load_run(path: str | os.PathLike) -> RunData:
+    """Read one run folder; a folder that is not one raises ReportError saying why."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a folder: give run folders (made by train or study)")
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise ReportError(
+            f"{path} is not a run folder: it has no {CONFIG_FILE} (a run folder is what "
+            "'alexnet-cifar train' or 'study' writes)"
+        )
+    config = read_json_object(config_file, CONFIG_FILE, error=ReportError)
+    for key in ("model", "model_config", "recipe"):
+        if key not in config:
+            raise ReportError(f"{config_file} lacks {key!r}: not a run of this package")
+    try:
+        AlexNetConfig.from_dict(config["model_config"])
+        int(config["recipe"]["epochs"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ReportError(f"{config_file} is damaged: {e}") from None
+    metrics = read_metrics(path, error=ReportError)
+    result = None
+    if (path / RESULT_FILE).is_file():
+        result = read_json_object(path / RESULT_FILE, RESULT_FILE, error=ReportError)
+    model_file = path / MODEL_FILE
+    model_bytes = model_file.stat().st_size if result is not None and model_file.is_file() else None
+    return RunData(path, config, metrics, result, model_bytes)
+
+
+def _run_folders_in(path: Path) -> list[Path] | None:
+    """The run folders of a study folder (``DIR/runs/NAME``), or None if ``path`` is not one."""
+    runs = path / "runs"
+    if (path / CONFIG_FILE).exists() or not runs.is_dir():
+        return None
+    found = sorted(p for p in runs.iterdir() if (p / CONFIG_FILE).is_file())
+    return found or None
+
+
+def load_runs(paths) -> list[RunData]:
+    """Read run folders (a study folder stands for its runs), label and order them."""
+    seen: set[Path] = set()
+    runs: list[RunData] = []
+    for p in paths:
+        p = Path(p)
+        for folder in _run_folders_in(p) or [p]:
+            key = folder.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            runs.append(load_run(folder))
+    if not runs:
+        raise ReportError("no run folders given")
+    order = {name: i for i, name in enumerate(PRESETS)}
+    runs.sort(key=lambda r: (order.get(r.model, len(order)), str(r.path)))
+    _assign_labels(runs)
+    for i, r in enumerate(runs):
+        r.color = f"C{i % 10}"
+    return runs
+
+
+def _assign_labels(runs: list[RunData]) -> None:
+    """The variant name where it is unique, else the run folder's name (which tells them apart)."""
+    per_model = Counter(r.model for r in runs)
+    for r in runs:
+        if per_model[r.model] == 1:
+            r.label = r.model
+        elif r.model in r.path.name:
+            r.label = r.path.name
+        else:
+            r.label = f"{r.model} ({r.path.name})"
+    per_label = Counter(r.label for r in runs)
+    for r in runs:
+        if per_label[r.label] > 1:
+            r.label = f"{r.model} ({r.path.parent.name}/{r.path.name})"
+    seen: Counter = Counter()
+    for r in runs:
+        seen[r.label] += 1
+        if seen[r.label] > 1:
+            r.label = f"{r.label} #{seen[r.label]}"
+
+
+def label_slug(label: str) -> str:
+    """A run's label as a file-name part (and a TensorBoard run name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run"
