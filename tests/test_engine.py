@@ -8,9 +8,9 @@ import torch
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
 from alexnet_cifar.engine import Engine, EngineOptions, EpochSums, plain_step
+from alexnet_cifar.errors import SettingError
 from alexnet_cifar.optim import make_optimizer, set_learning_rate
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.errors import SettingError
 from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
 
 from .conftest import interrupt_at, train_options
@@ -133,7 +133,12 @@ def test_preparation_leaves_no_trace():
         assert torch.equal(p, q)
     assert torch.equal(torch.get_rng_state(), rng)
     sums, bad = engine.read_metrics()
-    assert int(engine.step_t) == 1 and (sums.loss_sum, sums.correct, sums.seen, bad) == (2.5, 3, 16, -1)
+    assert int(engine.step_t) == 1 and (sums.loss_sum, sums.correct, sums.seen, bad) == (
+        2.5,
+        3,
+        16,
+        -1,
+    )
     assert all(
         int(torch.count_nonzero(engine.optimizer.state[p]["momentum_buffer"])) == 0
         for p in model.parameters()

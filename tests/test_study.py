@@ -144,7 +144,10 @@ def test_rerun_skips_finished_runs_and_other_settings_are_refused(study, capsys)
 
 
 def test_unknown_models_are_refused(tmp_path, capsys):
-    for models, says in (("alexnet,alexnet_thin", "unknown model 'alexnet_thin'"), ("all,alexnet", "'all' alone")):
+    for models, says in (
+        ("alexnet,alexnet_thin", "unknown model 'alexnet_thin'"),
+        ("all,alexnet", "'all' alone"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(["study", "--models", models, "--out", str(tmp_path)])
         err = capsys.readouterr().err

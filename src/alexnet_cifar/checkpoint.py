@@ -73,13 +73,18 @@ class BackgroundWriter:
         except BaseException as e:  # handed to the training thread at the next wait
             self._error = e
 
-    def wait(self) -> None:
+    def wait(self, quietly: bool = False, warn=None) -> None:
+        """Wait for the write on its way; raise its error, or with ``quietly`` (another
+        error is already on its way) report it through ``warn`` beside that one."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise error
+            if not quietly:
+                raise error
+            if warn is not None:
+                warn(f"also: {error}")
 
 
 def content_digest(obj: Any) -> str:

@@ -113,7 +113,6 @@ class CIFAR10:
             out = replace(out, x_test=self.x_test[i], y_test=self.y_test[i])
         return out
 
-
     def check_classes(self, num_classes: int, what: str = "the model") -> None:
         """Refuse a model whose class count is not this data set's, naming both."""
         if num_classes != len(self.classes):

@@ -29,9 +29,7 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     text = (name or "auto").strip().lower()
     known = text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit())
     if not known:
-        raise SettingError(
-            f"unknown {param('device')} {name!r}; use auto, cpu or cuda (or cuda:N)"
-        )
+        raise SettingError(f"unknown {param('device')} {name!r}; use auto, cpu or cuda (or cuda:N)")
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text.startswith("cuda") and not torch.cuda.is_available():
@@ -67,6 +65,13 @@ class DistContext:
             ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
             dist.all_reduce(t, op=ops[op])
         return t
+
+    def agreed_signal(self, signum: int | None, device: torch.device) -> int | None:
+        """The signal any rank has received (one collective), so that all stop together."""
+        if not self.enabled:
+            return signum
+        flag = torch.tensor([signum or 0], device=device if device.type == "cuda" else "cpu")
+        return int(self.all_reduce(flag, "max").cpu()) or None
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():

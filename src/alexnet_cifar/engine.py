@@ -22,70 +22,18 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .augment import draw_seed_augmentation, normalize, translate_flip
 from .distributed import DistContext, shard
-from .errors import SettingError, param
+from .engine_options import EngineOptions
+from .evaluate import EvalResult, evaluate_model
 from .models import AlexNet
-from .optim import keras_crossentropy, make_optimizer, recipe_loss, set_learning_rate
+from .optim import make_optimizer, plain_step, recipe_loss, set_learning_rate
 from .recipe import Recipe
 
+# EngineOptions and plain_step live in engine_options and optim; they are named here too.
 __all__ = ["Engine", "EngineOptions", "EpochSums", "plain_step"]
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How a step is run. ``None`` / ``"auto"`` means: the fast choice for the device."""
-
-    precision: str = "auto"  # "fp32", "bf16" (autocast on CUDA), "auto": bf16 on CUDA, else fp32
-    channels_last: bool | None = None
-    compile: bool | None = None  # torch.compile the model (auto: on CUDA)
-    compile_mode: str | None = None  # torch.compile mode (None: default)
-    compile_backend: str = "inductor"
-    cuda_graphs: bool | None = None  # one CUDA graph per step (auto: on CUDA)
-    fused_optimizer: bool | None = None  # torch's fused SGD kernel (auto: on)
-
-    def resolve(self, device: torch.device, world_size: int = 1) -> EngineOptions:
-        cuda = device.type == "cuda"
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if cuda else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise SettingError(
-                f"{param('precision')} must be auto, fp32 or bf16, not {precision!r}"
-            )
-        if precision == "bf16" and not cuda:
-            raise SettingError(
-                f"bf16 autocast is for CUDA; use {param('precision', 'fp32')} on the CPU"
-            )
-        graphs = self.cuda_graphs if self.cuda_graphs is not None else cuda and world_size == 1
-        if graphs and not cuda:
-            raise SettingError(f"CUDA graphs need a CUDA device: use {param('cuda_graphs', False)}")
-        if graphs and world_size > 1:
-            raise SettingError(
-                "CUDA graphs are not used with data-parallel training; use "
-                f"{param('cuda_graphs', False)}"
-            )
-        channels_last = self.channels_last
-        if channels_last is None:
-            # On 2 CPU cores channels_last gained nothing for any variant (docs/performance.md).
-            channels_last = cuda
-        return replace(
-            self,
-            precision=precision,
-            channels_last=channels_last,
-            compile=self.compile if self.compile is not None else cuda,
-            cuda_graphs=graphs,
-            fused_optimizer=self.fused_optimizer if self.fused_optimizer is not None else True,
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EngineOptions:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -117,19 +65,6 @@ class EpochSums:
             int(d.get("seen", 0)),
             float(d.get("seconds", 0.0)),
         )
-
-
-def plain_step(model: AlexNet, optimizer: torch.optim.Optimizer, x, y, eps: float = 1e-7):
-    """The textbook eager fp32 step: the reference the engine must equal, and bench's baseline.
-
-    ``x`` is a normalised (and augmented) float batch; the L2 term goes through autograd.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    logits = model(x)
-    loss = keras_crossentropy(logits, y, eps).mean() + model.l2_penalty()
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
 
 
 class Engine:
@@ -180,16 +115,14 @@ class Engine:
         self.ema_t = torch.zeros((), dtype=torch.float32, device=device)  # averaging steps
         self.forward = model
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.forward = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
         if o.compile:
-            kw = {"backend": o.compile_backend, "dynamic": False}
+            compile_args = {"backend": o.compile_backend, "dynamic": False}
             if o.compile_mode:
-                kw["mode"] = o.compile_mode
-            self.forward = torch.compile(self.forward, **kw)
+                compile_args["mode"] = o.compile_mode
+            self.forward = torch.compile(self.forward, **compile_args)
 
         self.x_train, self.y_train = x_train, y_train
         n = len(y_train)
@@ -235,6 +168,20 @@ class Engine:
         for g in sd["param_groups"]:
             g["lr"] = float(g["lr"])
         return sd
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs of the training state: weights, optimiser (with its
+        momentum) and the weight average."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer_state(),
+            "engine": self.ema_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.load_optimizer_state(state["optimizer"])
+        self.load_ema_state(state.get("engine"))
 
     def load_optimizer_state(self, sd: dict) -> None:
         lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -481,6 +428,40 @@ class Engine:
         if self.ema is not None and ema is not None:
             torch._foreach_copy_(self.ema, [t.to(self.device) for t in ema])
             self.ema_t.copy_(state["ema_t"])
+
+    def evaluate(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: list[str] | None = None,
+        batch_size: int = 500,
+        on_batch=None,
+    ) -> EvalResult:
+        """Loss, accuracy and confusion matrix as the recipe evaluates (its weight average,
+        its flip-averaging, its loss) in the engine's layout and precision, summed over ranks."""
+        with self.evaluated_weights():
+            return evaluate_model(
+                self.model,
+                images,
+                labels,
+                classes=classes,
+                batch_size=batch_size,
+                loss_clip_eps=self.recipe.loss_clip_eps,
+                channels_last=bool(self.options.channels_last),
+                precision=self.options.precision,
+                tta_flip=self.recipe.tta_flip,
+                dist=self.dist,
+                on_batch=on_batch,
+            )
+
+    def progress_postfix(self, snapshot: tuple[float, int, int]) -> dict:
+        """What a progress bar shows of a :meth:`peek_metrics` snapshot."""
+        seen = max(self.local_seen, 1)
+        return {
+            "loss": f"{snapshot[0] / seen:.4f}",
+            "acc": f"{snapshot[1] / seen:.4f}",
+            "img_s": f"{self.images_per_second():.0f}",
+        }
 
     @contextlib.contextmanager
     def evaluated_weights(self):

@@ -18,7 +18,13 @@ from .errors import SettingError
 from .models import AlexNet, probabilities
 from .optim import keras_crossentropy
 
-__all__ = ["EvalResult", "evaluate_model", "evaluate_with_tta", "flip_averaged", "logits_in_batches"]
+__all__ = [
+    "EvalResult",
+    "evaluate_model",
+    "evaluate_with_tta",
+    "flip_averaged",
+    "logits_in_batches",
+]
 
 
 @dataclass

@@ -21,6 +21,7 @@ __all__ = [
     "CHECKPOINT",
     "CONFIG_FILE",
     "LOCK_FILE",
+    "LOG_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
     "PREV_CHECKPOINT",
@@ -46,6 +47,7 @@ CHECKPOINT = "checkpoint.pt"
 PREV_CHECKPOINT = "checkpoint.prev.pt"
 MODEL_FILE = "model.pt"
 LOCK_FILE = ".lock"
+LOG_FILE = "train.log"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINT, PREV_CHECKPOINT, MODEL_FILE)
 # The settings of a study, in its folder.
 STUDY_FILE = "study.json"
@@ -170,8 +172,7 @@ def prepare_run_folder(folder: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RunSetupError(
-            f"cannot write to the run folder {folder}: {_why(e)}. Choose a writable "
-            f"{param('out')}."
+            f"cannot write to the run folder {folder}: {_why(e)}. Choose a writable {param('out')}."
         ) from e
 
 

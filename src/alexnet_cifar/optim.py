@@ -24,9 +24,9 @@ from .models import AlexNet
 from .recipe import Recipe
 
 __all__ = [
-    "get_learning_rate",
     "keras_crossentropy",
     "make_optimizer",
+    "plain_step",
     "recipe_loss",
     "set_learning_rate",
 ]
@@ -87,10 +87,6 @@ def make_optimizer(
     )
 
 
-def get_learning_rate(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
-
-
 def recipe_loss(logits: torch.Tensor, target: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """Per-sample training loss of a recipe: Keras' clipped cross-entropy, or label-smoothed."""
     if recipe.label_smoothing > 0:
@@ -129,3 +125,16 @@ def set_learning_rate(
         ]
         if buffers:
             torch._foreach_mul_(buffers, old / lr)
+
+
+def plain_step(model: AlexNet, optimizer: torch.optim.Optimizer, x, y, eps: float = 1e-7):
+    """The textbook eager fp32 step: the reference the engine must equal, and bench's baseline.
+
+    ``x`` is a normalised (and augmented) float batch; the L2 term goes through autograd.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = keras_crossentropy(logits, y, eps).mean() + model.l2_penalty()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()

@@ -52,7 +52,9 @@ def run_identity(
 def identity_of_config(config: dict) -> dict:
     """The identity recorded in a run's config.json (the same flat form)."""
     recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
-    ident = {k: config.get(k) for k in ("model", "num_classes", "seed", "limit_train", "limit_test")}
+    ident = {
+        k: config.get(k) for k in ("model", "num_classes", "seed", "limit_train", "limit_test")
+    }
     ident.update({f"recipe.{k}": v for k, v in recipe.items()})
     return ident
 
@@ -93,7 +95,9 @@ def load_resume_state(
     mine = identity(recipe)
     refused = [k for k in differences(theirs, mine) if not (force and k in SAFE_CHANGES)]
     if refused:
-        lines = [f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}" for k in refused]
+        lines = [
+            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}" for k in refused
+        ]
         advice = (
             f"{param('force', True)} accepts only a change of {param('epochs')}"
             if force

@@ -27,6 +27,7 @@ from .data import CLASSES
 from .errors import AlexnetCifarError
 from .files import (
     CONFIG_FILE,
+    LOG_FILE,
     METRICS_FILE,
     RESULT_FILE,
     atomic_write_json,
@@ -38,6 +39,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "RunLog",
     "class_names",
+    "epoch_line",
     "format_duration",
     "progress_bar",
     "read_metrics",
@@ -72,6 +74,18 @@ def format_duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def epoch_line(row: dict, epochs: int, recent_seconds: list[float]) -> str:
+    """The line printed after an epoch, with the time left at the pace of recent epochs."""
+    done = row["epoch"]
+    eta = (epochs - done) * sum(recent_seconds) / max(len(recent_seconds), 1)
+    return (
+        f"epoch {done}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+        f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
+        f"lr {row['lr']:g}  {row['seconds']:.1f}s"
+        + (f"  ETA {format_duration(eta)}" if done < epochs else "")
+    )
 
 
 # ---------------------------------------------------------------------- progress
@@ -117,15 +131,59 @@ def progress_bar(total: int, desc: str, *, enabled: bool | None, initial: int = 
 # ---------------------------------------------------------------------- writing
 
 
+def print_line_safely(msg: str, stream=None) -> None:
+    """Print a line; a closed output (``train ... | head -1``) is no reason to stop a run,
+    whose lines also go to its train.log."""
+    stream = stream or sys.stdout
+    try:
+        print(msg, file=stream, flush=True)
+    except (BrokenPipeError, ValueError, OSError):
+        try:  # later writes (and the interpreter's final flush) go nowhere instead
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 class RunLog:
     """The run folder's config, metrics, TensorBoard events and result. With
     ``enabled=False`` (the ranks other than 0 of a data-parallel run) nothing is written."""
 
-    def __init__(self, folder: Path, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        quiet: bool = False,
+        print_line=None,
+    ):
         self.folder = Path(folder)
         self.enabled = enabled
         self.tensorboard = tensorboard and enabled
+        self.quiet = quiet
+        self._print = print_line or print_line_safely
         self._tb = None
+
+    def say(self, msg: str) -> None:
+        """A line for the user (stdout unless quiet), kept in the run folder's train.log."""
+        if not self.enabled:
+            return
+        self._append_log(msg)
+        if not self.quiet:
+            self._print(msg)
+
+    def warn(self, msg: str) -> None:
+        """A warning on stderr, kept in train.log."""
+        if self.enabled:
+            self._append_log(msg)
+            print_line_safely(msg, sys.stderr)
+
+    def _append_log(self, msg: str) -> None:
+        try:
+            with open(self.folder / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(msg + "\n")
+        except OSError:
+            pass  # the log is a convenience; the run's files say what matters
 
     def write_config(self, config: dict) -> None:
         if self.enabled:

@@ -77,9 +77,7 @@ def check_existing(run: StudyRun) -> None:
         )
 
 
-def run_study(
-    out: Path, runs: list[StudyRun], say: Callable[[str], None] = print
-) -> dict:
+def run_study(out: Path, runs: list[StudyRun], say: Callable[[str], None] = print) -> dict:
     """Train ``runs`` one after another (finished ones are skipped, unfinished ones resumed),
     then write the report into ``out``; returns the report's summary."""
     out = Path(out)
@@ -107,5 +105,3 @@ def run_study(
             f"{result['train_seconds']:.1f} s"
         )
     return build_report([run.run_dir for run in runs], out)
-
-

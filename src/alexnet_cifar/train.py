@@ -33,12 +33,12 @@ from .errors import (
     TrainingInterrupted,
     param,
 )
-from .evaluate import EvalResult, evaluate_model
+from .evaluate import EvalResult
 from .files import CHECKPOINT, MODEL_FILE, prepare_run_folder, remove_stale_temp_files
 from .models import AlexNet, get_config
 from .recipe import Recipe
 from .resume import load_resume_state, run_identity
-from .runlog import METRIC_COLUMNS, RunLog, format_duration, progress_bar, versions
+from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar, versions
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -125,26 +125,19 @@ class Trainer:
     ):
         self.opts = options
         self.out = Path(options.out)
-        device = resolve_device(options.device)
-        # Under torchrun: join the process group; each rank uses its own GPU.
-        self.dist: DistContext = init_distributed(device.type)
-        if device.type == "cuda" and self.dist.enabled and device.index is None:
-            device = torch.device("cuda", self.dist.local_rank)
-        self.device = device
+        self.device, self.dist = _device_and_ranks(options.device)
         self.on_step = on_step
-        self._log = log or _print_line
         self._given_data = data
         self.history: list[dict] = []
         self.last_eval: EvalResult | None = None
-        self.runlog = RunLog(self.out, enabled=self.dist.is_main, tensorboard=options.tensorboard)
-
-    def say(self, msg: str) -> None:
-        if not self.opts.quiet and self.dist.is_main:
-            self._log(msg)
-
-    def warn(self, msg: str) -> None:
-        if self.dist.is_main:
-            _print_line(msg, sys.stderr)
+        self.runlog = RunLog(
+            self.out,
+            enabled=self.dist.is_main,
+            tensorboard=options.tensorboard,
+            quiet=options.quiet,
+            print_line=log,
+        )
+        self.say, self.warn = self.runlog.say, self.runlog.warn
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -179,17 +172,12 @@ class Trainer:
         if state is not None:
             self._restore(state)
         if state is None or not (self.out / "config.json").is_file():
-            self.runlog.write_config(self._config(data))
+            self.runlog.write_config(_run_config(self))
 
     def _restore(self, st: dict) -> None:
         try:
-            self.model.load_state_dict(st["model"])
-            self.engine.load_optimizer_state(st["optimizer"])
-            self.engine.load_ema_state(st.get("engine"))
-            self.data_gen.set_state(st["rng"]["data"])
-            torch.set_rng_state(st["rng"]["cpu"])
-            if self.device.type == "cuda" and st["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(st["rng"]["cuda"], self.device)
+            self.engine.load_state_dict(st)
+            _restore_rng(st["rng"], self.data_gen, self.device)
             self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
             self.carried = EpochSums.from_dict(st.get("partial"))
             self.history = list(st.get("history", []))
@@ -198,34 +186,6 @@ class Trainer:
                 f"the checkpoint in {self.out} does not fit this run ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else 'missing field'})"
             ) from e
-
-    def _config(self, data: CIFAR10) -> dict:
-        o = self.opts
-        return {
-            "model": o.model,
-            "model_config": self.model.config.to_dict(),
-            "recipe": o.recipe.to_dict(),
-            "seed": o.seed,
-            "limit_train": o.limit_train,
-            "limit_test": o.limit_test,
-            "num_classes": o.num_classes,
-            "classes": list(self.classes),
-            "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
-            "verify": o.verify,
-            "device": str(self.device),
-            "engine": self.engine.options.to_dict(),
-            "engine_requested": o.engine.to_dict(),
-            "world_size": self.dist.world_size,
-            "eval_batch_size": self._eval_batch_size(),
-            "n_train": int(self.engine.n),
-            "n_test": int(len(self.y_test)),
-            "versions": versions(self.device),
-            "command": sys.argv,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-
-    def _eval_batch_size(self) -> int:
-        return self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -241,7 +201,7 @@ class Trainer:
                     self._setup()
                     return self._run()
                 finally:
-                    self._flush_writes()
+                    self.writer.wait(quietly=sys.exc_info()[0] is not None, warn=self.warn)
                     self.runlog.close()
         finally:
             if lock is not None:
@@ -255,7 +215,8 @@ class Trainer:
             self.history.append(row)
             self.runlog.log_epoch(self.history)
             self._save(epoch + 1, 0, self.data_gen.get_state(), None)
-            self._report_epoch(row)
+            recent = [r["seconds"] for r in self.history[-5:]]
+            self.say(epoch_line(row, self.opts.recipe.epochs, recent))
             if self._stop_requested(0, last=True):
                 self.dist.barrier()  # the checkpoint is on disk before any rank leaves
                 self._interrupted(f"after epoch {epoch + 1}")
@@ -279,13 +240,7 @@ class Trainer:
                 if snap is not None:
                     if snap[2] >= 0 and not self.dist.enabled:  # ranks agree at the epoch end
                         raise self._nonfinite(epoch, snap[2])
-                    seen = max(engine.local_seen, 1)
-                    bar.set_postfix(
-                        loss=f"{snap[0] / seen:.4f}",
-                        acc=f"{snap[1] / seen:.4f}",
-                        img_s=f"{engine.images_per_second():.0f}",
-                        refresh=False,
-                    )
+                    bar.set_postfix(**engine.progress_postfix(snap), refresh=False)
                 bar.update(1)
                 if step + 1 < spe and self._stop_requested(step, last=False):
                     self._stop_mid_epoch(epoch, step + 1, epoch_state)
@@ -296,7 +251,8 @@ class Trainer:
             ev = self._evaluate(f"{desc}: test")
         except _EvaluationStopped:
             self._stop_mid_epoch(epoch, spe, epoch_state, sums)
-        self._check_finite(epoch, ev)
+        if not (math.isfinite(ev.loss) and _weights_finite(self.model)):
+            raise self._nonfinite(epoch, None)  # the epoch's last update broke the weights
         self.last_eval = ev
         return {
             "epoch": epoch + 1,
@@ -313,43 +269,26 @@ class Trainer:
         return progress_bar(total, desc, enabled=enabled, initial=initial, unit=unit)
 
     def _evaluate(self, desc: str) -> EvalResult:
-        """The test set, on the weights the recipe evaluates, summed over ranks. A signal
-        stops a single process within one batch (ranks finish together)."""
+        """The test set as the recipe evaluates it. A signal stops a single process within
+        one batch (under data parallelism the ranks finish the evaluation together)."""
         n = len(self.y_test) * (2 if self.opts.recipe.tta_flip else 1)
-        with self._bar(n, desc, unit="img") as bar, self.engine.evaluated_weights():
+        with self._bar(n, desc, unit="img") as bar:
 
             def on_batch(rows: int) -> None:
                 bar.update(rows)
                 if self.signals.signum is not None and not self.dist.enabled:
                     raise _EvaluationStopped
 
-            return evaluate_model(
-                self.model,
-                self.x_test,
-                self.y_test,
-                classes=self.classes,
-                batch_size=self._eval_batch_size(),
-                loss_clip_eps=self.opts.recipe.loss_clip_eps,
-                channels_last=bool(self.engine.options.channels_last),
-                precision=self.engine.options.precision,
-                tta_flip=self.opts.recipe.tta_flip,
-                dist=self.dist,
-                on_batch=on_batch,
-            )
+            batch = self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
+            return self.engine.evaluate(self.x_test, self.y_test, self.classes, batch, on_batch)
 
     def _stop_requested(self, step: int, last: bool) -> bool:
         """Whether a signal asks to stop here. Ranks agree, every few steps, on one step."""
-        if not self.dist.enabled:
-            return self.signals.signum is not None
         every = 50 if self.device.type == "cuda" else 5
-        if not last and step % every:
+        if self.dist.enabled and not last and step % every:
             return False
-        flag = torch.tensor([self.signals.signum or 0])
-        flag = flag.to(self.device if self.device.type == "cuda" else "cpu")
-        signum = int(self.dist.all_reduce(flag, "max").cpu())
-        if signum and self.signals.signum is None:
-            self.signals.signum = signum
-        return bool(signum)
+        self.signals.signum = self.dist.agreed_signal(self.signals.signum, self.device)
+        return self.signals.signum is not None
 
     def _stop_mid_epoch(self, epoch, step, epoch_state, sums: EpochSums | None = None) -> None:
         """Checkpoint the epoch so far (its draws' state, the step, the totals) and stop."""
@@ -367,47 +306,19 @@ class Trainer:
     def _save(self, epoch: int, step: int, data_state: torch.Tensor, partial: dict | None):
         if not self.dist.is_main:
             return
-        rng = {
-            "data": data_state,
-            "cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        }
         state = {
             "model_name": self.opts.model,
             "model_config": self.model.config.to_dict(),
             "run_identity": self.opts.run_identity(),
             "epoch": epoch,
             "step": step,
-            "model": self.model.state_dict(),
-            "optimizer": self.engine.optimizer_state(),
-            "engine": self.engine.ema_state(),
-            "rng": rng,
+            **self.engine.state_dict(),
+            "rng": _rng_state(data_state, self.device),
             "partial": partial,
             "history": self.history,
         }
         # hashed and written in a thread while the next epoch trains
         save_checkpoint(self.out, state, writer=self.writer)
-
-    def _report_epoch(self, row: dict) -> None:
-        epochs, done = self.opts.recipe.epochs, row["epoch"]
-        recent = [r["seconds"] for r in self.history[-5:]]
-        eta = (epochs - done) * (sum(recent) / len(recent))
-        self.say(
-            f"epoch {done}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
-            f"lr {row['lr']:g}  {row['seconds']:.1f}s"
-            + (f"  ETA {format_duration(eta)}" if done < epochs else "")
-        )
-
-    def _flush_writes(self) -> None:
-        """Wait for a checkpoint still being written; its error wins only if none is on its way."""
-        if sys.exc_info()[0] is None:
-            self.writer.wait()
-            return
-        try:
-            self.writer.wait()
-        except Exception as e:  # an error is already propagating: report this one beside it
-            self.warn(f"also: {e}")
 
     def _interrupted(self, where: str) -> None:
         self.writer.wait()  # the checkpoint named below is on disk
@@ -421,25 +332,7 @@ class Trainer:
 
     def _nonfinite(self, epoch: int, step: int | None) -> NonFiniteLossError:
         last = self.history[-1]["epoch"] if self.history else 0
-        kept = (
-            f"the last good checkpoint ({self.out / CHECKPOINT}, end of epoch {last}) is kept"
-            if last
-            else "no checkpoint was written"
-        )
-        where = f"the loss became NaN or infinite in epoch {epoch + 1}, step {step + 1}"
-        if step is None:
-            where = f"the weights or the test loss became NaN or infinite in epoch {epoch + 1}"
-        return NonFiniteLossError(
-            f"{where}; training stopped and {kept}. A lower {param('lr')} usually helps."
-        )
-
-    def _check_finite(self, epoch: int, ev: EvalResult) -> None:
-        """The last update of an epoch can break the weights without a bad training loss."""
-        finite = math.isfinite(ev.loss) and all(
-            bool(torch.isfinite(p).all()) for p in self.model.parameters()
-        )
-        if not finite:
-            raise self._nonfinite(epoch, None)
+        return _nonfinite_error(self.out, epoch, step, last)
 
     def _finish(self) -> dict:
         self.writer.wait()
@@ -449,7 +342,7 @@ class Trainer:
             ev = self.last_eval or self._evaluate("test")
         except _EvaluationStopped:
             self._interrupted("before the final evaluation")
-        result = self._result(ev)
+        result = _run_result(self, ev)
         if self.dist.is_main:
             with self.engine.evaluated_weights():  # the weights that were evaluated
                 state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -463,42 +356,103 @@ class Trainer:
             self.runlog.write_result(result)
         return result
 
-    def _result(self, ev: EvalResult) -> dict:
-        final = self.history[-1]
-        best = max(self.history, key=lambda r: r["val_accuracy"])
-        return {
-            "model": self.opts.model,
-            "run_dir": str(self.out),
-            "epochs": final["epoch"],
-            "final": {k: final[k] for k in METRIC_COLUMNS if k != "epoch"},
-            "test_accuracy": final["val_accuracy"],
-            "test_loss": final["val_loss"],
-            "best_test_accuracy": best["val_accuracy"],
-            "best_epoch": best["epoch"],
-            "train_seconds": round(sum(r["seconds"] for r in self.history), 3),
-            "params": sum(p.numel() for p in self.model.parameters()),
-            "device": str(self.device),
-            "world_size": self.dist.world_size,
-            "recipe": self.opts.recipe.name,
-            "compile_seconds": round(self.engine.setup_seconds, 3),
-            "model_file": str(self.out / MODEL_FILE),
-            # the final model on the test set: what a report needs without the data
-            "classes": ev.classes,
-            "per_class_accuracy": ev.to_dict()["per_class_accuracy"],
-            "confusion_matrix": ev.confusion.tolist(),
-        }
+
+def _device_and_ranks(name: str) -> tuple[torch.device, DistContext]:
+    """The device, and the process group when torchrun started this process (each rank then
+    uses its own GPU)."""
+    device = resolve_device(name)
+    dist = init_distributed(device.type)
+    if device.type == "cuda" and dist.enabled and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
+    return device, dist
 
 
-def _print_line(msg: str, stream=None) -> None:
-    """Print a line; a closed output (``train ... | head -1``) is not a reason to stop."""
-    stream = stream or sys.stdout
-    try:
-        print(msg, file=stream, flush=True)
-    except (BrokenPipeError, ValueError, OSError):
-        pass
+def _rng_state(data_state: torch.Tensor, device: torch.device) -> dict:
+    """The random states a resumed run needs: the data draws' generator (as of the start of
+    the epoch being saved), torch's CPU generator (dropout) and the GPU's."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"data": data_state, "cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _restore_rng(rng: dict, data_gen: torch.Generator, device: torch.device) -> None:
+    data_gen.set_state(rng["data"])
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _nonfinite_error(out: Path, epoch: int, step: int | None, last_good: int):
+    kept = (
+        f"the last good checkpoint ({out / CHECKPOINT}, end of epoch {last_good}) is kept"
+        if last_good
+        else "no checkpoint was written"
+    )
+    where = f"the loss became NaN or infinite in epoch {epoch + 1}, step {step + 1}"
+    if step is None:
+        where = f"the weights or the test loss became NaN or infinite in epoch {epoch + 1}"
+    return NonFiniteLossError(
+        f"{where}; training stopped and {kept}. A lower {param('lr')} usually helps."
+    )
+
+
+def _run_config(t: Trainer) -> dict:
+    """config.json: everything needed to rerun the run and to know what it was."""
+    o = t.opts
+    return {
+        "model": o.model,
+        "model_config": t.model.config.to_dict(),
+        "recipe": o.recipe.to_dict(),
+        "seed": o.seed,
+        "limit_train": o.limit_train,
+        "limit_test": o.limit_test,
+        "num_classes": o.num_classes,
+        "classes": list(t.classes),
+        "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
+        "verify": o.verify,
+        "device": str(t.device),
+        "engine": t.engine.options.to_dict(),
+        "engine_requested": o.engine.to_dict(),
+        "world_size": t.dist.world_size,
+        "eval_batch_size": o.eval_batch_size,
+        "n_train": int(t.engine.n),
+        "n_test": int(len(t.y_test)),
+        "versions": versions(t.device),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _run_result(t: Trainer, ev: EvalResult) -> dict:
+    """result.json: the final and best test accuracy, time, device, per-class results."""
+    final = t.history[-1]
+    best = max(t.history, key=lambda r: r["val_accuracy"])
+    return {
+        "model": t.opts.model,
+        "run_dir": str(t.out),
+        "epochs": final["epoch"],
+        "final": {k: final[k] for k in METRIC_COLUMNS if k != "epoch"},
+        "test_accuracy": final["val_accuracy"],
+        "test_loss": final["val_loss"],
+        "best_test_accuracy": best["val_accuracy"],
+        "best_epoch": best["epoch"],
+        "train_seconds": round(sum(r["seconds"] for r in t.history), 3),
+        "params": sum(p.numel() for p in t.model.parameters()),
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
+        "recipe": t.opts.recipe.name,
+        "compile_seconds": round(t.engine.setup_seconds, 3),
+        "model_file": str(t.out / MODEL_FILE),
+        # the final model on the test set: what a report needs without the data
+        "classes": ev.classes,
+        "per_class_accuracy": ev.to_dict()["per_class_accuracy"],
+        "confusion_matrix": ev.confusion.tolist(),
+    }
 
 
 def train(options: TrainOptions, **kwargs) -> dict:
     """Train as ``options`` say; returns the result summary (also written to result.json)."""
     return Trainer(options, **kwargs).run()
-

@@ -121,7 +121,9 @@ def cmd_predict(args) -> int:
             errors[i] = str(e)
             print(f"error: {e}", file=sys.stderr)
     probs = predict_images(model, [im for _, _, im in loaded])
-    records: list[dict] = [{"file": str(f), "error": errors.get(i)} for i, f in enumerate(args.images)]
+    records: list[dict] = [
+        {"file": str(f), "error": errors.get(i)} for i, f in enumerate(args.images)
+    ]
     for (i, f, im), p in zip(loaded, probs):
         pr = Prediction(str(f), p, im.original_size, im.mode, im.resized)
         top = pr.top_k(classes, k)

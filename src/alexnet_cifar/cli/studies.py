@@ -63,7 +63,9 @@ def cmd_study(args) -> int:
     prev = read_study_settings(out)
     models = args.models or parse_model_list(",".join(prev.get("models") or PRESETS))
     runs = [
-        StudyRun(name, out / "runs" / name, train_options(args, name, out / "runs" / name, prev, True))
+        StudyRun(
+            name, out / "runs" / name, train_options(args, name, out / "runs" / name, prev, True)
+        )
         for name in models
     ]
     quiet = args.quiet or args.json
