@@ -302,6 +302,7 @@ def test_download_checks_md5_and_extracts(tmp_path, archive_server, monkeypatch)
     monkeypatch.setattr(data_mod, "ARCHIVE_URL", url)
     monkeypatch.setattr(data_mod, "ARCHIVE_MD5", md5)
     root = tmp_path / "dl"
+    root.mkdir()  # a folder given must exist; the data is downloaded into it
     d = load_cifar10(root, verify=False, progress=False)
     assert np.array_equal(d.y_test, held["test_batch.bin"][0])
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-bin"]
@@ -312,6 +313,7 @@ def test_download_with_bad_md5_leaves_nothing(tmp_path, archive_server, monkeypa
     monkeypatch.setattr(data_mod, "ARCHIVE_URL", url)
     monkeypatch.setattr(data_mod, "ARCHIVE_MD5", "0" * 32)
     root = tmp_path / "dl"
+    root.mkdir()
     with pytest.raises(DataError, match="damaged"):
         load_cifar10(root, verify=False, progress=False)
     assert list(root.iterdir()) == []
@@ -319,8 +321,24 @@ def test_download_with_bad_md5_leaves_nothing(tmp_path, archive_server, monkeypa
 
 def test_download_failure_says_how_to_get_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "ARCHIVE_URL", "http://127.0.0.1:9/cifar-10-binary.tar.gz")
-    with pytest.raises(DataNotFoundError, match="download .* failed.*data_dir"):
+    (tmp_path / "dl").mkdir()
+    with pytest.raises(DataNotFoundError, match="download .* failed.*data_dir") as e:
         load_cifar10(tmp_path / "dl", progress=False)
+    assert "looked in: " in str(e.value) and str(tmp_path / "dl" / "cifar-10-batches-bin") in str(
+        e.value
+    )
+
+
+def test_a_mistyped_data_folder_is_named_and_never_created(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "ARCHIVE_URL", "http://127.0.0.1:9/cifar-10-binary.tar.gz")
+    typo = tmp_path / "no" / "such" / "folder"
+    with pytest.raises(DataNotFoundError, match=r"folder .*folder \(from data_dir\) does not exist"):
+        load_cifar10(typo, progress=False)
+    monkeypatch.setenv("CIFAR10_DIR", str(typo))
+    with pytest.raises(DataNotFoundError, match=r"\(from CIFAR10_DIR\) does not exist") as e:
+        load_cifar10(progress=False)
+    assert str(typo / "cifar-10-batches-bin") in str(e.value)  # every place looked at
+    assert not (tmp_path / "no").exists()
 
 
 # ---------------------------------------------------------------------- subsets

@@ -162,15 +162,34 @@ def _root_candidates(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
     return default_cache_dir(), "the cache directory"
 
 
+def _places(root: Path) -> list[tuple[Path, str]]:
+    """Where a root may hold the data: (batches folder, format), in the order looked at."""
+    return [
+        (root / BINARY_DIR, "binary"),
+        (root / PYTHON_DIR, "python"),
+        (root, "binary"),
+        (root, "python"),
+    ]
+
+
+def _holds(folder: Path, fmt: str) -> bool:
+    first, test = (
+        ("data_batch_1.bin", "test_batch.bin")
+        if fmt == "binary"
+        else (
+            "data_batch_1",
+            "test_batch",
+        )
+    )
+    return (folder / first).exists() or (folder / test).exists()
+
+
 def find_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[Path, str] | None:
     """(batches folder, "binary" | "python") found for ``data_dir``, or None."""
     root, _ = _root_candidates(data_dir)
-    for folder in (root / BINARY_DIR, root):
-        if (folder / "data_batch_1.bin").exists() or (folder / "test_batch.bin").exists():
-            return folder, "binary"
-    for folder in (root / PYTHON_DIR, root):
-        if (folder / "data_batch_1").exists() or (folder / "test_batch").exists():
-            return folder, "python"
+    for folder, fmt in _places(root):
+        if _holds(folder, fmt):
+            return folder, fmt
     return None
 
 
@@ -187,19 +206,30 @@ def load_cifar10(
     that is missing, truncated, of the wrong size, not a CIFAR-10 pickle, or holding a label
     outside 0..9 raises :class:`DataError` naming the file. Pickles are read by an unpickler
     that admits only numpy array reconstruction and plain containers: nothing in them runs.
+
+    A folder given (``data_dir`` or ``$CIFAR10_DIR``) must exist: a mistyped one is an error,
+    never created. Only the per-user cache is created, to download the data into.
     """
     found = find_cifar10(data_dir)
-    if found is None:
-        root, origin = _root_candidates(data_dir)
-        if not download:
-            raise DataNotFoundError(f"no CIFAR-10 in {root} (from {origin}). {HOW_TO_GET}")
-        download_cifar10(root, progress=progress)
-        found = find_cifar10(root)
-        assert found is not None
+    if found is not None:
+        folder, fmt = found
+        return _load_binary(folder, verify) if fmt == "binary" else _load_python(folder, verify)
+    root, origin = _root_candidates(data_dir)
+    looked = ", ".join(dict.fromkeys(str(folder) for folder, _ in _places(root)))
+    if origin != "the cache directory" and not root.is_dir():
+        raise DataNotFoundError(
+            f"the data folder {root} (from {origin}) does not exist. Looked for CIFAR-10 in: "
+            f"{looked}. {HOW_TO_GET}"
+        )
+    if not download:
+        raise DataNotFoundError(
+            f"no CIFAR-10 in {root} (from {origin}); looked in: {looked}. {HOW_TO_GET}"
+        )
+    download_cifar10(root, progress=progress, looked=looked)
+    found = find_cifar10(root)
+    assert found is not None
     folder, fmt = found
-    if fmt == "binary":
-        return _load_binary(folder, verify)
-    return _load_python(folder, verify)
+    return _load_binary(folder, verify) if fmt == "binary" else _load_python(folder, verify)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -365,9 +395,15 @@ def _python_records(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8:
         raise DataError(f"{path}: 'data' should be uint8, found {data.dtype}")
     try:
-        labels = np.asarray(batch["labels"], dtype=np.int64).reshape(-1)
+        raw = np.asarray(batch["labels"]).reshape(-1)
     except (TypeError, ValueError) as e:
         raise DataError(f"{path}: 'labels' is not a list of integers") from e
+    if raw.size and raw.dtype.kind not in "iu":  # floats would be truncated, strings misread
+        raise DataError(
+            f"{path}: 'labels' should hold whole numbers 0..9, not {raw.dtype} values "
+            f"(the first is {raw[0]!r})"
+        )
+    labels = raw.astype(np.int64)
     if len(labels) != len(data):
         raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels")
     labels = _check_labels(labels, path)
@@ -400,6 +436,7 @@ def download_cifar10(
     url: str | None = None,
     md5: str | None = None,
     progress: bool = True,
+    looked: str | None = None,
 ) -> Path:
     """Download the official binary archive into ``root``, check its md5, extract it atomically.
 
@@ -411,16 +448,18 @@ def download_cifar10(
     md5 = md5 or ARCHIVE_MD5
     root = Path(root)
     dest = root / BINARY_DIR
+    where = f"looked in: {looked}" if looked else f"looked in {root}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=".cifar10-download-", dir=root))
     except OSError as e:
         raise DataNotFoundError(
-            f"no CIFAR-10 in {root}, and cannot download into it ({e.strerror or e}). {HOW_TO_GET}"
+            f"no CIFAR-10 ({where}), and cannot download into {root} ({e.strerror or e}). "
+            + HOW_TO_GET
         ) from e
     try:
         archive = workdir / "cifar-10-binary.tar.gz"
-        _fetch(url, archive, md5, progress)
+        _fetch(url, archive, md5, progress, where)
         with tarfile.open(archive, "r:gz") as tar:
             _safe_extract(tar, workdir / "x")
         extracted = workdir / "x" / BINARY_DIR
@@ -436,13 +475,14 @@ def download_cifar10(
     return dest
 
 
-def _fetch(url: str, out: Path, md5: str, progress: bool) -> None:
+def _fetch(url: str, out: Path, md5: str, progress: bool, where: str = "") -> None:
     try:
         response = urllib.request.urlopen(url, timeout=60)
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataNotFoundError(
-            f"CIFAR-10 is not here and the download from {url} failed ({reason}). {HOW_TO_GET}"
+            f"CIFAR-10 is not here ({where}) and the download from {url} failed ({reason}). "
+            + HOW_TO_GET
         ) from e
     digest = hashlib.md5(usedforsecurity=False)
     total = int(response.headers.get("Content-Length") or 0) or None
