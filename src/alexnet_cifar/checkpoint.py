@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import threading
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 
 from .errors import CheckpointError, RunLockedError, param
 from .files import CHECKPOINT, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
-from .models import AlexNet, AlexNetConfig
+from .models import AlexNet, AlexNetConfig, meta_model
 
 __all__ = [
     "BackgroundWriter",
@@ -156,20 +158,35 @@ def save_model_file(path: Path, model_config: dict, state_dict: dict, meta: dict
 def read_state(path: Path) -> dict:
     """``torch.load(weights_only=True)`` of a checkpoint or model file, with clear errors."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint or model file at {path}")
+        raise CheckpointError(f"not a checkpoint or run folder: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is not ours
+        raise CheckpointError(f"not a checkpoint or run folder: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is damaged: the archive is truncated or broken")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+    except pickle.UnpicklingError as e:
+        # What weights_only refuses to load: objects no checkpoint of this tool holds. Nothing
+        # in the file ran.
         raise CheckpointError(
-            f"{path} is damaged or not a checkpoint of this tool ({type(e).__name__}: "
+            f"{path} is not a checkpoint of this tool: it holds objects that alexnet-cifar never "
+            "saves, so it was not loaded (nothing in it ran)"
+        ) from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for a damaged archive
+        raise CheckpointError(
+            f"{path} is damaged ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'unreadable'})"
         ) from e
     if not isinstance(obj, dict) or obj.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise CheckpointError(f"{path} is not a checkpoint or model file of alexnet-cifar")
-    if obj.get("version", 0) > FORMAT_VERSION:
+    if not isinstance(obj.get("version", 0), int) or obj.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} was written by a newer alexnet-cifar (format {obj['version']}); upgrade"
+            f"{path} was written by a newer alexnet-cifar (format {obj.get('version')}); upgrade"
         )
     if "digest" in obj:
         stored = obj.pop("digest")
@@ -180,10 +197,44 @@ def read_state(path: Path) -> dict:
     return obj
 
 
-def load_checkpoint(run_dir: Path, warn=print) -> tuple[dict, Path]:
-    """The newest readable checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt``.
+_CHECKPOINT_FIELDS = {
+    "epoch": int,
+    "step": int,
+    "model": dict,
+    "model_config": dict,
+    "optimizer": dict,
+    "rng": dict,
+    "run_identity": dict,
+    "history": list,
+}
 
-    A damaged newest checkpoint is reported through ``warn`` and the previous one is used.
+
+def _check_training_state(state: dict, path: Path) -> None:
+    """A checkpoint that loads but lacks what a resume needs, or whose weights do not fit its
+    own model, is as unusable as a damaged one."""
+    for key, kind in _CHECKPOINT_FIELDS.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path} lacks a usable {key!r}: not a whole checkpoint")
+    try:
+        expected = meta_model(AlexNetConfig.from_dict(state["model_config"])).state_dict()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an unusable model_config ({e})") from None
+    weights = state["model"]
+    wrong = [
+        k
+        for k, v in expected.items()
+        if not isinstance(weights.get(k), torch.Tensor) or tuple(weights[k].shape) != tuple(v.shape)
+    ]
+    if wrong or set(weights) != set(expected):
+        names = wrong or sorted(set(weights) ^ set(expected))
+        raise CheckpointError(f"{path}: its weights do not fit its model ({', '.join(names[:3])})")
+
+
+def load_checkpoint(run_dir: Path, warn=print) -> tuple[dict, Path]:
+    """The newest usable checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt``.
+
+    A damaged or incomplete newest checkpoint is reported through ``warn`` and the previous one
+    is used.
     """
     run_dir = Path(run_dir)
     errors = []
@@ -193,11 +244,11 @@ def load_checkpoint(run_dir: Path, warn=print) -> tuple[dict, Path]:
             continue
         try:
             state = read_state(path)
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{path} is a model file, not a training checkpoint")
+            _check_training_state(state, path)
         except CheckpointError as e:
             errors.append(str(e))
-            continue
-        if state.get("format") != CHECKPOINT_FORMAT:
-            errors.append(f"{path} is a model file, not a training checkpoint")
             continue
         if errors:
             warn(f"warning: {errors[-1]}; falling back to the previous checkpoint {path}")
@@ -219,7 +270,14 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            what = "a folder" if self.path.is_dir() else f"not usable ({e.strerror or e})"
+            raise RunLockedError(
+                f"{self.path} is {what}, not the run's lock file: remove it (no trainer uses it "
+                "as a lock) and run again"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -261,7 +319,7 @@ def resolve_weights_file(path: str | Path) -> Path:
             f"{path} holds no {MODEL_FILE} or {CHECKPOINT}: not a run folder of alexnet-cifar"
         )
     if not path.exists():
-        raise CheckpointError(f"no run folder or checkpoint at {path}")
+        raise CheckpointError(f"{path} does not exist: give a run folder, a checkpoint or model.pt")
     return path
 
 
@@ -274,5 +332,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
         model = AlexNet(config)
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file} does not hold a usable alexnet-cifar model: {e}") from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = "; ".join(lines[1:3] if len(lines) > 1 else lines) or type(e).__name__
+        raise CheckpointError(f"{file} does not hold a usable alexnet-cifar model: {why}") from e
     return model.to(device).eval()
