@@ -12,14 +12,20 @@ Files read:
   themselves, is exact.
 
 Nothing here knows this package's models: ``keras_io`` maps what is read onto them.
+
+A file says how large its arrays are before anything is read: :func:`open_keras_weights`
+gives the layers with their arrays still on disk (shape and dtype known, nothing read), so a
+caller can refuse a file whose shapes cannot fit before allocating anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +33,21 @@ import numpy as np
 
 from .errors import KerasFileError
 
-__all__ = ["KerasLayer", "KerasWeights", "read_keras_weights"]
+__all__ = ["KerasLayer", "KerasWeights", "open_keras_weights", "read_keras_weights"]
 
 _NESTED = ("layers", "_layer_checkpoint_dependencies")
 
 
 @dataclass
 class KerasLayer:
-    """One Keras layer with weights: its name and its arrays in Keras' order (kernel, bias)."""
+    """One Keras layer with weights: its name and its arrays in Keras' order (kernel, bias).
+
+    The arrays are NumPy arrays, or (inside :func:`open_keras_weights`) the file's datasets,
+    which have a shape and a dtype but are read only when asked for.
+    """
 
     name: str
-    arrays: list[np.ndarray]
+    arrays: list
 
     @property
     def kind(self) -> str:
@@ -113,8 +123,21 @@ def _read_legacy(group, what: str) -> list[KerasLayer]:
             if current is None or current.name != owner:
                 current = KerasLayer(owner, [])
                 layers.append(current)
-            current.arrays.append(np.asarray(g[wname]))
+            current.arrays.append(_dataset(g[wname], f"{what}: weight {wname!r}"))
     return layers
+
+
+def _dataset(obj, what: str):
+    """An HDF5 dataset of floating-point weights, unread; anything else is refused."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        raise KerasFileError(f"{what} is not an array")
+    if np.dtype(obj.dtype).kind != "f":
+        raise KerasFileError(
+            f"{what} holds {obj.dtype} values, not floating-point weights: not a Keras weight file"
+        )
+    return obj
 
 
 def _natural(key: str):
@@ -134,7 +157,8 @@ def _read_new(root, prefix: str = "") -> list[KerasLayer]:
             names = sorted((k for k in v.keys() if k.isdigit()), key=int)
             if names:
                 label = _attr_text(v, "name") or prefix + key
-                layers.append(KerasLayer(label, [np.asarray(v[k]) for k in names]))
+                arrays = [_dataset(v[k], f"{label}/vars/{k}") for k in names]
+                layers.append(KerasLayer(label, arrays))
         for nested in _NESTED:
             if nested in sub:
                 layers += _read_new(sub[nested], prefix + key + "/")
@@ -178,27 +202,22 @@ def _flatten_order(model_config: str | bytes | None) -> str:
     return "HWC"
 
 
-def read_keras_weights(path: str | Path) -> KerasWeights:
-    """The weighted layers of a Keras ``.h5``, ``.weights.h5`` or ``.keras`` file, in order."""
+@contextlib.contextmanager
+def open_keras_weights(path: str | Path) -> Iterator[KerasWeights]:
+    """The weighted layers of a Keras ``.h5``, ``.weights.h5`` or ``.keras`` file, in order,
+    with their arrays unread (datasets of floating-point values) while the file is open."""
     import h5py
 
     path = Path(path)
     if not path.is_file():
         raise KerasFileError(f"no Keras file at {path}")
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-                if "model.weights.h5" not in names:
-                    raise KerasFileError(f"{path} is a zip archive without model.weights.h5")
-                data = z.read("model.weights.h5")
-                config = z.read("config.json") if "config.json" in names else None
-        except zipfile.BadZipFile as e:
-            raise KerasFileError(f"{path} is a damaged .keras archive: {e}") from e
+        data, config = _archive_parts(path)
         with h5py.File(io.BytesIO(data), "r") as f:
             weights = _read_new_file(f, path, "keras3-archive")
-        weights.flatten_order = _flatten_order(config)
-        return weights
+            weights.flatten_order = _flatten_order(config)
+            yield weights
+        return
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -206,27 +225,60 @@ def read_keras_weights(path: str | Path) -> KerasWeights:
             f"{path} is not an HDF5 file (.h5) or a .keras archive that Keras writes ({e})"
         ) from e
     with f:
-        what = str(path)
-        if "model_weights" in f or "layer_names" in f.attrs or "layer_names0" in f.attrs:
-            group = f["model_weights"] if "model_weights" in f else f
-            version = _attr_text(group, "keras_version") or _attr_text(f, "keras_version")
-            fmt = "keras3-legacy-h5" if version and version.startswith("3") else "keras2-h5"
-            try:
-                layers = _read_legacy(group, what)
-            except (KeyError, TypeError, ValueError) as e:
-                if isinstance(e, KerasFileError):
-                    raise
-                raise KerasFileError(f"{what}: unreadable Keras weights ({e})") from e
-            return KerasWeights(
-                path,
-                fmt,
-                layers,
-                keras_version=version,
-                backend=_attr_text(group, "backend") or _attr_text(f, "backend"),
-                flatten_order=_flatten_order(f.attrs.get("model_config")),
-            )
-        if any(n in f for n in _NESTED):
-            return _read_new_file(f, path, "keras3-weights-h5")
+        yield _read_h5(f, path)
+
+
+def read_keras_weights(path: str | Path, max_elements: int | None = None) -> KerasWeights:
+    """:func:`open_keras_weights` with every array read; an array that declares more than
+    ``max_elements`` values is refused before it is read."""
+    with open_keras_weights(path) as weights:
+        for layer in weights.layers:
+            for a in layer.arrays:
+                if max_elements is not None and a.size > max_elements:
+                    raise KerasFileError(
+                        f"{path}: layer {layer.name!r} declares an array of shape {a.shape}, "
+                        f"more than the {max_elements:,} values any layer here can hold"
+                    )
+            layer.arrays = [np.asarray(a) for a in layer.arrays]
+        return weights
+
+
+def _archive_parts(path: Path) -> tuple[bytes, bytes | None]:
+    """The weights file and the model config inside a ``.keras`` archive."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if "model.weights.h5" not in names:
+                raise KerasFileError(f"{path} is a zip archive without model.weights.h5")
+            data = z.read("model.weights.h5")
+            config = z.read("config.json") if "config.json" in names else None
+    except zipfile.BadZipFile as e:
+        raise KerasFileError(f"{path} is a damaged .keras archive: {e}") from e
+    return data, config
+
+
+def _read_h5(f, path: Path) -> KerasWeights:
+    what = str(path)
+    if "model_weights" in f or "layer_names" in f.attrs or "layer_names0" in f.attrs:
+        group = f["model_weights"] if "model_weights" in f else f
+        version = _attr_text(group, "keras_version") or _attr_text(f, "keras_version")
+        fmt = "keras3-legacy-h5" if version and version.startswith("3") else "keras2-h5"
+        try:
+            layers = _read_legacy(group, what)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, KerasFileError):
+                raise
+            raise KerasFileError(f"{what}: unreadable Keras weights ({e})") from e
+        return KerasWeights(
+            path,
+            fmt,
+            layers,
+            keras_version=version,
+            backend=_attr_text(group, "backend") or _attr_text(f, "backend"),
+            flatten_order=_flatten_order(f.attrs.get("model_config")),
+        )
+    if any(n in f for n in _NESTED):
+        return _read_new_file(f, path, "keras3-weights-h5")
     raise KerasFileError(
         f"{path} is an HDF5 file but not one Keras writes: it has no model_weights group, "
         "no layer_names attribute and no layers group"

@@ -33,8 +33,9 @@ from .files import (
     RESULT_FILE,
     atomic_write_bytes,
     atomic_write_json,
+    refuse_run_file,
 )
-from .keras_files import KerasLayer, KerasWeights, read_keras_weights
+from .keras_files import KerasLayer, KerasWeights, open_keras_weights, read_keras_weights
 from .models import (
     KERAS_LAYER_KINDS,
     PRESETS,
@@ -144,16 +145,20 @@ def keras_to_state_dict(weights: KerasWeights, config: AlexNetConfig) -> dict[st
             f"with weights; {name} has {n_conv} and {len(expected) - n_conv}."
             + _looks_like(weights, name)
         )
-    state: dict[str, torch.Tensor] = {}
+    # Every declared shape is checked before any array is read: a file that cannot fit is
+    # refused without allocating what it declares.
     for layer, (ours, shape) in zip(layers, expected):
-        kernel, bias = (np.asarray(a, dtype=np.float32) for a in layer.arrays)
-        if tuple(kernel.shape) != shape:
+        kernel_shape = tuple(layer.arrays[0].shape)
+        if kernel_shape != shape:
             torch_shape = (*shape[3:1:-1], *shape[:2]) if len(shape) == 4 else shape[::-1]
             raise KerasFileError(
                 f"{layer.describe()} does not fit {name}'s {ours}: it has a kernel "
-                f"{tuple(kernel.shape)}, {ours} needs {shape} (Keras layout; {tuple(torch_shape)} "
+                f"{kernel_shape}, {ours} needs {shape} (Keras layout; {tuple(torch_shape)} "
                 f"in PyTorch).{_looks_like(weights, name)}"
             )
+    state: dict[str, torch.Tensor] = {}
+    for layer, (ours, _shape) in zip(layers, expected):
+        kernel, bias = (np.asarray(a, dtype=np.float32) for a in layer.arrays)
         if kernel.ndim == 4:
             weight = kernel.transpose(3, 2, 0, 1)
         else:
@@ -199,9 +204,15 @@ def import_keras(
     from the file's model config where it has one, else "hwc".
     """
     file, out = Path(file), Path(out)
-    weights = read_keras_weights(file)
     if flatten not in ("auto", "hwc", "chw"):
-        raise ValueError(f"flatten must be 'auto', 'hwc' or 'chw', not {flatten!r}")
+        raise KerasFileError(f"{param('flatten')} must be auto, hwc or chw, not {flatten!r}")
+    with open_keras_weights(file) as weights:  # shapes are checked before anything is read
+        model_name, config, state, source = _map_file(weights, file, model_name, flatten)
+    return _write_imported_run(file, out, model_name, config, state, source, force)
+
+
+def _map_file(weights: KerasWeights, file: Path, model_name: str | None, flatten: str):
+    """(preset, its config, our state dict, what to record of the source) for an open file."""
     if flatten != "auto":
         weights.flatten_order = flatten.upper()
     if not weights.layers:
@@ -217,6 +228,22 @@ def import_keras(
         model_name = matches[0]
     config = get_config(model_name, _num_classes(weights))
     state = keras_to_state_dict(weights, config)
+    source = {
+        "file": str(file.resolve()),
+        "sha256": _sha256(file),
+        "format": weights.format,
+        "keras_version": weights.keras_version,
+        "backend": weights.backend,
+        "flatten_order": weights.flatten_order,
+        "layers": [layer.name for layer in _ordered_layers(weights)],
+    }
+    return model_name, config, state, source
+
+
+def _write_imported_run(
+    file: Path, out: Path, model_name: str, config: AlexNetConfig, state, source, force: bool
+) -> dict:
+    """model.pt, config.json and result.json of an imported model; returns result.json."""
     model = meta_model(config)  # every parameter comes from the file: skip the random init
     model.load_state_dict(state, strict=True, assign=True)
     if out.exists() and not out.is_dir():
@@ -235,41 +262,30 @@ def import_keras(
         ) from None
     classes = list(CLASSES) if config.num_classes == len(CLASSES) else None
     classes = classes or [str(i) for i in range(config.num_classes)]
-    source = {
-        "file": str(file.resolve()),
-        "sha256": _sha256(file),
-        "format": weights.format,
-        "keras_version": weights.keras_version,
-        "backend": weights.backend,
-        "flatten_order": weights.flatten_order,
-        "layers": [layer.name for layer in _ordered_layers(weights)],
-    }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"model_name": model_name, "imported_from": "Keras", "source": source}
     save_model_file(out / MODEL_FILE, config.to_dict(), state, meta)
-    atomic_write_json(
-        out / CONFIG_FILE,
-        {
-            "model": model_name,
-            "model_config": config.to_dict(),
-            "num_classes": config.num_classes,
-            "classes": classes,
-            "imported_from": "Keras",
-            "source": source,
-            "versions": {"alexnet_cifar": __version__, "torch": torch.__version__},
-        },
-    )
+    config_json = {
+        "model": model_name,
+        "model_config": config.to_dict(),
+        "num_classes": config.num_classes,
+        "classes": classes,
+        "imported_from": "Keras",
+        "source": source,
+        "versions": {"alexnet_cifar": __version__, "torch": torch.__version__},
+    }
+    atomic_write_json(out / CONFIG_FILE, config_json, what="the imported model's settings")
     result = {
         "model": model_name,
         "run_dir": str(out),
         "imported_from": "Keras",
         "source_file": str(file),
-        "source_format": weights.format,
+        "source_format": source["format"],
         "params": sum(p.numel() for p in model.parameters()),
         "model_file": str(out / MODEL_FILE),
         "classes": classes,
     }
-    atomic_write_json(out / RESULT_FILE, result)
+    atomic_write_json(out / RESULT_FILE, result, what="the imported model's result")
     return result
 
 
@@ -310,6 +326,7 @@ def export_keras_weights(model: AlexNet, path: str | Path) -> str:
     import h5py
 
     path = Path(path)
+    refuse_run_file(path, "Keras weights")
     plan = _keras_layer_plan(model.config)
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
