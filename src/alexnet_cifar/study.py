@@ -13,7 +13,15 @@ from pathlib import Path
 
 from .data import load_cifar10
 from .errors import SettingError, param
-from .files import CONFIG_FILE, RESULT_FILE, STUDY_FILE, atomic_write_json, read_json_object
+from .files import (
+    CONFIG_FILE,
+    RESULT_FILE,
+    STUDY_FILE,
+    atomic_write_json,
+    check_fields,
+    read_json_object,
+)
+from .recipe import Recipe
 from .report import build_report
 from .resume import differences, has_checkpoint, identity_of_config
 from .train import TrainOptions, train
@@ -36,11 +44,10 @@ def read_study_settings(out: Path) -> dict:
     if not f.exists():
         return {}
     settings = read_json_object(f, "study settings", error=SettingError)
-    models = settings.get("models")
-    if models is not None and not (
-        isinstance(models, list) and models and all(isinstance(m, str) for m in models)
-    ):
-        raise SettingError(f"{f} is damaged: 'models' should be a list of model names")
+    spec = {"models": "strs", "recipe": "dict", "seed": "int", "limit_train": "int?"}
+    check_fields(settings, {**spec, "limit_test": "int?"}, str(f))
+    if "recipe" in settings:
+        Recipe.from_dict(settings["recipe"], f"{f}: the field 'recipe'")
     return settings
 
 
@@ -77,7 +84,9 @@ def check_existing(run: StudyRun) -> None:
         )
 
 
-def run_study(out: Path, runs: list[StudyRun], say: Callable[[str], None] = print) -> dict:
+def run_study(
+    out: Path, runs: list[StudyRun], say: Callable[[str], None] = print, warn=None
+) -> dict:
     """Train ``runs`` one after another (finished ones are skipped, unfinished ones resumed),
     then write the report into ``out``; returns the report's summary."""
     out = Path(out)
@@ -104,4 +113,4 @@ def run_study(out: Path, runs: list[StudyRun], say: Callable[[str], None] = prin
             f"{result['best_test_accuracy']:.4f} at epoch {result['best_epoch']}, "
             f"{result['train_seconds']:.1f} s"
         )
-    return build_report([run.run_dir for run in runs], out)
+    return build_report([run.run_dir for run in runs], out, warn=warn)

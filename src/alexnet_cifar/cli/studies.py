@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..models import PRESETS, parse_model_list
@@ -69,19 +70,32 @@ def cmd_study(args) -> int:
         for name in models
     ]
     quiet = args.quiet or args.json
-    summary = run_study(out, runs, say=(lambda msg: None) if quiet else _say)
+    summary = run_study(out, runs, say=(lambda msg: None) if quiet else _say, warn=_warn)
     _print_summary(summary, out, args.json)
     return 0
 
 
 def cmd_report(args) -> int:
-    summary = build_report(args.runs, args.out)
+    summary = build_report(args.runs, args.out, warn=_warn)
     _print_summary(summary, args.out, args.json)
     return 0
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _share(x, sign: str = "") -> str:
+    """A share as a percentage, "–" where summary.json holds none (a diverged run's NaN)."""
+    return "–" if x is None else f"{100 * x:{sign}.2f}%"
+
+
+def _number(x) -> str:
+    return "–" if x is None else f"{x:.1f}"
 
 
 def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
@@ -97,10 +111,10 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
     for r in runs:
         epochs = f"{r['epochs']}" + ("" if r["status"] == "finished" else f"/{r['epochs_planned']}")
         print(
-            f"{r['label']:<{width}}{epochs:>8}{100 * r['best_test_accuracy']:>10.2f}%"
-            f"{r['best_epoch']:>5}{100 * r['final_test_accuracy']:>11.2f}%"
-            f"{100 * r['final_train_accuracy']:>12.2f}%"
-            f"{100 * r['generalisation_gap']:>+8.2f}%{r['seconds_per_epoch']:>9.1f}"
+            f"{r['label']:<{width}}{epochs:>8}{_share(r['best_test_accuracy']):>11}"
+            f"{r['best_epoch']:>5}{_share(r['final_test_accuracy']):>12}"
+            f"{_share(r['final_train_accuracy']):>13}"
+            f"{_share(r['generalisation_gap'], '+'):>9}{_number(r['seconds_per_epoch']):>9}"
         )
     best = summary["best"]
     print(

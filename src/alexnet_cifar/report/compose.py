@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from ..errors import ReportError
 from ..files import atomic_write_json, atomic_write_text, json_safe
 from ..models import PRESETS
 from ..runlog import format_duration
-from .document import Column, Document
+from .document import Column, Document, code, literal
 from .figures import CURVES, draw_figures, remove_stale_figures, train_vs_test_files
 from .numbers import (
     OVERFIT_RISE,
@@ -32,13 +33,24 @@ __all__ = ["build_report"]
 
 
 def _percent(x) -> str:
-    """A share as a percentage: 0.9123 -> 91.23%."""
-    return "–" if x is None else f"{100 * x:.2f}%"
+    """A share as a percentage: 0.9123 -> 91.23%; "diverged" for NaN (a diverged run)."""
+    return _number(x, lambda v: f"{100 * v:.2f}%")
 
 
 def _points(x) -> str:
     """A difference of shares in percentage points: 0.0123 -> +1.23 pts."""
-    return "–" if x is None else f"{100 * x:+.2f} pts"
+    return _number(x, lambda v: f"{100 * v:+.2f} pts")
+
+
+def _number(x, text) -> str:
+    """``text(x)``; "–" where the number is missing, "diverged" where it is NaN or infinite."""
+    if x is None:
+        return "–"
+    return text(x) if math.isfinite(x) else "diverged"
+
+
+def _seconds(x) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.1f}"
 
 
 def _count(x) -> str:
@@ -61,7 +73,7 @@ def _megabytes(x) -> str:
 
 
 def _variant(s: dict) -> str:
-    return f"`{s['label']}`"
+    return code(s["label"])
 
 
 def _epochs(s: dict) -> str:
@@ -71,6 +83,8 @@ def _epochs(s: dict) -> str:
 
 
 def _overfitting_word(s: dict) -> str:
+    if s.get("diverged"):
+        return "diverged"
     return {True: "yes", False: "no", None: "too short to tell"}[s["overfitting"]]
 
 
@@ -89,9 +103,9 @@ RESULT_COLUMNS = [
     Column("final train acc.", lambda s: _percent(s["final_train_accuracy"]), numeric=True),
     Column("gap", lambda s: _points(s["generalisation_gap"]), numeric=True),
     Column("lowest test loss: epoch", lambda s: str(s["lowest_test_loss_epoch"]), numeric=True),
-    Column("s / epoch", lambda s: f"{s['seconds_per_epoch']:.1f}", numeric=True),
+    Column("s / epoch", lambda s: _seconds(s["seconds_per_epoch"]), numeric=True),
     Column("total time", lambda s: format_duration(s["total_seconds"]), numeric=True),
-    Column("device", lambda s: s["device"]),
+    Column("device", lambda s: literal(s["device"])),
 ]
 
 #: The Against the post table: the post's figures beside ours.
@@ -113,7 +127,7 @@ def _setting_notes(summaries: list[dict]) -> list[str]:
     notes = []
     other = sorted({s["recipe"] for s in summaries} - {"seed"})
     if other:
-        notes.append("recipe " + ", ".join(f"`{r}`" for r in other) + " instead of the seed's")
+        notes.append("recipe " + ", ".join(code(r) for r in other) + " instead of the seed's")
     epochs = sorted({s["epochs_planned"] for s in summaries})
     if any(e != SEED_EPOCHS for e in epochs):
         notes.append(
@@ -133,21 +147,21 @@ def _setting_notes(summaries: list[dict]) -> list[str]:
         notes.append(f"{' / '.join(f'{n:,}' for n in tests)} of the {SEED_TEST:,} test images")
     unfinished = [s["label"] for s in summaries if s["status"] != "finished"]
     if unfinished:
-        notes.append("unfinished: " + ", ".join(f"`{u}`" for u in unfinished))
+        notes.append("unfinished: " + ", ".join(code(u) for u in unfinished))
     return notes
 
 
 def _verdict(summaries: list[dict], best: dict) -> list[str]:
     """The best run, the ranking, and whether that agrees with the post's best."""
     lines = [
-        f"**Best by best test accuracy: `{best['label']}`**, "
+        f"**Best by best test accuracy: {code(best['label'])}**, "
         f"{_percent(best['best_test_accuracy'])} at epoch {best['best_epoch']} of {best['epochs']}."
     ]
     if len(summaries) > 1:
         ranked = sorted(summaries, key=lambda s: -s["best_test_accuracy"])
         lines.append(
             "Ranking: "
-            + ", ".join(f"`{s['label']}` {_percent(s['best_test_accuracy'])}" for s in ranked)
+            + ", ".join(f"{code(s['label'])} {_percent(s['best_test_accuracy'])}" for s in ranked)
             + "."
         )
     runs_of_post_best = [s for s in summaries if s["model"] == POST_BEST]
@@ -162,7 +176,7 @@ def _verdict(summaries: list[dict], best: dict) -> list[str]:
             f"This differs from the post, whose best is `{POST_BEST}` at about 92%: here it "
             f"reached {_percent(post_acc)}, "
             f"{100 * (best['best_test_accuracy'] - post_acc):.2f} points below "
-            f"`{best['label']}`."
+            f"{code(best['label'])}."
         )
     else:
         lines.append(
@@ -187,13 +201,14 @@ class ReportContent:
     figures: dict[str, str]  # the figures shared by all runs, key -> file name
 
 
-def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None) -> dict:
+def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None, warn=None) -> dict:
     """Write report.md, report.html, summary.json and the figures of ``run_dirs`` into ``out``.
 
-    Returns the summary (also ``out/summary.json``). Raises ReportError for a folder that is not
-    a run folder or holds no finished epoch.
+    Returns the summary (also ``out/summary.json``). A folder that is not a run folder, holds
+    no finished epoch or is damaged is left out, said through ``warn``; ReportError when no
+    folder can be reported on.
     """
-    runs = load_runs(run_dirs)
+    runs = load_runs(run_dirs, warn=warn)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -288,12 +303,18 @@ def _training_text(summaries: list[dict]) -> str:
     recipes = sorted({s["recipe"] for s in summaries})
     lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
     if recipes == ["seed"]:
+        decays = sorted({s.get("lr_decay", 0.1) for s in summaries})
+        drop = (
+            "divided by 10"
+            if decays == [0.1]
+            else "multiplied by " + " / ".join(f"{d:g}" for d in decays)
+        )
         return (
-            f"the seed recipe (SGD with Nesterov momentum, lr {lrs} divided by 10 at 1/3 and "
+            f"the seed recipe (SGD with Nesterov momentum, lr {lrs} {drop} at 1/3 and "
             "2/3 of the epochs, shifts and flips)"
         )
     return (
-        "the recipes " + ", ".join(f"`{r}`" for r in recipes) + f" (peak lr {lrs}; the "
+        "the recipes " + ", ".join(code(r) for r in recipes) + f" (peak lr {lrs}; the "
         "fields of each are in its run's config.json)"
     )
 
@@ -310,7 +331,7 @@ def _verdict_section(doc: Document, content: ReportContent) -> None:
             "post's results."
         )
     doc.paragraph("Overfitting (a test loss that rises after its minimum):")
-    doc.bullets([f"`{s['label']}`: {s['overfitting_note']}." for s in content.summaries])
+    doc.bullets([f"{code(s['label'])}: {s['overfitting_note']}." for s in content.summaries])
 
 
 def _results_section(doc: Document, content: ReportContent) -> None:
@@ -359,7 +380,7 @@ def _train_vs_test_section(doc: Document, content: ReportContent) -> None:
         "the best test accuracy, dotted lines the learning-rate drops."
     )
     for r, s in zip(content.runs, content.summaries):
-        doc.heading(3, f"`{s['label']}`" + ("" if r.finished else f": {r.status}"))
+        doc.heading(3, code(s["label"]) + ("" if r.finished else f": {r.status}"))
         doc.figure(s["figures"]["train_vs_test"], f"{s['label']}: train vs test", None)
         doc.paragraph(
             f"Final train accuracy {_percent(s['final_train_accuracy'])}, final test accuracy "
@@ -394,11 +415,11 @@ def _class_by_class_section(doc: Document, content: ReportContent) -> None:
             else "has no per-class results in its result.json"
         )
         doc.paragraph(
-            f"`{best['label']}` {why}, so these are the results of `{shown['label']}`, the "
-            "best run that has them."
+            f"{code(best['label'])} {why}, so these are the results of {code(shown['label'])}, "
+            "the best run that has them."
         )
     doc.paragraph(
-        f"`{shown['label']}`: the final model on its {_count(shown['n_test'])} test images "
+        f"{code(shown['label'])}: the final model on its {_count(shown['n_test'])} test images "
         f"(test accuracy {_percent(shown['final_test_accuracy'])})."
     )
     doc.figure(content.figures["confusion_matrix"], f"Confusion matrix of {shown['label']}", None)
@@ -417,9 +438,9 @@ def _runs_section(doc: Document, content: ReportContent) -> None:
                 f", subsets of {_count(s['n_train'])} train / {_count(s['n_test'])} test images"
             )
         items.append(
-            f"`{s['label']}`: `{s['run_dir']}`, {r.status}, seed {s['seed']}, "
+            f"{code(s['label'])}: {code(s['run_dir'])}, {r.status}, seed {s['seed']}, "
             f"{s['epochs_planned']} epochs, batch {s['batch_size']}, lr {s['lr']:g}{subset}; "
-            f"{s['device']}, torch {s['torch']}"
+            f"{literal(s['device'])}, torch {literal(s['torch'])}"
         )
     doc.bullets(items)
 
@@ -435,7 +456,8 @@ def _tensorboard_section(doc: Document, content: ReportContent) -> None:
     else:
         spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in content.summaries)
         doc.paragraph(
-            f"From this folder, `tensorboard --logdir_spec {spec}` shows all runs side by side."
+            f"From this folder, {code('tensorboard --logdir_spec ' + spec)} shows all runs side "
+            "by side."
         )
 
 

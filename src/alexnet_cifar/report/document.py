@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ReportError
 
-__all__ = ["Column", "Document"]
+__all__ = ["Column", "Document", "code", "literal"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,47 @@ class Column:
     numeric: bool = False
 
 
+# Markdown's punctuation that a backslash makes literal (CommonMark), and a code span.
+_ESCAPABLE = r"\\`*_\[\]<>|#&!$"
+_ESCAPED = re.compile(r"\\([" + _ESCAPABLE + r"])")
+_CODE_SPAN = re.compile(r"(?<!\\)`([^`]*)`")
+
+
+def literal(text: object) -> str:
+    """Text from outside (a run folder's name, a config field) for a document: shown as it
+    is in both renderings, never read as Markdown or HTML."""
+    one_line = " ".join(str(text).split())
+    return re.sub(r"([" + _ESCAPABLE + r"])", r"\\\1", one_line)
+
+
+def code(text: object) -> str:
+    """Text from outside as a code span (which Markdown shows verbatim: only a backtick could
+    end it, so backticks become quotes)."""
+    return "`" + " ".join(str(text).replace("`", "'").split()) + "`"
+
+
 def _inline_html(text: str) -> str:
-    """Escaped text with `code` and **bold** as HTML."""
-    t = html.escape(text, quote=False)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+    """Escaped text with `code` and **bold** as HTML; backslash-escaped punctuation literal."""
+    parts = []
+    last = 0
+    for m in _CODE_SPAN.finditer(text):
+        parts.append(_text_html(text[last : m.start()]))
+        parts.append(f"<code>{html.escape(m.group(1), quote=False)}</code>")
+        last = m.end()
+    parts.append(_text_html(text[last:]))
+    return "".join(parts)
+
+
+def _text_html(text: str) -> str:
+    kept: list[str] = []
+
+    def keep(m: re.Match) -> str:
+        kept.append(m.group(1))
+        return f"\x00{len(kept) - 1}\x00"
+
+    t = html.escape(_ESCAPED.sub(keep, text), quote=False)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"\x00(\d+)\x00", lambda m: html.escape(kept[int(m.group(1))]), t)
 
 
 @dataclass
@@ -84,7 +120,7 @@ class _Table:
 
     @staticmethod
     def _markdown_row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(re.sub(r"(?<!\\)\|", r"\\|", c) for c in cells) + " |"
 
     def html(self, folder: Path) -> str:
         return (
@@ -115,7 +151,8 @@ class _Figure:
     caption: str | None
 
     def markdown(self) -> str:
-        return f"![{self.alt}]({self.file})" + (f"\n\n*{self.caption}*" if self.caption else "")
+        alt = literal(self.alt)
+        return f"![{alt}]({self.file})" + (f"\n\n*{self.caption}*" if self.caption else "")
 
     def html(self, folder: Path) -> str:
         data = (folder / self.file).read_bytes()

@@ -71,7 +71,9 @@ def _overfitting(test_loss: list[float], lowest_at: int) -> tuple[bool | None, s
     """
     n = len(test_loss)
     lowest, final = test_loss[lowest_at], test_loss[-1]
-    rise = (final - lowest) / lowest if lowest > 0 and math.isfinite(final) else None
+    if not math.isfinite(final):
+        return None, "the test loss became NaN or infinite: the run diverged", None
+    rise = (final - lowest) / lowest if lowest > 0 and math.isfinite(lowest) else None
     if n < 2:
         return None, "one epoch: too short to tell", rise
     if lowest_at == n - 1:
@@ -126,6 +128,7 @@ def run_summary(run: RunData) -> dict:
         "lowest_test_loss_epoch": metrics["epoch"][lowest_at],
         "test_loss_rise": rise,
         "overfitting": overfitting,
+        "diverged": not math.isfinite(metrics["val_loss"][-1]),
         "overfitting_note": note,
         "seconds_per_epoch": sum(metrics["seconds"]) / n,
         "total_seconds": sum(metrics["seconds"]),
@@ -138,6 +141,7 @@ def run_summary(run: RunData) -> dict:
         "recipe": recipe.get("name", "seed"),
         "batch_size": recipe.get("batch_size"),
         "lr": recipe.get("lr"),
+        "lr_decay": recipe.get("lr_decay", 0.1),
         "lr_milestones": recipe.get("lr_milestones"),
         "n_train": config.get("n_train"),
         "n_test": config.get("n_test"),

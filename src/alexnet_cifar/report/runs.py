@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import ReportError
-from ..files import CONFIG_FILE, MODEL_FILE, RESULT_FILE, read_json_object
+from ..errors import ReportError, SettingError
+from ..files import CONFIG_FILE, MODEL_FILE, RESULT_FILE, check_fields, read_json_object
 from ..models import PRESETS, AlexNetConfig
+from ..recipe import Recipe
 from ..runlog import read_metrics
 
 __all__ = ["ClassResults", "RunData", "label_slug", "load_run", "load_runs"]
@@ -89,21 +90,56 @@ def load_run(path: str | os.PathLike) -> RunData:
             "'alexnet-cifar train' or 'study' writes)"
         )
     config = read_json_object(config_file, CONFIG_FILE, error=ReportError)
-    for key in ("model", "model_config", "recipe"):
-        if key not in config:
-            raise ReportError(f"{config_file} lacks {key!r}: not a run of this package")
-    try:
-        AlexNetConfig.from_dict(config["model_config"])
-        int(config["recipe"]["epochs"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise ReportError(f"{config_file} is damaged: {e}") from None
+    _check_config(config, config_file)
     metrics = read_metrics(path, error=ReportError)
     result = None
     if (path / RESULT_FILE).is_file():
         result = read_json_object(path / RESULT_FILE, RESULT_FILE, error=ReportError)
+        check_fields(result, RESULT_FIELDS, str(path / RESULT_FILE), error=ReportError)
     model_file = path / MODEL_FILE
     model_bytes = model_file.stat().st_size if result is not None and model_file.is_file() else None
     return RunData(path, config, metrics, result, model_bytes)
+
+
+#: What the report reads of a run's config.json and result.json, and the kinds it needs.
+CONFIG_FIELDS = {
+    "model": "str",
+    "model_config": "dict",
+    "recipe": "dict",
+    "seed": "int?",
+    "limit_train": "int?",
+    "limit_test": "int?",
+    "n_train": "int?",
+    "n_test": "int?",
+    "device": "str?",
+    "versions": "dict?",
+}
+RESULT_FIELDS = {
+    "params": "int?",
+    "classes": "strs?",
+    "confusion_matrix": "list?",
+}
+
+
+def _check_config(config: dict, config_file: Path) -> None:
+    """One schema for the config.json of a run: an error names the file and the field."""
+    where = str(config_file)
+    required = ("model", "model_config", "recipe")
+    check_fields(config, CONFIG_FIELDS, where, required=required, error=ReportError)
+    if config["model"] not in PRESETS:
+        raise ReportError(
+            f"{where}: the field 'model' is {config['model']!r}, not one of this package's "
+            f"models ({', '.join(PRESETS)})"
+        )
+    try:
+        AlexNetConfig.from_dict(config["model_config"], f"{where}: the field 'model_config'")
+        Recipe.from_dict(config["recipe"], f"{where}: the field 'recipe'")
+    except SettingError as e:
+        raise ReportError(str(e)) from None
+    versions = config.get("versions") or {}
+    check_fields(
+        versions, {"torch": "str?", "gpu": "str?"}, f"{where}: 'versions'", error=ReportError
+    )
 
 
 def _run_folders_in(path: Path) -> list[Path] | None:
@@ -115,10 +151,15 @@ def _run_folders_in(path: Path) -> list[Path] | None:
     return found or None
 
 
-def load_runs(paths) -> list[RunData]:
-    """Read run folders (a study folder stands for its runs), label and order them."""
+def load_runs(paths, warn=None) -> list[RunData]:
+    """Read run folders (a study folder stands for its runs), label and order them.
+
+    A folder that cannot be read is left out, said through ``warn`` (a report of the other
+    runs is still worth writing); when no run can be read, ReportError names each problem.
+    """
     seen: set[Path] = set()
     runs: list[RunData] = []
+    problems: list[str] = []
     for p in paths:
         p = Path(p)
         for folder in _run_folders_in(p) or [p]:
@@ -126,9 +167,15 @@ def load_runs(paths) -> list[RunData]:
             if key in seen:
                 continue
             seen.add(key)
-            runs.append(load_run(folder))
+            try:
+                runs.append(load_run(folder))
+            except ReportError as e:
+                problems.append(str(e))
     if not runs:
-        raise ReportError("no run folders given")
+        raise ReportError("; ".join(problems) if problems else "no run folders given")
+    for problem in problems:
+        if warn is not None:
+            warn(f"warning: left out of the report: {problem}")
     order = {name: i for i, name in enumerate(PRESETS)}
     runs.sort(key=lambda r: (order.get(r.model, len(order)), str(r.path)))
     _assign_labels(runs)
