@@ -35,11 +35,13 @@ SEED_FLIP_P = 0.5
 def normalize(
     images: torch.Tensor, mean=SEED_MEAN, std=SEED_STD, channels_last_input: bool = True
 ) -> torch.Tensor:
-    """uint8 images -> float32 NCHW, ``(x - mean) / std`` per channel, as the seed computed it.
+    """uint8 images (a tensor or a NumPy array) -> float32 NCHW, ``(x - mean) / std`` per
+    channel, as the seed computed it.
 
     ``images`` is (N, H, W, C) when ``channels_last_input`` (the data set's layout; the result is
     then an NCHW view in channels_last memory) or (N, C, H, W).
     """
+    images = torch.as_tensor(images)  # a NumPy array (load_cifar10's) works as well
     x = images.permute(0, 3, 1, 2) if channels_last_input else images
     m, s = _channel_stats(tuple(mean), tuple(std), x.device)
     # float32 subtract then divide: the same roundings as the seed's NumPy code.

@@ -30,7 +30,7 @@ from torch import nn
 
 from .augment import SEED_MEAN, SEED_STD
 from .errors import ExportError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, refuse_run_file
 from .models import probabilities
 
 __all__ = [
@@ -98,6 +98,7 @@ def export_onnx(model: nn.Module, path: str | Path, classes: list[str] | None = 
     """Write ``model`` (softmax output, dynamic batch) as ONNX; returns the path."""
     _require("onnxscript")
     onnx = _require("onnx")
+    refuse_run_file(Path(path), "an ONNX file")
     path = Path(path)
     wrapped = ProbabilityModel(model.cpu().float().eval()).eval()
     batch = torch.export.Dim("batch", min=1)
@@ -136,6 +137,7 @@ def export_onnx(model: nn.Module, path: str | Path, classes: list[str] | None = 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """Write ``model`` (softmax output, any batch size) as a traced TorchScript file."""
+    refuse_run_file(Path(path), "a TorchScript file")
     path = Path(path)
     wrapped = ProbabilityModel(model.cpu().float().eval()).eval()
     with _quiet(), torch.no_grad():

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import AlexnetCifarError, FileWriteError, RunSetupError, param
+from .errors import AlexnetCifarError, FileWriteError, RunSetupError, SettingError, param
 
 __all__ = [
     "CHECKPOINT",
@@ -33,9 +33,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_fields",
     "json_safe",
     "prepare_run_folder",
     "read_json_object",
+    "refuse_run_file",
+    "remove_empty_run_folder",
     "remove_stale_temp_files",
 ]
 
@@ -187,6 +190,39 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+def refuse_run_file(path: Path, what: str) -> None:
+    """Refuse to write ``what`` over a file that belongs to a run folder (its model, its
+    checkpoints, its logs): exporting over ``RUN/model.pt`` would destroy the trained model."""
+    path = Path(path)
+    folder = path.parent
+    ours = set(RUN_FILES) | {LOG_FILE, LOCK_FILE, STUDY_FILE}
+    is_run = any((folder / n).exists() for n in (CONFIG_FILE, CHECKPOINT, MODEL_FILE, STUDY_FILE))
+    if is_run and path.name in ours:
+        raise SettingError(
+            f"will not write {what} over {path}: it is a file of the run in {folder}; "
+            f"choose another {param('out')}"
+        )
+
+
+def remove_empty_run_folder(folder: Path) -> bool:
+    """Remove a run folder that holds nothing but a lock and a log (a run that failed before
+    its first checkpoint); anything else in it, and the folder stays."""
+    folder = Path(folder)
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    if not names <= {LOCK_FILE, LOG_FILE}:
+        return False
+    for name in names:
+        _remove_quietly(folder / name)
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def _remove_quietly(p: str | Path) -> None:
     try:
         os.unlink(p)
@@ -237,4 +273,55 @@ def read_json_object(path: Path, what: str | None = None, error=AlexnetCifarErro
         raise error(f"{path} is damaged: its {what} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise error(f"{path} is damaged: its {what} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+# ---------------------------------------------------------------------- checking what is read
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+#: The kinds of value a field of a file may hold: (how a message says it, the test).
+KINDS = {
+    "int": ("a whole number", _is_int),
+    "number": ("a finite number", _is_number),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "dict": ("an object", lambda v: isinstance(v, dict)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+    "ints": (
+        "a list of whole numbers",
+        lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)),
+    ),
+    "strs": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    ),
+}
+
+
+def check_fields(
+    data: dict, spec: dict[str, str], where: str, *, required=(), error=SettingError
+) -> dict:
+    """``data`` when each field named in ``spec`` holds the kind of value it names (a kind
+    ending in ``?`` may also be null) and every ``required`` field is there; otherwise
+    ``error`` naming ``where`` (a file) and the field."""
+    for name in required:
+        if name not in data:
+            raise error(f"{where}: the field {name!r} is missing")
+    for name, kind in spec.items():
+        if name not in data:
+            continue
+        optional = kind.endswith("?")
+        what, test = KINDS[kind.rstrip("?")]
+        value = data[name]
+        if not (test(value) or (optional and value is None)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise error(f"{where}: the field {name!r} should be {what}, not {shown}")
     return data

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UnknownModelError, param
+from .errors import SettingError, UnknownModelError, param
+from .files import check_fields
 
 __all__ = [
     "AlexNet",
@@ -84,11 +85,25 @@ class AlexNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> AlexNetConfig:
+    def from_dict(cls, d: dict, where: str = "the model config") -> AlexNetConfig:
+        """A model shape from its recorded form; wrong kinds are a SettingError naming
+        ``where`` and the field."""
+        if not isinstance(d, dict):
+            raise SettingError(f"{where} should be an object, not {type(d).__name__}")
+        spec = {"name": "str", "stem": "str", "widths": "ints", "dense": "ints"}
+        spec.update({"conv_init": "str", "l2": "number", "dropout": "number"})
+        spec.update({"num_classes": "int", "image_size": "int", "in_channels": "int"})
+        unknown = set(d) - set(spec)
+        if unknown:
+            raise SettingError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+        check_fields(d, spec, where)
         d = dict(d)
-        d["widths"] = tuple(d["widths"])
-        d["dense"] = tuple(d["dense"])
-        return cls(**d)
+        d["widths"] = tuple(d.get("widths", cls.widths))
+        d["dense"] = tuple(d.get("dense", cls.dense))
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise SettingError(f"{where}: {e}") from None
 
 
 _FULL = (96, 256, 384, 384, 256)

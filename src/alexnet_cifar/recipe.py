@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .errors import SettingError
+from .files import check_fields
+
 __all__ = ["Recipe", "seed_recipe", "RECIPES", "get_recipe"]
 
 
@@ -108,18 +111,40 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: dict, where: str = "the recipe") -> Recipe:
+        """A recipe from its recorded form; a field of the wrong kind or an unknown field is a
+        SettingError naming ``where`` and the field."""
+        if not isinstance(d, dict):
+            raise SettingError(f"{where} should be an object, not {type(d).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
         if unknown:
-            raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+            raise SettingError(f"{where}: unknown recipe fields: {', '.join(sorted(unknown))}")
+        kinds = {name: _kind_of(f.default) for name, f in known.items()}
+        check_fields(d, kinds, where)
         d = dict(d)
         if d.get("lr_milestones") is not None:
             d["lr_milestones"] = tuple(d["lr_milestones"])
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise SettingError(f"{where}: {e}") from None
 
     def with_(self, **changes) -> Recipe:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _kind_of(default) -> str:
+    """The kind of value a recipe field holds, from its default."""
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "number"
+    if isinstance(default, str):
+        return "str"
+    return "ints?"  # lr_milestones: a list of epochs, or null
 
 
 def seed_recipe(**changes) -> Recipe:

@@ -12,18 +12,45 @@ import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .errors import AlexnetCifarError, CheckpointError, RunSetupError, param
-from .files import CHECKPOINT, CONFIG_FILE, PREV_CHECKPOINT, atomic_write_json, read_json_object
+from .errors import AlexnetCifarError, CheckpointError, RunSetupError, SettingError, param
+from .files import (
+    CHECKPOINT,
+    CONFIG_FILE,
+    PREV_CHECKPOINT,
+    atomic_write_json,
+    check_fields,
+    read_json_object,
+)
 from .recipe import Recipe
 
 __all__ = [
     "SAFE_CHANGES",
+    "RUN_SETTINGS",
     "differences",
     "has_checkpoint",
     "identity_of_config",
     "load_resume_state",
     "run_identity",
+    "run_settings",
 ]
+
+#: The fields of config.json that a resumed run takes its settings from, and their kinds.
+RUN_SETTINGS = {
+    "model": "str",
+    "recipe": "dict",
+    "seed": "int",
+    "limit_train": "int?",
+    "limit_test": "int?",
+    "num_classes": "int",
+    "engine_requested": "dict",
+}
+ENGINE_SETTINGS = {
+    "precision": "str",
+    "channels_last": "bool?",
+    "compile": "bool?",
+    "cuda_graphs": "bool?",
+    "fused_optimizer": "bool?",
+}
 
 #: Changes a resume accepts with ``force``: they extend the run without changing its past.
 SAFE_CHANGES = {"recipe.epochs"}
@@ -145,3 +172,34 @@ def _record_extension(run_dir: Path, old_epochs, recipe: Recipe) -> None:
         {"recipe.epochs": [old_epochs, recipe.epochs], "at": time.ctime()}
     )
     atomic_write_json(path, config, what="the run's settings")
+
+
+def run_settings(run_dir: Path, warn=None) -> dict:
+    """The settings a run was started with, for a resume to take the flags left out from:
+    its config.json, checked field by field, or when that file is gone, its checkpoint.
+    {} when the folder holds no run."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / CONFIG_FILE
+    if config_file.exists():
+        config = read_json_object(config_file, "run settings", error=SettingError)
+        check_fields(config, RUN_SETTINGS, str(config_file))
+        check_fields(
+            config.get("engine_requested") or {},
+            ENGINE_SETTINGS,
+            f"{config_file}: the field 'engine_requested'",
+        )
+        if "recipe" in config:
+            Recipe.from_dict(config["recipe"], f"{config_file}: the field 'recipe'")
+        return config
+    if not has_checkpoint(run_dir):
+        return {}
+    state, _ = load_checkpoint(run_dir, warn=warn or (lambda msg: None))
+    ident = state["run_identity"]
+    settings = {k: ident.get(k) for k in ("model", "seed", "limit_train", "limit_test")}
+    settings["recipe"] = {
+        k.removeprefix("recipe."): v for k, v in ident.items() if k.startswith("recipe.")
+    }
+    settings["num_classes"] = ident.get("num_classes", 10)
+    if isinstance(state.get("engine_requested"), dict):
+        settings["engine_requested"] = state["engine_requested"]
+    return settings

@@ -34,7 +34,14 @@ from .errors import (
     param,
 )
 from .evaluate import EvalResult
-from .files import CHECKPOINT, MODEL_FILE, prepare_run_folder, remove_stale_temp_files
+from .files import (
+    CHECKPOINT,
+    MODEL_FILE,
+    RESULT_FILE,
+    prepare_run_folder,
+    remove_empty_run_folder,
+    remove_stale_temp_files,
+)
 from .models import AlexNet, get_config
 from .recipe import Recipe
 from .resume import load_resume_state, run_identity
@@ -171,6 +178,11 @@ class Trainer:
         self.start_epoch, self.start_step, self.carried = 0, 0, EpochSums()
         if state is not None:
             self._restore(state)
+            if self.start_epoch < recipe.epochs and self.dist.is_main:
+                # A finished run extended with more epochs: its result and final model
+                # describe the shorter run (the checkpoint holds its weights).
+                for name in (RESULT_FILE, MODEL_FILE):
+                    (self.out / name).unlink(missing_ok=True)
         if state is None or not (self.out / "config.json").is_file():
             self.runlog.write_config(_run_config(self))
 
@@ -191,6 +203,7 @@ class Trainer:
     def run(self) -> dict:
         self.writer = BackgroundWriter()
         lock = None
+        created = not self.out.exists()
         try:
             if self.dist.is_main:  # only rank 0 writes, so only rank 0 holds the folder's lock
                 prepare_run_folder(self.out)
@@ -203,6 +216,13 @@ class Trainer:
                 finally:
                     self.writer.wait(quietly=sys.exc_info()[0] is not None, warn=self.warn)
                     self.runlog.close()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+                lock = None
+                if created:  # a run that never started leaves no empty folder behind
+                    remove_empty_run_folder(self.out)
+            raise
         finally:
             if lock is not None:
                 lock.release()
@@ -316,6 +336,7 @@ class Trainer:
             "rng": _rng_state(data_state, self.device),
             "partial": partial,
             "history": self.history,
+            "engine_requested": self.opts.engine.to_dict(),
         }
         # hashed and written in a thread while the next epoch trains
         save_checkpoint(self.out, state, writer=self.writer)

@@ -15,7 +15,6 @@ from .._version import __version__
 from ..distributed import DEVICES
 from ..engine import EngineOptions
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
-from ..files import CONFIG_FILE, read_json_object
 from ..models import get_config, parse_model_list
 from ..recipe import RECIPES, Recipe, get_recipe
 from ..train import TrainOptions
@@ -32,7 +31,6 @@ __all__ = [
     "model_name",
     "positive_float",
     "print_json",
-    "run_settings",
     "train_options",
 ]
 
@@ -245,17 +243,6 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
     )
-
-
-def run_settings(out: Path) -> dict:
-    """A run folder's config.json, or {} when there is none; a damaged one is an error."""
-    if not (out / CONFIG_FILE).exists():
-        return {}
-    config = read_json_object(out / CONFIG_FILE, "run settings", error=SettingError)
-    for key, kind in (("recipe", dict), ("engine_requested", dict)):
-        if key in config and not isinstance(config[key], kind):
-            raise SettingError(f"{out / CONFIG_FILE} is damaged: {key!r} is not an object")
-    return config
 
 
 def _recipe(args, prev_recipe: dict) -> Recipe:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -11,7 +12,9 @@ from ..bench import BenchSettings, format_row, run_bench
 from ..checkpoint import load_model
 from ..data import load_cifar10
 from ..distributed import resolve_device
+from ..errors import SettingError
 from ..evaluate import evaluate_model, evaluate_with_tta
+from ..resume import run_settings
 from ..train import train
 from .flags import (
     add_engine_flags,
@@ -23,7 +26,6 @@ from .flags import (
     model_list,
     model_name,
     print_json,
-    run_settings,
     train_options,
 )
 
@@ -131,7 +133,12 @@ def _resume_train(args, e) -> list[str]:
 
 def cmd_train(args) -> int:
     out = args.out if args.out is not None else Path("runs") / args.model
-    prev = run_settings(out) if args.resume else {}
+    if args.force and not args.resume:
+        raise SettingError(
+            "--force only changes the epochs of a run being resumed: add --resume (or leave "
+            "--force out to start a new run)"
+        )
+    prev = run_settings(out, warn=_warn) if args.resume else {}
     result = train(train_options(args, args.model, out, prev, args.resume))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for the run
@@ -146,6 +153,10 @@ def cmd_train(args) -> int:
             f"{result['train_seconds']:.1f} s; run folder {out}"
         )
     return 0
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:
