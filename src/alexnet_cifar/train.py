@@ -412,9 +412,10 @@ def _nonfinite_error(out: Path, epoch: int, step: int | None, last_good: int):
         if last_good
         else "no checkpoint was written"
     )
-    where = f"the loss became NaN or infinite in epoch {epoch + 1}, step {step + 1}"
     if step is None:
         where = f"the weights or the test loss became NaN or infinite in epoch {epoch + 1}"
+    else:
+        where = f"the loss became NaN or infinite in epoch {epoch + 1}, step {step + 1}"
     return NonFiniteLossError(
         f"{where}; training stopped and {kept}. A lower {param('lr')} usually helps."
     )

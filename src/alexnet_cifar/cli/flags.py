@@ -173,14 +173,16 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16"],
         help="bf16 autocast (CUDA) or exact fp32; auto (default): bf16 on CUDA, fp32 on CPU",
     )
-    for flag, dest, what in [
-        ("channels-last", "channels_last", "channels_last memory format (auto: on CUDA)"),
-        ("compile", "compile", "torch.compile the model (auto: on CUDA)"),
-        ("cuda-graphs", "cuda_graphs", "run each step as one CUDA graph (auto: on CUDA)"),
-        ("fused-optimizer", "fused_optimizer", "torch's fused SGD kernel (auto: on)"),
+    for flag, dest, what, auto in [
+        ("channels-last", "channels_last", "channels_last memory format", "on CUDA"),
+        ("compile", "compile", "torch.compile of the model", "on CUDA"),
+        ("cuda-graphs", "cuda_graphs", "CUDA graph per step", "on CUDA"),
+        ("fused-optimizer", "fused_optimizer", "fused SGD kernel of torch", "on"),
     ]:
-        g.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=what)
-        g.add_argument(f"--no-{flag}", dest=dest, action="store_false")
+        g.add_argument(
+            f"--{flag}", dest=dest, action="store_true", default=None, help=f"{what} (auto: {auto})"
+        )
+        g.add_argument(f"--no-{flag}", dest=dest, action="store_false", help=f"no {what}")
 
 
 ENGINE_FLAGS = ("precision", "channels_last", "compile", "cuda_graphs", "fused_optimizer")

@@ -54,8 +54,8 @@ def add_parsers(sub) -> None:
         f"{INSTALL_HINT}.",
     )
     e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
-    e.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    e.add_argument("--out", type=folder, required=True, metavar="FILE")
+    e.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
+    e.add_argument("--out", type=folder, required=True, metavar="FILE", help="the file to write")
     e.add_argument(
         "--no-check",
         action="store_true",
@@ -151,10 +151,11 @@ def cmd_predict(args) -> int:
             for t in r["top_k"]:
                 print(f"  {t['class']:<12}{t['probability']:.4f}")
     if errors:
-        print(
-            f"error: {len(errors)} of {len(args.images)} files could not be read as images",
-            file=sys.stderr,
-        )
+        if len(args.images) > 1:  # one file: its own error line says it all
+            print(
+                f"error: {len(errors)} of {len(args.images)} files could not be read as images",
+                file=sys.stderr,
+            )
         return 2
     return 0
 

@@ -105,7 +105,9 @@ def add_parsers(sub) -> None:
         default="all",
         help="all (default) or a comma-separated list",
     )
-    b.add_argument("--batch-size", type=int_at_least(1, "--batch-size"), default=64)
+    b.add_argument(
+        "--batch-size", type=int_at_least(1, "--batch-size"), default=64, help="images a step (64)"
+    )
     b.add_argument(
         "--steps",
         type=int_at_least(1, "--steps"),

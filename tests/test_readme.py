@@ -1,0 +1,64 @@
+"""Every code block of the README runs as written.
+
+The ``sh`` and ``python`` blocks are a tour: run in order, in one fresh folder, with
+``alexnet-cifar`` on the PATH (the activated environment) and CIFAR10_DIR set, each must
+succeed. ``text`` blocks are synopses and sample output, not commands. The opening block's
+``make`` targets set up an environment and run this very suite, so they are checked by make's
+dry run instead of being run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def _blocks() -> list[tuple[str, str, int]]:
+    text = (REPO / "README.md").read_text()
+    return [
+        (m.group(1), m.group(2), text[: m.start()].count("\n") + 1) for m in BLOCK.finditer(text)
+    ]
+
+
+def test_every_block_says_what_it_is():
+    kinds = {kind for kind, _, _ in _blocks()}
+    assert kinds <= {"sh", "python", "text"}, kinds
+
+
+def test_the_opening_commands_are_real_make_targets():
+    kind, code, _ = _blocks()[0]
+    assert kind == "sh"
+    targets = [line.split()[1] for line in code.splitlines() if line.startswith("make ")]
+    assert targets == ["demo", "test"]
+    p = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "pytest" in p.stdout and "alexnet-cifar train" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_the_tour_runs_as_written(cifar10_dir, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, CIFAR10_DIR=str(cifar10_dir), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env["OMP_NUM_THREADS"] = "1"  # torchrun's processes share the two cores
+    ran = 0
+    for kind, code, line in _blocks()[1:]:
+        if kind == "sh":
+            cmd = ["bash", "-euo", "pipefail", "-c", code]
+        elif kind == "python":
+            cmd = [sys.executable, "-c", code]
+        else:
+            continue
+        p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, f"README.md line {line}:\n{code}\n{p.stdout[-2000:]}\n{p.stderr}"
+        assert "Traceback" not in p.stderr, f"README.md line {line}: {p.stderr}"
+        ran += 1
+    assert ran >= 5
