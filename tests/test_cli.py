@@ -87,7 +87,7 @@ def test_cuda_requested_without_gpu(capsys, tmp_path, monkeypatch):
 
 
 def test_evaluate_missing_and_damaged_checkpoints(capsys, tmp_path):
-    _fails_cleanly(cli(capsys, "evaluate", str(tmp_path / "nope")), "no run folder or checkpoint")
+    _fails_cleanly(cli(capsys, "evaluate", str(tmp_path / "nope")), "does not exist")
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     _fails_cleanly(cli(capsys, "evaluate", str(bad)), str(bad), "damaged")

@@ -332,7 +332,9 @@ def test_download_failure_says_how_to_get_the_data(tmp_path, monkeypatch):
 def test_a_mistyped_data_folder_is_named_and_never_created(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "ARCHIVE_URL", "http://127.0.0.1:9/cifar-10-binary.tar.gz")
     typo = tmp_path / "no" / "such" / "folder"
-    with pytest.raises(DataNotFoundError, match=r"folder .*folder \(from data_dir\) does not exist"):
+    with pytest.raises(
+        DataNotFoundError, match=r"folder .*folder \(from data_dir\) does not exist"
+    ):
         load_cifar10(typo, progress=False)
     monkeypatch.setenv("CIFAR10_DIR", str(typo))
     with pytest.raises(DataNotFoundError, match=r"\(from CIFAR10_DIR\) does not exist") as e:

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "alexnet_cifar"
 #: Each top-level module (or subpackage) of alexnet_cifar, by layer, lowest first.
 LAYERS = {
     "base": ["_version", "errors", "files"],
-    "domain": ["models", "data", "augment", "recipe", "optim", "distributed"],
+    "domain": ["models", "safe_pickle", "data", "augment", "recipe", "optim", "distributed"],
     "compute": ["engine_options", "engine", "evaluate"],
     "storage": ["checkpoint", "runlog"],
     "workflows": [
