@@ -12,7 +12,7 @@ import torch
 
 from alexnet_cifar.cli import main
 
-from .test_train import run_cli
+from .helpers import run_cli
 
 NO_NET = {"ALEXNET_CIFAR_DATA_URL": "http://127.0.0.1:9/cifar-10-binary.tar.gz"}
 

@@ -1,7 +1,5 @@
 """The engine computes what the plain step computes; its preparation leaves no trace."""
 
-import csv
-
 import pytest
 import torch
 
@@ -13,7 +11,7 @@ from alexnet_cifar.optim import make_optimizer, set_learning_rate
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
 
-from .conftest import interrupt_at, train_options
+from .helpers import interrupt_at, metric_rows, train_options
 
 CPU = torch.device("cpu")
 
@@ -153,12 +151,7 @@ def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_
     with pytest.raises(TrainingInterrupted, match="SIGINT: stopped in epoch 2"):
         train(train_options(out, engine=eng), data=cifar10, on_step=interrupt_at(1, 1))
     train(train_options(out, engine=eng, resume=True), data=cifar10)
-
-    def rows(p):
-        with open(p / "metrics.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-    assert rows(out) == rows(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
 
 
 def test_engine_options_resolve_per_device():

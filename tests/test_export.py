@@ -15,7 +15,7 @@ from alexnet_cifar.augment import normalize
 from alexnet_cifar.cli import main
 from alexnet_cifar.data import CLASSES
 
-from .usage_helpers import confident_model, make_run
+from .helpers import confident_model, make_run
 
 TOL = 1e-4
 

@@ -4,7 +4,6 @@ Each test names the fault of docs/reliability.md it proves.
 """
 
 import contextlib
-import csv
 import errno
 import io
 import os
@@ -33,61 +32,15 @@ from alexnet_cifar.errors import FileWriteError
 from alexnet_cifar.models import PRESETS, build_model
 from alexnet_cifar.train import NonFiniteLossError, TrainingInterrupted, train
 
-from .conftest import interrupt_at, train_options, write_binary_folder
-
-# The CLI form of conftest.train_options (the reference run's settings).
-REF_ARGS = [
-    "alexnet_thinner_4",
-    "--epochs",
-    "3",
-    "--batch-size",
-    "32",
-    "--limit-train",
-    "160",
-    "--limit-test",
-    "100",
-    "--seed",
-    "5",
-    "--device",
-    "cpu",
-    "--no-progress",
-    "--no-verify",
-]
-
-
-def _rows(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
-def _main(*args, env=None):
-    """The command in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as e:
-                code = e.code
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def _cli(*args, env=None, **kw):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_cifar", *args],
-        capture_output=True,
-        text=True,
-        env=e,
-        timeout=600,
-        **kw,
-    )
+from .helpers import (
+    REF_ARGS,
+    interrupt_at,
+    metric_rows,
+    run_cli,
+    run_main,
+    train_options,
+    write_binary_folder,
+)
 
 
 def _start(args, cifar10_dir):
@@ -128,11 +81,13 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_metrics(
     state, _ = load_checkpoint(out, warn=lambda m: pytest.fail(m))
     assert state["epoch"] >= 1
 
-    p = _main(
+    p = run_main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
     )
     assert p.returncode == 0, (delay, p.stderr)
-    assert _rows(out) == _rows(reference_run), f"killed after {delay:.2f}s ({finished_anyway=})"
+    assert metric_rows(out) == metric_rows(reference_run), (
+        f"killed after {delay:.2f}s ({finished_anyway=})"
+    )
     a, b = load_model(out), load_model(reference_run)
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
@@ -151,11 +106,11 @@ def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, referen
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err and "Resume with: " in err and " train alexnet_thinner_4 " in err
     assert "Traceback" not in err
-    p = _main(
+    p = run_main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
     )
     assert p.returncode == 0, p.stderr
-    assert _rows(out) == _rows(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
 
 
 # ---------------------------------------------------------------------- 3. damaged checkpoints
@@ -194,7 +149,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
     train(train_options(out, resume=True), data=cifar10)
     err = capsys.readouterr().err
     assert "falling back to the previous checkpoint" in err and "checkpoint.prev.pt" in err
-    assert _rows(out) == _rows(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
 
 
 @pytest.mark.real_data
@@ -202,7 +157,7 @@ def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run)
     out = interrupted_run
     _flip_byte(out / "checkpoint.pt")
     (out / "checkpoint.prev.pt").write_bytes(b"garbage")
-    p = _main(
+    p = run_main(
         "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
@@ -217,10 +172,10 @@ def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run)
 def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}
-    p = _main("train", "alexnet", "--out", str(out), "--resume", "--device", "cpu", env=env)
+    p = run_main("train", "alexnet", "--out", str(out), "--resume", "--device", "cpu", env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "model: checkpoint has 'alexnet_thinner_4', this run asks 'alexnet'" in p.stderr
-    p = _main(
+    p = run_main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -235,7 +190,7 @@ def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir,
     assert p.returncode == 2
     assert "recipe.batch_size: checkpoint has 32, this run asks 16" in p.stderr
     # --force does not make an unsafe change safe
-    p = _main(
+    p = run_main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -261,7 +216,7 @@ def test_other_class_count_is_refused(cifar10, interrupted_run):
 def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}
-    p = _main(
+    p = run_main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -275,7 +230,7 @@ def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_r
     )
     assert p.returncode == 2 and "recipe.epochs: checkpoint has 3, this run asks 4" in p.stderr
     assert "--force" in p.stderr
-    p = _main(
+    p = run_main(
         "train",
         "alexnet_thinner_4",
         "--out",
@@ -289,10 +244,10 @@ def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_r
         env=env,
     )
     assert p.returncode == 0, p.stderr
-    lrs = [float(r["lr"]) for r in _rows(out)]
+    lrs = [float(r["lr"]) for r in metric_rows(out)]
     assert lrs == pytest.approx([0.01, 0.001, 0.0001, 0.0001])  # drops stayed at 1 and 2
     # a later plain resume takes the extended settings from the run
-    p = _main(
+    p = run_main(
         "train", "alexnet_thinner_4", "--out", str(out), "--resume", "--device", "cpu", env=env
     )
     assert p.returncode == 0, p.stderr
@@ -342,7 +297,7 @@ def test_nonfinite_loss_stops_keeps_last_good_checkpoint(cifar10, tmp_path):
 
 @pytest.mark.real_data
 def test_nonfinite_loss_exit_code(cifar10_dir, tmp_path):
-    p = _main(
+    p = run_main(
         "train",
         "alexnet_thinner_4",
         "--lr",
@@ -392,7 +347,7 @@ def test_full_disk_fails_clearly_and_leaves_nothing_half_written(
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert read_state(out / "checkpoint.pt")["epoch"] == 1  # the good one survived
     train(train_options(out, resume=True), data=cifar10)
-    assert _rows(out) == _rows(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
 
 
 def test_unwritable_metrics_file_is_a_clear_error(tmp_path, monkeypatch):
@@ -415,7 +370,7 @@ def test_second_trainer_on_the_same_folder_is_refused(cifar10_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     with RunLock(out):
-        p = _cli("train", *REF_ARGS, "--out", str(out), env={"CIFAR10_DIR": str(cifar10_dir)})
+        p = run_cli("train", *REF_ARGS, "--out", str(out), env={"CIFAR10_DIR": str(cifar10_dir)})
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert f"another trainer (pid {os.getpid()}) is using" in p.stderr
 

@@ -31,8 +31,7 @@ from alexnet_cifar.keras_io import (
 )
 from alexnet_cifar.models import AlexNet, get_config
 
-from .conftest import write_binary_folder
-from .usage_helpers import confident_model
+from .helpers import confident_model, write_binary_folder
 
 HERE = Path(__file__).resolve().parent
 TOL = 1e-4

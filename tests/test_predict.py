@@ -6,17 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from alexnet_cifar.augment import SEED_MEAN, normalize
+from alexnet_cifar.augment import SEED_MEAN
 from alexnet_cifar.cli import main
 from alexnet_cifar.evaluate import evaluate_model, evaluate_with_tta
 from alexnet_cifar.predict import load_image
 
-from .conftest import write_binary_folder
-from .test_train import run_cli
-from .usage_helpers import TINY, confident_model, make_run
+from .helpers import TINY, confident_model, make_run, probs_of, run_cli, write_binary_folder
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +24,6 @@ def model():
 @pytest.fixture
 def run(tmp_path, model):
     return make_run(tmp_path / "run", model)
-
-
-def probs_of(model, pixels_nhwc: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        x = normalize(torch.from_numpy(np.ascontiguousarray(pixels_nhwc))).contiguous()
-        return torch.softmax(model(x).double(), dim=1).numpy()
 
 
 def predict_json(*args, capsys):

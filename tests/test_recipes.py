@@ -1,6 +1,5 @@
 """The fast recipe: named fields, its schedule, weight averaging, flip TTA; learning, resuming."""
 
-import csv
 import json
 
 import pytest
@@ -14,7 +13,7 @@ from alexnet_cifar.evaluate import evaluate_model
 from alexnet_cifar.recipe import Recipe, get_recipe
 from alexnet_cifar.train import TrainingInterrupted, train
 
-from .conftest import interrupt_at, train_options
+from .helpers import interrupt_at, metric_rows, train_options
 
 
 def test_fast_recipe_is_named_fields_with_linear_lr_scaling():
@@ -100,13 +99,8 @@ def test_fast_recipe_resumes_exactly(cifar10, tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(train_options(out, recipe=fast), data=cifar10, on_step=interrupt_at(1, 2))
     train(train_options(out, resume=True, recipe=fast), data=cifar10)
-
-    def rows(p):
-        with open(p / "metrics.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-    assert rows(out) == rows(ref)
-    lrs = [float(r["lr"]) for r in rows(ref)]
+    assert metric_rows(out) == metric_rows(ref)
+    lrs = [float(r["lr"]) for r in metric_rows(ref)]
     assert lrs[-1] == pytest.approx(0.0)  # decayed to nothing at the last step
 
 

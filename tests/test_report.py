@@ -392,7 +392,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys, setup, message):
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    from .test_train import run_cli
+    from .helpers import run_cli
 
     p = run_cli("report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r"))
     assert p.returncode == 2

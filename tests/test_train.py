@@ -1,10 +1,6 @@
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +16,7 @@ from alexnet_cifar.train import (
     train,
 )
 
-from .conftest import interrupt_at, train_options
+from .helpers import interrupt_at, metric_rows, run_cli, train_options
 
 # ---------------------------------------------------------------------- end to end, real data
 
@@ -45,19 +41,6 @@ E2E_ARGS = [
     "--seed",
     "0",
 ]
-
-
-def run_cli(*args, cwd=None, env=None, timeout=600):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_cifar", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=e,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +153,6 @@ def test_evaluate_cli_json(e2e_run, cifar10_dir):
 # ---------------------------------------------------------------------- resume
 
 
-def _metrics(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
 @pytest.mark.real_data
 @pytest.mark.parametrize(
     "epoch, step, sig",
@@ -196,7 +174,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(
     assert (ckpt["epoch"], ckpt["step"]) == (epoch, step + 1)
 
     train(train_options(out, resume=True), data=cifar10)
-    assert _metrics(out) == _metrics(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
     a, b = load_model(out), load_model(reference_run)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
