@@ -63,3 +63,19 @@ def reference_run(cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
     train(train_options(out), data=cifar10)
     return out
+
+
+@pytest.fixture
+def interrupted_run(cifar10, tmp_path):
+    """A run stopped in epoch 2: checkpoint.pt mid-epoch, checkpoint.prev.pt at epoch 1's end."""
+    from alexnet_cifar.checkpoint import read_state
+    from alexnet_cifar.train import TrainingInterrupted, train
+
+    from .helpers import interrupt_at, train_options
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(train_options(out), data=cifar10, on_step=interrupt_at(1, 2))
+    assert read_state(out / "checkpoint.pt")["step"] == 3
+    assert read_state(out / "checkpoint.prev.pt")["epoch"] == 1
+    return out
