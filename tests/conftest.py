@@ -79,3 +79,19 @@ def interrupted_run(cifar10, tmp_path):
     assert read_state(out / "checkpoint.pt")["step"] == 3
     assert read_state(out / "checkpoint.prev.pt")["epoch"] == 1
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A confident model of the TINY construction, for tests of the commands that use one."""
+    from .helpers import TINY, confident_model
+
+    return confident_model(TINY, seed=11)
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_model):
+    """A run folder holding tiny_model, as far as the commands that use a model look."""
+    from .helpers import make_run
+
+    return make_run(tmp_path / "run", tiny_model)

@@ -1,4 +1,6 @@
-"""import-keras and export-keras against real Keras 3 files and Keras 2's HDF5 layout.
+"""keras_io and keras_files: import-keras and export-keras against real Keras 3 files and Keras
+2's HDF5 layout. Reading a file (keras_files) and mapping it onto a preset (keras_io) are tested
+together here: nearly every check needs both.
 
 Keras 3 (torch backend) runs in one subprocess (tests/keras_reference.py), so its backend setting
 never reaches this process. It builds the seed's models, saves them every way it can, predicts
