@@ -35,6 +35,7 @@ def _flip_byte(path: Path, where: float = 0.6) -> None:
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(
     cifar10, reference_run, interrupted_run, damage, capsys

@@ -99,6 +99,7 @@ def test_evaluate_missing_and_damaged_checkpoints(capsys, tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = [

@@ -145,6 +145,7 @@ def test_preparation_leaves_no_trace():
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_run, tmp_path):
     """torch.compile (its eager backend here, for speed) with warm-up and an interruption."""
     out = tmp_path / "run"

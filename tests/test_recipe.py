@@ -45,6 +45,7 @@ def test_warmup_linear_schedule():
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_fast_recipe_resumes_exactly(cifar10, tmp_path):
     fast = get_recipe("fast", epochs=3, batch_size=32)
     ref = tmp_path / "ref"

@@ -13,6 +13,7 @@ from .helpers import metric_rows, run_main, train_options
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run, tmp_path):
     with pytest.raises(RunSetupError, match="already holds a run. Add resume=True"):
         train(train_options(reference_run), data=cifar10)
@@ -68,6 +69,7 @@ def test_other_class_count_is_refused(cifar10, interrupted_run):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}

@@ -168,6 +168,7 @@ def test_evaluate_cli_json(e2e_run, cifar10_dir):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "epoch, step, sig",
     [(1, 2, signal.SIGINT), (0, 4, signal.SIGTERM), (1, 0, signal.SIGINT)],
@@ -217,6 +218,7 @@ def _wait_for(path: Path, proc, timeout=300):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_metrics(
     cifar10_dir, reference_run, tmp_path
 ):
@@ -245,6 +247,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_metrics(
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, reference_run, tmp_path):
     out = tmp_path / "run"
     proc = _start([*REF_ARGS, "--out", str(out)], cifar10_dir)
@@ -311,6 +314,7 @@ def test_nonfinite_loss_exit_code(cifar10_dir, tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_full_disk_fails_clearly_and_leaves_nothing_half_written(
     cifar10, reference_run, tmp_path, monkeypatch
 ):
