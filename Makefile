@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if missing, then trains alexnet briefly on CPU and prints its accuracy
 #   make test   creates .venv if missing, then runs the test suite
+#   make quick  the same, without the tests marked slow: the tier for the edit loop
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+quick: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

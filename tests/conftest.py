@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need the real CIFAR-10 read it from $CIFAR10_DIR.
+"""Shared fixtures (plain helpers are in helpers.py). Tests that need the real CIFAR-10 read it
+from $CIFAR10_DIR.
 
 In CI (CI=true) a missing data set fails those tests loudly; on a developer's machine without
 the data they are skipped with the reason.
@@ -7,10 +8,8 @@ the data they are skipped with the reason.
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,58 +54,44 @@ def _quiet_env(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
-def write_binary_folder(root: Path, n_per_file: int = 20, seed: int = 0, names=None) -> dict:
-    """A small CIFAR-10 binary folder (same layout, fewer records); returns what it holds."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    held = {}
-    for name in names or [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        labels = rng.integers(0, 10, n_per_file, dtype=np.uint8)
-        pixels = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
-        records = np.concatenate([labels[:, None], pixels], axis=1)
-        (folder / name).write_bytes(records.tobytes())
-        held[name] = (labels.astype(np.int64), pixels)
-    return held
-
-
-# ---------------------------------------------------------------------- small training runs
-
-
-def train_options(out, **kw):
-    """A tiny real run: alexnet_thinner_4, 160 images, 3 epochs of 5 steps."""
-    from alexnet_cifar.recipe import Recipe
-    from alexnet_cifar.train import TrainOptions
-
-    base = dict(
-        model="alexnet_thinner_4",
-        out=out,
-        recipe=Recipe(epochs=3, batch_size=32),
-        seed=5,
-        limit_train=160,
-        limit_test=100,
-        device="cpu",
-        quiet=True,
-        progress=False,
-    )
-    base.update(kw)
-    return TrainOptions(**base)
-
-
-def interrupt_at(epoch, step, sig=signal.SIGINT):
-    """An on_step hook that sends ``sig`` to this process after (epoch, step)."""
-
-    def hook(trainer, e, s):
-        if (e, s) == (epoch, step):
-            os.kill(os.getpid(), sig)
-
-    return hook
-
-
 @pytest.fixture(scope="session")
 def reference_run(cifar10, tmp_path_factory):
     from alexnet_cifar.train import train
 
+    from .helpers import train_options
+
     out = tmp_path_factory.mktemp("ref") / "run"
     train(train_options(out), data=cifar10)
     return out
+
+
+@pytest.fixture
+def interrupted_run(cifar10, tmp_path):
+    """A run stopped in epoch 2: checkpoint.pt mid-epoch, checkpoint.prev.pt at epoch 1's end."""
+    from alexnet_cifar.checkpoint import read_state
+    from alexnet_cifar.train import TrainingInterrupted, train
+
+    from .helpers import interrupt_at, train_options
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(train_options(out), data=cifar10, on_step=interrupt_at(1, 2))
+    assert read_state(out / "checkpoint.pt")["step"] == 3
+    assert read_state(out / "checkpoint.prev.pt")["epoch"] == 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A confident model of the TINY construction, for tests of the commands that use one."""
+    from .helpers import TINY, confident_model
+
+    return confident_model(TINY, seed=11)
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_model):
+    """A run folder holding tiny_model, as far as the commands that use a model look."""
+    from .helpers import make_run
+
+    return make_run(tmp_path / "run", tiny_model)

@@ -1,5 +1,7 @@
 """The command line: clear messages and non-zero exits for a user's mistakes, never a traceback."""
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -9,10 +11,13 @@ import time
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from alexnet_cifar.cli import main
+from alexnet_cifar.models import PRESETS
 
-from .test_train import run_cli
+from .helpers import run_cli, run_main, write_binary_folder
 
 NO_NET = {"ALEXNET_CIFAR_DATA_URL": "http://127.0.0.1:9/cifar-10-binary.tar.gz"}
 
@@ -94,6 +99,7 @@ def test_evaluate_missing_and_damaged_checkpoints(capsys, tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(cifar10_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = [
@@ -169,3 +175,116 @@ def test_limit_beyond_the_data_is_refused(capsys, cifar10_dir, tmp_path, monkeyp
         "--no-verify",
     )
     _fails_cleanly(p, "--limit-train must lie between 1 and 50000")
+
+
+# ---------------------------------------------------------------------- bad data files
+
+
+def test_bad_data_files_are_named_by_the_cli(tmp_path):
+    write_binary_folder(tmp_path, n_per_file=5)
+    f = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+    f.write_bytes(f.read_bytes()[:-7])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(
+            [
+                "train",
+                "alexnet",
+                "--data-dir",
+                str(tmp_path),
+                "--no-verify",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+    assert code == 2 and "data_batch_3.bin is truncated" in err.getvalue()
+
+
+# ---------------------------------------------------------------------- bad arguments
+
+
+def _run_main(argv) -> tuple[int, str]:
+    p = run_main(*argv)  # argparse's usage errors become their exit code
+    return p.returncode, p.stderr
+
+
+def _clean_failure(code, err):
+    assert code not in (0, None), err
+    assert "Traceback" not in err
+    assert err.strip(), "a failure must say something"
+
+
+bad_counts = st.one_of(
+    st.integers(max_value=0),
+    st.integers(min_value=10**9 + 1, max_value=10**30),
+    st.text(min_size=1, max_size=8).filter(lambda t: not t.strip().lstrip("+").isdigit()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    flag=st.sampled_from(
+        ["--epochs", "--batch-size", "--limit-train", "--limit-test", "--eval-batch-size", "--seed"]
+    ),
+    value=bad_counts,
+)
+def test_bad_numbers_never_trace_back(flag, value):
+    if flag == "--seed" and isinstance(value, int) and value == 0:
+        value = -1  # seed 0 is valid
+    code, err = _run_main(["train", "alexnet", flag, str(value), "--device", "cpu"])
+    _clean_failure(code, err)
+    assert flag in err or "argument" in err
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    device=st.text(max_size=12).filter(
+        lambda d: (
+            d.strip().lower() not in ("auto", "cpu", "cuda")
+            and not (d.strip().lower().startswith("cuda:") and d.strip()[5:].isdigit())
+        )
+    )
+)
+def test_unknown_devices_never_trace_back(device):
+    code, err = _run_main(["train", "alexnet", "--device", device])
+    _clean_failure(code, err)
+
+
+@settings(max_examples=40, deadline=None)
+@given(model=st.text(max_size=24).filter(lambda m: m not in PRESETS))
+def test_unknown_models_never_trace_back(model):
+    for cmd in (["train", model], ["summary", model], ["bench", "--models", model or ","]):
+        code, err = _run_main([*cmd, "--device", "cpu"] if cmd[0] != "summary" else cmd)
+        _clean_failure(code, err)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(limit=st.integers(min_value=101, max_value=10**9), which=st.sampled_from(["train", "test"]))
+def test_absurd_limits_never_trace_back(tmp_path_factory, limit, which):
+    root = tmp_path_factory.mktemp("data")
+    write_binary_folder(root, n_per_file=20)  # 100 train and 20 test images
+    if which == "test":
+        limit = max(limit, 21)
+    code, err = _run_main(
+        [
+            "train",
+            "alexnet",
+            f"--limit-{which}",
+            str(limit),
+            "--data-dir",
+            str(root),
+            "--no-verify",
+            "--device",
+            "cpu",
+            "--out",
+            str(root / "run"),
+        ]
+    )
+    _clean_failure(code, err)
+    assert f"--limit-{which} must lie between 1 and" in err

@@ -20,7 +20,7 @@ from alexnet_cifar.data import (
     balanced_subset,
 )
 
-from .conftest import write_binary_folder
+from .helpers import write_binary_folder
 
 README_MD5 = {  # the published sums, as the data folder's README lists them
     "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",

@@ -1,6 +1,5 @@
-"""The engine computes what the plain step computes; its preparation leaves no trace."""
-
-import csv
+"""The engine computes what the plain step computes; its preparation leaves no trace; its
+weight average follows its definition."""
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from alexnet_cifar.optim import make_optimizer, set_learning_rate
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
 
-from .conftest import interrupt_at, train_options
+from .helpers import interrupt_at, metric_rows, train_options
 
 CPU = torch.device("cpu")
 
@@ -146,6 +145,7 @@ def test_preparation_leaves_no_trace():
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_run, tmp_path):
     """torch.compile (its eager backend here, for speed) with warm-up and an interruption."""
     out = tmp_path / "run"
@@ -153,32 +153,33 @@ def test_compiled_run_resumed_equals_plain_uninterrupted_run(cifar10, reference_
     with pytest.raises(TrainingInterrupted, match="SIGINT: stopped in epoch 2"):
         train(train_options(out, engine=eng), data=cifar10, on_step=interrupt_at(1, 1))
     train(train_options(out, engine=eng, resume=True), data=cifar10)
-
-    def rows(p):
-        with open(p / "metrics.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-    assert rows(out) == rows(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
 
 
-def test_engine_options_resolve_per_device():
-    cpu = EngineOptions().resolve(CPU)
-    assert (cpu.precision, cpu.compile, cpu.cuda_graphs) == ("fp32", False, False)
-    cuda = EngineOptions().resolve(torch.device("cuda"))
-    assert (cuda.precision, cuda.compile, cuda.cuda_graphs, cuda.channels_last) == (
-        "bf16",
-        True,
-        True,
-        True,
+def test_weight_average_follows_its_definition():
+    torch.manual_seed(0)
+    model = build_model("alexnet_thinner_4")
+    recipe = Recipe(batch_size=8, ema_decay=0.9, momentum_form="torch")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(64, 192, (24, 32, 32, 3), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (24,), generator=g)
+    engine = Engine(model, recipe, torch.device("cpu"), EngineOptions(), x, y)
+    engine.begin_epoch(
+        0, (torch.arange(24), torch.zeros(24), torch.zeros(24), torch.zeros(24, dtype=torch.bool))
     )
-    off = EngineOptions(precision="fp32", compile=False, cuda_graphs=False).resolve(
-        torch.device("cuda")
-    )
-    assert (off.precision, off.compile, off.cuda_graphs) == ("fp32", False, False)
-    with pytest.raises(ValueError, match="bf16"):
-        EngineOptions(precision="bf16").resolve(CPU)
-    with pytest.raises(ValueError, match="CUDA graphs"):
-        EngineOptions(cuda_graphs=True).resolve(CPU)
+    want = [p.detach().clone() for p in model.parameters()]
+    for step in range(3):
+        engine.step(step)
+        d = min(0.9, (1 + (step + 1)) / (10 + (step + 1)))
+        want = [d * w + (1 - d) * p.detach() for w, p in zip(want, model.parameters())]
+    for a, b in zip(engine.ema, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    current = [p.detach().clone() for p in model.parameters()]
+    with engine.evaluated_weights():
+        for p, e in zip(model.parameters(), engine.ema):
+            assert torch.equal(p, e)
+    for p, c in zip(model.parameters(), current):
+        assert torch.equal(p, c)  # put back
 
 
 def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):

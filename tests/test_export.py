@@ -15,7 +15,7 @@ from alexnet_cifar.augment import normalize
 from alexnet_cifar.cli import main
 from alexnet_cifar.data import CLASSES
 
-from .usage_helpers import confident_model, make_run
+from .helpers import confident_model, make_run
 
 TOL = 1e-4
 
@@ -45,6 +45,7 @@ def onnx_export(tmp_path_factory):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_onnx_matches_pytorch(onnx_export, cifar10):
     model, path = onnx_export
     gen = torch.Generator().manual_seed(0)
@@ -64,6 +65,7 @@ def test_onnx_matches_pytorch(onnx_export, cifar10):
     assert np.abs(want - want.mean(0)).max() > 0.1
 
 
+@pytest.mark.slow
 def test_onnx_file_describes_itself(onnx_export):
     model, path = onnx_export
     proto = onnx.load(str(path))

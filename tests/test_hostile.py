@@ -7,8 +7,6 @@ in a traceback, print more than one line on stderr, or change a file it was not 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -25,30 +23,12 @@ import torch
 from PIL import Image
 
 from alexnet_cifar.checkpoint import save_model_file
-from alexnet_cifar.cli import main
 from alexnet_cifar.models import AlexNet, get_config
 
 from .fs_helpers import read_only_folder
-from .usage_helpers import confident_model, make_run
+from .helpers import confident_model, make_run, metric_rows, run_main, train_options
 
 THINNER = "alexnet_thinner_4"
-
-
-def run_main(*args, env=None) -> subprocess.CompletedProcess:
-    """The command in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([str(a) for a in args])
-            except SystemExit as e:
-                code = e.code
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _keras_file(path: Path, kernel_dtype="float32", kernel_shape=(3, 3, 3, 24)):
@@ -352,15 +332,8 @@ def _refuse_constant(token: str):
     pytest.fail(f"a file holds the non-JSON token {token}")
 
 
-def _metrics(run: Path) -> list[dict]:
-    import csv
-
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
 @pytest.fixture(scope="module")
-def tiny_run(cifar10_dir, tmp_path_factory):
+def trained_run(cifar10_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     p = run_main("train", *TINY_RUN, "--out", out, env={"CIFAR10_DIR": str(cifar10_dir)})
     assert p.returncode == 0, p.stderr
@@ -392,8 +365,6 @@ def test_weights_broken_by_the_last_update_are_not_a_success(cifar10, tmp_path):
     from alexnet_cifar.errors import NonFiniteLossError
     from alexnet_cifar.train import train
 
-    from .conftest import train_options
-
     out = tmp_path / "run"
 
     def break_after_the_last_step(trainer, epoch, step):
@@ -409,9 +380,9 @@ def test_weights_broken_by_the_last_update_are_not_a_success(cifar10, tmp_path):
 
 
 @pytest.mark.real_data
-def test_stale_temporary_files_are_removed_at_the_next_start(cifar10_dir, tiny_run, tmp_path):
+def test_stale_temporary_files_are_removed_at_the_next_start(cifar10_dir, trained_run, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(tiny_run, out)
+    shutil.copytree(trained_run, out)
     stale = [out / f".checkpoint.pt.{i}abc.tmp" for i in range(3)] + [out / ".metrics.csv.x.tmp"]
     for f in stale:
         f.write_bytes(b"\0" * 1000)
@@ -425,9 +396,9 @@ def test_stale_temporary_files_are_removed_at_the_next_start(cifar10_dir, tiny_r
 
 
 @pytest.mark.real_data
-def test_a_deleted_config_is_rewritten_on_resume(cifar10_dir, tiny_run, tmp_path):
+def test_a_deleted_config_is_rewritten_on_resume(cifar10_dir, trained_run, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(tiny_run, out)
+    shutil.copytree(trained_run, out)
     (out / "config.json").unlink()
     (out / "result.json").unlink()
     (out / "model.pt").unlink()
@@ -443,7 +414,7 @@ def test_a_newest_checkpoint_with_the_wrong_tensors_falls_back(cifar10_dir, tmp_
     out = tmp_path / "run"
     env = {"CIFAR10_DIR": str(cifar10_dir)}
     assert run_main("train", *TINY_RUN, "--out", out, env=env).returncode == 0
-    ref = _metrics(out)
+    ref = metric_rows(out)
     (out / "result.json").unlink()
     state = torch.load(out / "checkpoint.prev.pt", weights_only=True)
     state["epoch"] = 1
@@ -453,13 +424,13 @@ def test_a_newest_checkpoint_with_the_wrong_tensors_falls_back(cifar10_dir, tmp_
     p = run_main("train", *TINY_RUN, "--out", out, "--resume", env=env)
     assert p.returncode == 0, p.stderr
     assert "falling back to the previous checkpoint" in p.stderr
-    assert _metrics(out) == ref
+    assert metric_rows(out) == ref
 
 
 @pytest.mark.real_data
-def test_an_extended_run_interrupted_is_not_taken_for_finished(cifar10_dir, tiny_run, tmp_path):
+def test_an_extended_run_interrupted_is_not_taken_for_finished(cifar10_dir, trained_run, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(tiny_run, out)
+    shutil.copytree(trained_run, out)
     env = {"CIFAR10_DIR": str(cifar10_dir)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "alexnet_cifar", "train", *TINY_RUN, "--out", str(out)]
@@ -495,11 +466,11 @@ def _with_metrics(run: Path, folder: Path, change) -> Path:
 
 
 @pytest.mark.real_data
-def test_a_diverged_run_is_reportable(tiny_run, tmp_path):
+def test_a_diverged_run_is_reportable(trained_run, tmp_path):
     def diverge(rows):
         rows[-1].update(val_loss="nan", val_accuracy="nan", seconds="nan", loss="inf")
 
-    run = _with_metrics(tiny_run, tmp_path / "diverged", diverge)
+    run = _with_metrics(trained_run, tmp_path / "diverged", diverge)
     p = run_main("report", run, "--out", tmp_path / "report")
     assert p.returncode == 0, p.stderr
     md = (tmp_path / "report" / "report.md").read_text()
@@ -511,11 +482,11 @@ def test_a_diverged_run_is_reportable(tiny_run, tmp_path):
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", ["$x$ run", "back\\slash", "<img src=x onerror=alert(1)>`|*"])
-def test_hostile_run_names_are_shown_as_typed(tiny_run, tmp_path, name):
+def test_hostile_run_names_are_shown_as_typed(trained_run, tmp_path, name):
     run = tmp_path / name
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     other = tmp_path / "other"
-    shutil.copytree(tiny_run, other)
+    shutil.copytree(trained_run, other)
     p = run_main("report", run, other, "--out", tmp_path / "report")
     assert p.returncode == 0, p.stderr
     md = (tmp_path / "report" / "report.md").read_text()
@@ -526,13 +497,13 @@ def test_hostile_run_names_are_shown_as_typed(tiny_run, tmp_path, name):
 
 
 @pytest.mark.real_data
-def test_a_run_folder_with_a_wrong_config_is_left_out_with_a_warning(tiny_run, tmp_path):
+def test_a_run_folder_with_a_wrong_config_is_left_out_with_a_warning(trained_run, tmp_path):
     bad = tmp_path / "bad"
-    shutil.copytree(tiny_run, bad)
+    shutil.copytree(trained_run, bad)
     config = json.loads((bad / "config.json").read_text())
     config["model"], config["recipe"]["lr"] = "resnet", "fast"
     (bad / "config.json").write_text(json.dumps(config))
-    p = run_main("report", tiny_run, bad, "--out", tmp_path / "report")
+    p = run_main("report", trained_run, bad, "--out", tmp_path / "report")
     assert p.returncode == 0, p.stderr
     assert p.stderr.startswith("warning: left out of the report:") and "'model'" in p.stderr
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())

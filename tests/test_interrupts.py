@@ -3,7 +3,6 @@ closed pipe, and the printed command that resumes, run as printed from where the
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import os
 import pty
@@ -22,6 +21,8 @@ import torch
 
 from alexnet_cifar.cli import main
 
+from .helpers import metric_rows
+
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 # 2 steps of 32 images an epoch
@@ -30,11 +31,6 @@ BASE = BASE.split()
 # one epoch, on a test set large enough for its evaluation (seconds) to be caught in the act
 ARGS = [*BASE, "--epochs", "1", "--limit-test", "1500"]
 SMALL = [*BASE, "--epochs", "2", "--limit-test", "200"]
-
-
-def _rows(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 def _env(cifar10_dir, **extra) -> dict:
@@ -107,7 +103,7 @@ def test_ctrl_c_during_the_evaluation_stops_in_seconds_and_resumes_exactly(
         timeout=600,
     )
     assert p.returncode == 0, p.stderr
-    assert _rows(out) == _rows(uninterrupted)
+    assert metric_rows(out) == metric_rows(uninterrupted)
 
 
 def test_a_second_ctrl_c_stops_at_once_with_exit_130(cifar10_dir, tmp_path):
@@ -160,8 +156,8 @@ def test_the_printed_resume_command_runs_as_printed(cifar10_dir, tmp_path):
     whole = tmp_path / "whole"
     cmd = [str(script), "train", *args, "--out", str(whole), "--epochs", "3"]
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
-    assert len(_rows(out)) == 3
-    assert _rows(out) == _rows(whole)  # channels_last was restored on resume
+    assert len(metric_rows(out)) == 3
+    assert metric_rows(out) == metric_rows(whole)  # channels_last was restored on resume
 
 
 def test_a_closed_output_does_not_end_the_run(cifar10_dir, tmp_path):

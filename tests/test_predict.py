@@ -1,4 +1,4 @@
-"""predict on image files of every kind, and evaluate --tta."""
+"""predict on image files of every kind."""
 
 from __future__ import annotations
 
@@ -6,33 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from alexnet_cifar.augment import SEED_MEAN, normalize
+from alexnet_cifar.augment import SEED_MEAN
 from alexnet_cifar.cli import main
-from alexnet_cifar.evaluate import evaluate_model, evaluate_with_tta
 from alexnet_cifar.predict import load_image
 
-from .conftest import write_binary_folder
-from .test_train import run_cli
-from .usage_helpers import TINY, confident_model, make_run
-
-
-@pytest.fixture(scope="module")
-def model():
-    return confident_model(TINY, seed=11)
-
-
-@pytest.fixture
-def run(tmp_path, model):
-    return make_run(tmp_path / "run", model)
-
-
-def probs_of(model, pixels_nhwc: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        x = normalize(torch.from_numpy(np.ascontiguousarray(pixels_nhwc))).contiguous()
-        return torch.softmax(model(x).double(), dim=1).numpy()
+from .helpers import make_run, probs_of, run_cli
 
 
 def predict_json(*args, capsys):
@@ -41,11 +21,11 @@ def predict_json(*args, capsys):
     return rc, json.loads(captured.out), captured.err
 
 
-def test_32x32_png_is_predicted_as_training_normalises_it(run, model, tmp_path, capsys):
+def test_32x32_png_is_predicted_as_training_normalises_it(tiny_run, tiny_model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    rc, out, err = predict_json(run, tmp_path / "a.png", "--top-k", "10", capsys=capsys)
+    rc, out, err = predict_json(tiny_run, tmp_path / "a.png", "--top-k", "10", capsys=capsys)
     assert rc == 0 and "resized" not in err
     (r,) = out
     assert r["file"] == str(tmp_path / "a.png") and r["resized"] is False
@@ -55,18 +35,18 @@ def test_32x32_png_is_predicted_as_training_normalises_it(run, model, tmp_path, 
         got[t["index"]] = t["probability"]
         assert set(t) >= {"class", "probability"}
     assert got.sum() == pytest.approx(1.0, abs=1e-9)
-    want = probs_of(model, pixels[None])[0]
+    want = probs_of(tiny_model, pixels[None])[0]
     assert np.abs(got - want).max() < 1e-5
     probs = [t["probability"] for t in r["top_k"]]
     assert probs == sorted(probs, reverse=True)
-    assert r["predicted"] == r["top_k"][0]["class"] == run_classes(run)[int(want.argmax())]
+    assert r["predicted"] == r["top_k"][0]["class"] == run_classes(tiny_run)[int(want.argmax())]
 
 
 def run_classes(run):
     return json.loads((run / "result.json").read_text())["classes"]
 
 
-def test_every_mode_and_size(run, tmp_path, capsys):
+def test_every_mode_and_size(tiny_run, tmp_path, capsys):
     rng = np.random.default_rng(1)
     rgb = Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8))
     files = {
@@ -82,7 +62,7 @@ def test_every_mode_and_size(run, tmp_path, capsys):
     }
     for name, img in files.items():
         img.save(tmp_path / name)
-    rc, out, err = predict_json(run, *(tmp_path / n for n in files), capsys=capsys)
+    rc, out, err = predict_json(tiny_run, *(tmp_path / n for n in files), capsys=capsys)
     assert rc == 0, err
     assert [r["file"] for r in out] == [str(tmp_path / n) for n in files]
     for r in out:
@@ -96,10 +76,10 @@ def test_every_mode_and_size(run, tmp_path, capsys):
     assert modes["palette.png"] == "P" and modes["bilevel.png"] == "1"
 
 
-def test_text_says_when_it_resizes(run, tmp_path):
+def test_text_says_when_it_resizes(tiny_run, tmp_path):
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "same.png")
     Image.new("RGB", (100, 60), (200, 30, 30)).save(tmp_path / "wide.png")
-    p = run_cli("predict", str(run), str(tmp_path / "same.png"), str(tmp_path / "wide.png"))
+    p = run_cli("predict", str(tiny_run), str(tmp_path / "same.png"), str(tmp_path / "wide.png"))
     assert p.returncode == 0, p.stderr
     same, wide = p.stdout.split(str(tmp_path / "wide.png"))
     assert "resized" not in same
@@ -135,24 +115,24 @@ def test_conversions(tmp_path):
     assert np.abs(big.pixels.astype(int) - [10, 200, 90]).max() <= 3
 
 
-def test_unreadable_file_is_reported_and_the_rest_predicted(run, tmp_path, capsys):
+def test_unreadable_file_is_reported_and_the_rest_predicted(tiny_run, tmp_path, capsys):
     Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "good.png")
     (tmp_path / "notes.png").write_text("this is text, not a picture")
     files = [tmp_path / "good.png", tmp_path / "notes.png", tmp_path / "missing.jpg"]
-    rc, out, err = predict_json(run, *files, capsys=capsys)
+    rc, out, err = predict_json(tiny_run, *files, capsys=capsys)
     assert rc == 2 and "Traceback" not in err
     assert "notes.png: not an image" in err and "missing.jpg: no such file" in err
     assert [r["file"] for r in out] == [str(f) for f in files]
     assert "top_k" in out[0] and "error" in out[1] and "error" in out[2]
-    assert main(["predict", str(run), *map(str, files), "--device", "cpu"]) == 2  # text mode
+    assert main(["predict", str(tiny_run), *map(str, files), "--device", "cpu"]) == 2  # text mode
     captured = capsys.readouterr()
     assert str(files[0]) in captured.out and "not an image" in captured.err
     assert "2 of 3 files could not be read" in captured.err
 
 
-def test_top_k_and_class_names(model, tmp_path, capsys):
+def test_top_k_and_class_names(tiny_model, tmp_path, capsys):
     names = [f"thing{i}" for i in range(10)]
-    run = make_run(tmp_path / "run", model, classes=names)
+    run = make_run(tmp_path / "run", tiny_model, classes=names)
     Image.new("RGB", (32, 32), (90, 90, 90)).save(tmp_path / "x.png")
     rc, out, _ = predict_json(run, tmp_path / "x.png", "--top-k", "50", capsys=capsys)
     assert rc == 0 and len(out[0]["top_k"]) == 10  # no more than there are classes
@@ -160,47 +140,3 @@ def test_top_k_and_class_names(model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(run), str(tmp_path / "x.png"), "--top-k", "0"])
     assert main(["predict", str(tmp_path / "norun"), str(tmp_path / "x.png")]) == 2
-
-
-# ---------------------------------------------------------------------- evaluate --tta
-
-
-def test_tta_is_the_mean_of_image_and_mirror_softmax(model):
-    rng = np.random.default_rng(3)
-    x = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, 16)
-    plain, tta = evaluate_with_tta(model, x, y, batch_size=16)
-    reference = evaluate_model(model, x, y, batch_size=16)
-    assert plain.accuracy == reference.accuracy and plain.loss == pytest.approx(reference.loss)
-    assert np.array_equal(plain.confusion, reference.confusion)
-    # independently: mirror the uint8 pictures (width is axis 2 in N, H, W, C)
-    p = 0.5 * (probs_of(model, x) + probs_of(model, x[:, :, ::-1]))
-    assert tta.accuracy == pytest.approx(float((p.argmax(1) == y).mean()))
-    ce = -np.log(np.clip(p[np.arange(16), y], 1e-7, 1 - 1e-7)).mean()
-    assert tta.cross_entropy == pytest.approx(ce, rel=1e-5)
-    assert tta.loss == pytest.approx(ce + float(model.l2_penalty().detach()), rel=1e-5)
-    assert tta.confusion.sum() == 16
-    # the flip matters for these pictures, and not at all for mirror-symmetric ones
-    assert tta.cross_entropy != pytest.approx(plain.cross_entropy, rel=1e-3)
-    sym = np.concatenate([x[:, :, :16], x[:, :, :16][:, :, ::-1]], axis=2)
-    plain_s, tta_s = evaluate_with_tta(model, sym, y)
-    assert tta_s.cross_entropy == pytest.approx(plain_s.cross_entropy, rel=1e-5)
-
-
-def test_evaluate_tta_command(run, tmp_path, capsys):
-    data = tmp_path / "data"
-    write_binary_folder(data, n_per_file=12)
-    args = ["evaluate", str(run), "--data-dir", str(data), "--no-verify", "--device", "cpu"]
-    assert main([*args, "--json"]) == 0
-    plain_only = json.loads(capsys.readouterr().out)
-    assert "tta" not in plain_only
-    assert main([*args, "--json", "--tta"]) == 0
-    both = json.loads(capsys.readouterr().out)
-    for key in ("loss", "accuracy", "per_class_accuracy", "confusion_matrix", "n", "classes"):
-        assert both[key] == plain_only[key], key  # the plain report is unchanged
-        assert key in both["tta"]
-    assert both["tta_accuracy"] == both["tta"]["accuracy"]
-    assert both["tta"]["n"] == 12 and both["tta"]["loss"] != both["loss"]
-    assert main([*args, "--tta"]) == 0
-    text = capsys.readouterr().out
-    assert "flip-averaged" in text and f"{both['tta']['accuracy']:.4f}" in text

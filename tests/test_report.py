@@ -315,6 +315,7 @@ def test_html_is_self_contained(mixed):
     assert "url(" not in page and "@import" not in page
 
 
+@pytest.mark.slow
 def test_single_epoch_and_repeated_variants(tmp_path):
     """A one-epoch run still plots; two runs of one variant are told apart by their folders."""
     a = make_run(tmp_path / "alexnet-seed0", "alexnet", 1, seed=0)
@@ -339,6 +340,7 @@ def test_single_epoch_and_repeated_variants(tmp_path):
     assert "is not among these runs" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_command_on_a_study_folder(tmp_path, capsys):
     """A study folder stands for its runs; a later report drops the figures it no longer has."""
     study = tmp_path / "s"
@@ -392,7 +394,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys, setup, message):
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    from .test_train import run_cli
+    from .helpers import run_cli
 
     p = run_cli("report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r"))
     assert p.returncode == 2

@@ -13,7 +13,7 @@ from alexnet_cifar.cli import main
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
 
-from .test_train import run_cli
+from .helpers import run_cli
 
 # 160 training images in batches of 32 (5 steps), 100 test images: a few seconds a variant.
 SUBSET = ["--limit-train", "160", "--limit-test", "100", "--batch-size", "32"]

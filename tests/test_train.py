@@ -1,9 +1,18 @@
+"""train: the epoch loop end to end, and the faults it survives: signals, kill -9, a non-finite
+loss, a full disk, an unwritable run folder.
+
+The fault tests name the fault of docs/reliability.md they prove.
+"""
+
 import csv
+import errno
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +20,17 @@ import pytest
 import torch
 
 from alexnet_cifar import load_model
-from alexnet_cifar.checkpoint import CheckpointError
+from alexnet_cifar.checkpoint import load_checkpoint, read_state
+from alexnet_cifar.errors import FileWriteError
 from alexnet_cifar.evaluate import evaluate_model
 from alexnet_cifar.train import (
     METRIC_COLUMNS,
-    RunSetupError,
+    NonFiniteLossError,
     TrainingInterrupted,
     train,
 )
 
-from .conftest import interrupt_at, train_options
+from .helpers import REF_ARGS, interrupt_at, metric_rows, run_cli, run_main, train_options
 
 # ---------------------------------------------------------------------- end to end, real data
 
@@ -45,19 +55,6 @@ E2E_ARGS = [
     "--seed",
     "0",
 ]
-
-
-def run_cli(*args, cwd=None, env=None, timeout=600):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_cifar", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=e,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -167,15 +164,11 @@ def test_evaluate_cli_json(e2e_run, cifar10_dir):
     assert rep["accuracy"] == pytest.approx(np.trace(cm) / 1000)
 
 
-# ---------------------------------------------------------------------- resume
-
-
-def _metrics(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+# ---------------------------------------------------------------------- interrupted, then resumed
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "epoch, step, sig",
     [(1, 2, signal.SIGINT), (0, 4, signal.SIGTERM), (1, 0, signal.SIGINT)],
@@ -196,21 +189,155 @@ def test_interrupted_run_resumes_to_the_same_metrics(
     assert (ckpt["epoch"], ckpt["step"]) == (epoch, step + 1)
 
     train(train_options(out, resume=True), data=cifar10)
-    assert _metrics(out) == _metrics(reference_run)
+    assert metric_rows(out) == metric_rows(reference_run)
     a, b = load_model(out), load_model(reference_run)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
 
 
+# ---------------------------------------------------------------------- kill -9 and SIGTERM
+
+
+def _start(args, cifar10_dir):
+    env = dict(os.environ, CIFAR10_DIR=str(cifar10_dir))
+    return subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
 @pytest.mark.real_data
-def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run, tmp_path):
-    with pytest.raises(RunSetupError, match="already holds a run. Add resume=True"):
-        train(train_options(reference_run), data=cifar10)
-    with pytest.raises(CheckpointError, match=r"seed: checkpoint has 5, this run asks 6"):
-        train(train_options(reference_run, resume=True, seed=6), data=cifar10)
-    # a finished run resumed is a no-op that still reports its result
-    r = train(train_options(reference_run, resume=True), data=cifar10)
-    assert r["epochs"] == 3
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_metrics(
+    cifar10_dir, reference_run, tmp_path
+):
+    out = tmp_path / "run"
+    proc = _start([*REF_ARGS, "--out", str(out)], cifar10_dir)
+    _wait_for(out / "checkpoint.pt", proc)
+    delay = random.uniform(0.0, 2.0)  # somewhere in epoch 2 or 3 (about 1.5 s each)
+    time.sleep(delay)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.communicate()
+    finished_anyway = proc.returncode == 0
+    # whatever the moment, the newest checkpoint on disk is whole
+    state, _ = load_checkpoint(out, warn=lambda m: pytest.fail(m))
+    assert state["epoch"] >= 1
+
+    p = run_main(
+        "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
+    )
+    assert p.returncode == 0, (delay, p.stderr)
+    assert metric_rows(out) == metric_rows(reference_run), (
+        f"killed after {delay:.2f}s ({finished_anyway=})"
+    )
+    a, b = load_model(out), load_model(reference_run)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, reference_run, tmp_path):
+    out = tmp_path / "run"
+    proc = _start([*REF_ARGS, "--out", str(out)], cifar10_dir)
+    _wait_for(out / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM" in err and "Resume with: " in err and " train alexnet_thinner_4 " in err
+    assert "Traceback" not in err
+    p = run_main(
+        "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
+    )
+    assert p.returncode == 0, p.stderr
+    assert metric_rows(out) == metric_rows(reference_run)
+
+
+# ---------------------------------------------------------------------- non-finite loss
+
+
+@pytest.mark.real_data
+def test_nonfinite_loss_stops_keeps_last_good_checkpoint(cifar10, tmp_path):
+    out = tmp_path / "run"
+
+    def poison(trainer, epoch, step):
+        if (epoch, step) == (1, 2):
+            with torch.no_grad():
+                trainer.model.layers.conv3.weight.fill_(float("inf"))
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 4") as e:
+        train(train_options(out), data=cifar10, on_step=poison)
+    assert "end of epoch 1" in str(e.value)
+    state = read_state(out / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.real_data
+def test_nonfinite_loss_exit_code(cifar10_dir, tmp_path):
+    p = run_main(
+        "train",
+        "alexnet_thinner_4",
+        "--lr",
+        "1e9",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit-train",
+        "96",
+        "--limit-test",
+        "20",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        env={"CIFAR10_DIR": str(cifar10_dir)},
+    )
+    assert p.returncode == 3, p.stderr
+    assert "NaN or infinite in epoch 1, step" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------------- full disk, unwritable out
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_full_disk_fails_clearly_and_leaves_nothing_half_written(
+    cifar10, reference_run, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_fill_the_disk(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the checkpoint after epoch 2
+            f.write(b"\0" * 4096)  # some bytes land, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
+    with pytest.raises(FileWriteError, match="checkpoint .*: the disk is full") as e:
+        train(train_options(out), data=cifar10)
+    assert "intact" in str(e.value)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert read_state(out / "checkpoint.pt")["epoch"] == 1  # the good one survived
+    train(train_options(out, resume=True), data=cifar10)
+    assert metric_rows(out) == metric_rows(reference_run)
 
 
 def test_unwritable_out_fails_before_training(tmp_path):

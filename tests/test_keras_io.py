@@ -1,4 +1,6 @@
-"""import-keras and export-keras against real Keras 3 files and Keras 2's HDF5 layout.
+"""keras_io and keras_files: import-keras and export-keras against real Keras 3 files and Keras
+2's HDF5 layout. Reading a file (keras_files) and mapping it onto a preset (keras_io) are tested
+together here: nearly every check needs both.
 
 Keras 3 (torch backend) runs in one subprocess (tests/keras_reference.py), so its backend setting
 never reaches this process. It builds the seed's models, saves them every way it can, predicts
@@ -31,8 +33,7 @@ from alexnet_cifar.keras_io import (
 )
 from alexnet_cifar.models import AlexNet, get_config
 
-from .conftest import write_binary_folder
-from .usage_helpers import confident_model
+from .helpers import confident_model, write_binary_folder
 
 HERE = Path(__file__).resolve().parent
 TOL = 1e-4
@@ -82,6 +83,7 @@ def our_probs(model, x_nhwc: np.ndarray) -> np.ndarray:
         return torch.softmax(model.eval()(x), dim=1).numpy()
 
 
+@pytest.mark.slow
 def test_keras_reference_is_discriminating(keras_dir):
     # Confident outputs that change with the input: a wrong mapping cannot stay under 1e-4.
     for name in KERAS_MODELS:
@@ -102,6 +104,7 @@ PARITY_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "fmt"), PARITY_CASES)
 def test_import_matches_keras_predictions(keras_dir, tmp_path, name, fmt, capsys):
     x, want, _ = reference(keras_dir, name)
@@ -118,6 +121,7 @@ def test_import_matches_keras_predictions(keras_dir, tmp_path, name, fmt, capsys
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_flatten_order_matters_and_wrong_order_is_caught(keras_dir):
     # thinner_4 ends on an 8x8x64 map: reading it in (C, H, W) order must break parity.
     x, want, _ = reference(keras_dir, "alexnet_thinner_4")
@@ -137,6 +141,7 @@ def test_flatten_order_matters_and_wrong_order_is_caught(keras_dir):
     ).flatten_order == ("CHW")
 
 
+@pytest.mark.slow
 def test_weights_map_exactly(keras_dir):
     # Kernel (kh, kw, in, out) -> (out, in, kh, kw); dense (in, out) -> (out, in); biases as is.
     _, _, arrays = reference(keras_dir, "alexnet")
@@ -211,6 +216,7 @@ def write_keras2_h5(path: Path, arrays, *, whole_model=True, as_bytes=True, firs
                 lg.attrs["weight_names"] = np.array([], dtype="S1") if as_bytes else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "whole_model", "as_bytes"),
     [
@@ -258,6 +264,7 @@ def test_keras2_attribute_chunks(tmp_path):
 # ---------------------------------------------------------------------- refusals
 
 
+@pytest.mark.slow
 def test_wrong_model_is_refused_with_shapes_and_a_hint(keras_dir, tmp_path, capsys):
     src = keras_dir / "alexnet_thinner_4.h5"
     rc = main(["import-keras", str(src), "--model", "alexnet", "--out", str(tmp_path / "r")])
@@ -307,6 +314,7 @@ def test_not_a_keras_file(tmp_path, capsys):
     assert "no Keras file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_existing_model_is_not_overwritten(keras_dir, tmp_path, capsys):
     src = str(keras_dir / "alexnet_thinner_4.weights.h5")
     out = str(tmp_path / "run")
@@ -319,6 +327,7 @@ def test_existing_model_is_not_overwritten(keras_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------- the run folder
 
 
+@pytest.mark.slow
 def test_imported_run_folder(keras_dir, tmp_path, capsys):
     src = keras_dir / "alexnet_thinner_4.h5"
     out = tmp_path / "run"
@@ -354,6 +363,7 @@ def test_imported_run_folder(keras_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------- export to Keras
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["ours.weights.h5", "ours.h5"])
 def test_export_keras_loads_in_keras(keras_dir, suffix):
     # Keras 3's model.load_weights read the file in the subprocess and predicted with it.

@@ -1,20 +1,14 @@
-"""The fast recipe: named fields, its schedule, weight averaging, flip TTA; learning, resuming."""
+"""recipe: the fast recipe's named fields and its schedule; it learns and resumes exactly."""
 
-import csv
 import json
 
 import pytest
-import torch
 
-from alexnet_cifar import build_model
-from alexnet_cifar.augment import normalize
 from alexnet_cifar.cli import main
-from alexnet_cifar.engine import Engine, EngineOptions
-from alexnet_cifar.evaluate import evaluate_model
 from alexnet_cifar.recipe import Recipe, get_recipe
 from alexnet_cifar.train import TrainingInterrupted, train
 
-from .conftest import interrupt_at, train_options
+from .helpers import interrupt_at, metric_rows, train_options
 
 
 def test_fast_recipe_is_named_fields_with_linear_lr_scaling():
@@ -50,48 +44,8 @@ def test_warmup_linear_schedule():
     assert r.per_step_lr and not Recipe().per_step_lr
 
 
-def test_weight_average_follows_its_definition():
-    torch.manual_seed(0)
-    model = build_model("alexnet_thinner_4")
-    recipe = Recipe(batch_size=8, ema_decay=0.9, momentum_form="torch")
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(64, 192, (24, 32, 32, 3), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (24,), generator=g)
-    engine = Engine(model, recipe, torch.device("cpu"), EngineOptions(), x, y)
-    engine.begin_epoch(
-        0, (torch.arange(24), torch.zeros(24), torch.zeros(24), torch.zeros(24, dtype=torch.bool))
-    )
-    want = [p.detach().clone() for p in model.parameters()]
-    for step in range(3):
-        engine.step(step)
-        d = min(0.9, (1 + (step + 1)) / (10 + (step + 1)))
-        want = [d * w + (1 - d) * p.detach() for w, p in zip(want, model.parameters())]
-    for a, b in zip(engine.ema, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    current = [p.detach().clone() for p in model.parameters()]
-    with engine.evaluated_weights():
-        for p, e in zip(model.parameters(), engine.ema):
-            assert torch.equal(p, e)
-    for p, c in zip(model.parameters(), current):
-        assert torch.equal(p, c)  # put back
-
-
-def test_flip_tta_is_the_mean_of_the_two_softmaxes():
-    torch.manual_seed(2)
-    model = build_model("alexnet").eval()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 256, (10, 32, 32, 3), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (10,), generator=g)
-    ev = evaluate_model(model, x, y, tta_flip=True, loss_clip_eps=0)
-    with torch.no_grad():
-        xf = normalize(x)
-        p = (torch.softmax(model(xf), 1) + torch.softmax(model(xf.flip(-1)), 1)) / 2
-    want_ce = float(-torch.log(p[torch.arange(10), y]).mean())
-    assert ev.cross_entropy == pytest.approx(want_ce, rel=1e-5)
-    assert ev.accuracy == pytest.approx(float((p.argmax(1) == y).float().mean()))
-
-
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_fast_recipe_resumes_exactly(cifar10, tmp_path):
     fast = get_recipe("fast", epochs=3, batch_size=32)
     ref = tmp_path / "ref"
@@ -100,13 +54,8 @@ def test_fast_recipe_resumes_exactly(cifar10, tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(train_options(out, recipe=fast), data=cifar10, on_step=interrupt_at(1, 2))
     train(train_options(out, resume=True, recipe=fast), data=cifar10)
-
-    def rows(p):
-        with open(p / "metrics.csv") as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-    assert rows(out) == rows(ref)
-    lrs = [float(r["lr"]) for r in rows(ref)]
+    assert metric_rows(out) == metric_rows(ref)
+    lrs = [float(r["lr"]) for r in metric_rows(ref)]
     assert lrs[-1] == pytest.approx(0.0)  # decayed to nothing at the last step
 
 

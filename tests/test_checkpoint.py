@@ -1,0 +1,150 @@
+"""checkpoint: checksummed saves and loads, damage and the fall-back to the previous checkpoint,
+the background writer, model files, loading without running code, and the run lock.
+
+Each test names the fault of docs/reliability.md it proves.
+"""
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_cifar import load_model
+from alexnet_cifar.checkpoint import (
+    CheckpointError,
+    RunLock,
+    read_state,
+    save_model_file,
+)
+from alexnet_cifar.models import PRESETS, build_model
+from alexnet_cifar.train import train
+
+from .helpers import REF_ARGS, metric_rows, run_cli, run_main, train_options
+
+# ---------------------------------------------------------------------- damage, background writes
+
+
+def _flip_byte(path: Path, where: float = 0.6) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * where)] ^= 0x55
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    cifar10, reference_run, interrupted_run, damage, capsys
+):
+    out = interrupted_run
+    ckpt = out / "checkpoint.pt"
+    if damage == "flipped byte":
+        _flip_byte(ckpt)  # a byte inside the tensors: torch.load alone would not notice
+    else:
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 3])
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is damaged"):
+        read_state(ckpt)
+    train(train_options(out, resume=True), data=cifar10)
+    err = capsys.readouterr().err
+    assert "falling back to the previous checkpoint" in err and "checkpoint.prev.pt" in err
+    assert metric_rows(out) == metric_rows(reference_run)
+
+
+@pytest.mark.real_data
+def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run):
+    out = interrupted_run
+    _flip_byte(out / "checkpoint.pt")
+    (out / "checkpoint.prev.pt").write_bytes(b"garbage")
+    p = run_main(
+        "train", *REF_ARGS, "--out", str(out), "--resume", env={"CIFAR10_DIR": str(cifar10_dir)}
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "no usable checkpoint" in p.stderr
+    assert "checkpoint.pt is damaged" in p.stderr and "checkpoint.prev.pt" in p.stderr
+
+
+def test_checkpoint_is_a_snapshot_even_while_written_in_the_background(tmp_path):
+    from alexnet_cifar.checkpoint import BackgroundWriter, save_checkpoint
+
+    w = torch.ones(1000)
+    writer = BackgroundWriter()
+    save_checkpoint(tmp_path, {"epoch": 1, "step": 0, "model": {"w": w}}, writer=writer)
+    w.fill_(7.0)  # training goes on while the file is written
+    writer.wait()
+    assert torch.equal(read_state(tmp_path / "checkpoint.pt")["model"]["w"], torch.ones(1000))
+
+    def fail():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.submit(fail)
+    with pytest.raises(OSError):
+        writer.wait()  # a failed background write is never silent
+    writer.wait()  # and is reported once
+
+
+# ---------------------------------------------------------------------- model files, unpickling
+
+
+def test_model_file_of_another_shape_is_refused(tmp_path):
+    torch.manual_seed(0)
+    alexnet = build_model("alexnet")
+    path = tmp_path / "model.pt"
+    save_model_file(path, PRESETS["alexnet_thinner_4"].to_dict(), alexnet.state_dict(), {})
+    with pytest.raises(CheckpointError, match="does not hold a usable alexnet-cifar model"):
+        load_model(path)
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "alexnet-cifar-checkpoint", "x": Payload()}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this tool") as e:
+        read_state(path)
+    assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(e.value)  # no advice to switch the safety off
+
+
+# ---------------------------------------------------------------------- two runs, one folder
+
+
+@pytest.mark.real_data
+def test_second_trainer_on_the_same_folder_is_refused(cifar10_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):
+        p = run_cli("train", *REF_ARGS, "--out", str(out), env={"CIFAR10_DIR": str(cifar10_dir)})
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"another trainer (pid {os.getpid()}) is using" in p.stderr
+
+
+def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / ".lock").write_text(f"{dead}\n")  # left behind, nobody holds it
+    with RunLock(tmp_path) as lock:
+        assert lock.path.read_text().strip() == str(os.getpid())
+    # a lock held by a process that then dies is released by the kernel
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from alexnet_cifar.checkpoint import RunLock; "
+            f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match="another trainer"):
+        RunLock(tmp_path).acquire()
+    holder.kill()
+    holder.wait()
+    RunLock(tmp_path).acquire().release()

@@ -1,0 +1,73 @@
+"""evaluate: loss, accuracy and confusion over batches; flip test-time augmentation (the mean of
+a picture's and its mirror's softmax) in the library and through evaluate --tta."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_cifar import build_model
+from alexnet_cifar.augment import normalize
+from alexnet_cifar.cli import main
+from alexnet_cifar.evaluate import evaluate_model, evaluate_with_tta
+
+from .helpers import probs_of, write_binary_folder
+
+
+def test_flip_tta_is_the_mean_of_the_two_softmaxes():
+    torch.manual_seed(2)
+    model = build_model("alexnet").eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (10, 32, 32, 3), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (10,), generator=g)
+    ev = evaluate_model(model, x, y, tta_flip=True, loss_clip_eps=0)
+    with torch.no_grad():
+        xf = normalize(x)
+        p = (torch.softmax(model(xf), 1) + torch.softmax(model(xf.flip(-1)), 1)) / 2
+    want_ce = float(-torch.log(p[torch.arange(10), y]).mean())
+    assert ev.cross_entropy == pytest.approx(want_ce, rel=1e-5)
+    assert ev.accuracy == pytest.approx(float((p.argmax(1) == y).float().mean()))
+
+
+def test_tta_is_the_mean_of_image_and_mirror_softmax(tiny_model):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 16)
+    plain, tta = evaluate_with_tta(tiny_model, x, y, batch_size=16)
+    reference = evaluate_model(tiny_model, x, y, batch_size=16)
+    assert plain.accuracy == reference.accuracy and plain.loss == pytest.approx(reference.loss)
+    assert np.array_equal(plain.confusion, reference.confusion)
+    # independently: mirror the uint8 pictures (width is axis 2 in N, H, W, C)
+    p = 0.5 * (probs_of(tiny_model, x) + probs_of(tiny_model, x[:, :, ::-1]))
+    assert tta.accuracy == pytest.approx(float((p.argmax(1) == y).mean()))
+    ce = -np.log(np.clip(p[np.arange(16), y], 1e-7, 1 - 1e-7)).mean()
+    assert tta.cross_entropy == pytest.approx(ce, rel=1e-5)
+    assert tta.loss == pytest.approx(ce + float(tiny_model.l2_penalty().detach()), rel=1e-5)
+    assert tta.confusion.sum() == 16
+    # the flip matters for these pictures, and not at all for mirror-symmetric ones
+    assert tta.cross_entropy != pytest.approx(plain.cross_entropy, rel=1e-3)
+    sym = np.concatenate([x[:, :, :16], x[:, :, :16][:, :, ::-1]], axis=2)
+    plain_s, tta_s = evaluate_with_tta(tiny_model, sym, y)
+    assert tta_s.cross_entropy == pytest.approx(plain_s.cross_entropy, rel=1e-5)
+
+
+def test_evaluate_tta_command(tiny_run, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_binary_folder(data, n_per_file=12)
+    args = ["evaluate", str(tiny_run), "--data-dir", str(data), "--no-verify", "--device", "cpu"]
+    assert main([*args, "--json"]) == 0
+    plain_only = json.loads(capsys.readouterr().out)
+    assert "tta" not in plain_only
+    assert main([*args, "--json", "--tta"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    for key in ("loss", "accuracy", "per_class_accuracy", "confusion_matrix", "n", "classes"):
+        assert both[key] == plain_only[key], key  # the plain report is unchanged
+        assert key in both["tta"]
+    assert both["tta_accuracy"] == both["tta"]["accuracy"]
+    assert both["tta"]["n"] == 12 and both["tta"]["loss"] != both["loss"]
+    assert main([*args, "--tta"]) == 0
+    text = capsys.readouterr().out
+    assert "flip-averaged" in text and f"{both['tta']['accuracy']:.4f}" in text
