@@ -259,6 +259,7 @@ def test_keras_file_declaring_gigabytes_is_refused_before_reading(hostile, tmp_p
     assert "not floating-point weights" in p.stderr
 
 
+@pytest.mark.slow
 def test_a_model_of_three_classes_is_not_evaluated_on_ten(cifar10_dir, tmp_path):
     run = _three_class_run(tmp_path)
     p = run_main(
@@ -340,6 +341,7 @@ def trained_run(cifar10_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_real_full_disk_is_one_line_and_leaves_no_temporary_file(cifar10_dir, tmp_path):
     from .fs_helpers import small_filesystem
@@ -360,6 +362,7 @@ def test_a_real_full_disk_is_one_line_and_leaves_no_temporary_file(cifar10_dir, 
         assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_weights_broken_by_the_last_update_are_not_a_success(cifar10, tmp_path):
     from alexnet_cifar.errors import NonFiniteLossError
@@ -379,6 +382,7 @@ def test_weights_broken_by_the_last_update_are_not_a_success(cifar10, tmp_path):
         json.loads(f.read_text(), parse_constant=_refuse_constant)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_stale_temporary_files_are_removed_at_the_next_start(cifar10_dir, trained_run, tmp_path):
     out = tmp_path / "run"
@@ -395,6 +399,7 @@ def test_stale_temporary_files_are_removed_at_the_next_start(cifar10_dir, traine
     assert not any(f.exists() for f in stale) and keep.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_deleted_config_is_rewritten_on_resume(cifar10_dir, trained_run, tmp_path):
     out = tmp_path / "run"
@@ -409,6 +414,7 @@ def test_a_deleted_config_is_rewritten_on_resume(cifar10_dir, trained_run, tmp_p
     assert (config["seed"], config["limit_train"], config["recipe"]["epochs"]) == (1, 64, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_newest_checkpoint_with_the_wrong_tensors_falls_back(cifar10_dir, tmp_path):
     out = tmp_path / "run"
@@ -427,6 +433,7 @@ def test_a_newest_checkpoint_with_the_wrong_tensors_falls_back(cifar10_dir, tmp_
     assert metric_rows(out) == ref
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_an_extended_run_interrupted_is_not_taken_for_finished(cifar10_dir, trained_run, tmp_path):
     out = tmp_path / "run"
@@ -465,6 +472,7 @@ def _with_metrics(run: Path, folder: Path, change) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_diverged_run_is_reportable(trained_run, tmp_path):
     def diverge(rows):
@@ -480,6 +488,7 @@ def test_a_diverged_run_is_reportable(trained_run, tmp_path):
     json.loads(summary, parse_constant=_refuse_constant)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", ["$x$ run", "back\\slash", "<img src=x onerror=alert(1)>`|*"])
 def test_hostile_run_names_are_shown_as_typed(trained_run, tmp_path, name):
@@ -496,6 +505,7 @@ def test_hostile_run_names_are_shown_as_typed(trained_run, tmp_path, name):
     assert "<img src=x" not in rendered and "<img src=x" not in html_text
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_run_folder_with_a_wrong_config_is_left_out_with_a_warning(trained_run, tmp_path):
     bad = tmp_path / "bad"
