@@ -154,3 +154,115 @@ def test_unknown_models_are_refused(tmp_path, capsys):
         assert e.value.code == 2 and "argument --models:" in err and says in err
         assert len(err.strip().splitlines()) == 1 and "--help" in err
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------- a validation split
+
+SPLIT = 40  # held-out training images; the test subset has 100, so the two are told apart
+
+
+@pytest.fixture(scope="module")
+def split_run(cifar10, tmp_path_factory):
+    """A run with a validation split, with every evaluation and every step recorded in order."""
+    from alexnet_cifar.engine import Engine
+
+    from .conftest import train_options
+
+    out = tmp_path_factory.mktemp("split") / "run"
+    events: list[tuple] = []
+    evaluate = Engine.evaluate
+
+    def spy(self, images, labels, *args, **kwargs):
+        events.append(("evaluate", len(labels)))
+        return evaluate(self, images, labels, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "evaluate", spy)
+        result = train(
+            train_options(out, val_split=SPLIT),
+            data=cifar10,
+            on_step=lambda t, epoch, step: events.append(("step", epoch, step)),
+        )
+    return out, result, events
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
+    out, result, events = split_run
+    last_step = max(i for i, e in enumerate(events) if e[0] == "step")
+    evaluations = [(i, e[1]) for i, e in enumerate(events) if e[0] == "evaluate"]
+    on_validation = [i for i, n in evaluations if n == SPLIT]
+    on_test = [i for i, n in evaluations if n == 100]
+    assert len(on_validation) == 3  # once per epoch
+    assert 1 <= len(on_test) <= 2 and all(i > last_step for i in on_test)
+    assert len(on_validation) + len(on_test) == len(evaluations)
+
+    rows = _metrics(out)
+    best = max(range(len(rows)), key=lambda i: float(rows[i]["val_accuracy"]))  # first best
+    assert result["best_epoch"] == best + 1
+    assert result["best_val_accuracy"] == float(rows[best]["val_accuracy"])
+    assert result["val_split"] == SPLIT
+    assert result["test_accuracy"] == result["test_accuracy_final"]
+    assert result["best_test_accuracy"] == result["test_accuracy_at_best_val"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["val_split"] == SPLIT and config["n_val"] == SPLIT
+    assert config["n_train"] == 160 and config["n_test"] == 100
+
+    # the two test accuracies, recomputed from the saved weights on the same test images
+    import torch
+
+    from alexnet_cifar import load_model
+    from alexnet_cifar.checkpoint import load_checkpoint
+    from alexnet_cifar.evaluate import evaluate_model
+
+    test = cifar10.subset(160, 100, 5, SPLIT)
+    x, y = torch.from_numpy(test.x_test), torch.from_numpy(test.y_test)
+    final = evaluate_model(load_model(out), x, y, batch_size=500)
+    assert final.accuracy == result["test_accuracy_final"]
+    state, _ = load_checkpoint(out)
+    assert state["best_val"]["epoch"] == best + 1
+    model = load_model(out)
+    model.load_state_dict(state["best_val"]["model"])
+    assert (
+        evaluate_model(model, x, y, batch_size=500).accuracy == result["test_accuracy_at_best_val"]
+    )
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_val_split_is_part_of_the_run_identity(split_run, reference_run, cifar10):
+    from alexnet_cifar.checkpoint import CheckpointError
+
+    from .conftest import train_options
+
+    out, _, _ = split_run
+    with pytest.raises(CheckpointError, match="val_split: checkpoint has 40, this run asks 50"):
+        train(train_options(out, resume=True, val_split=50), data=cifar10)
+    with pytest.raises(CheckpointError, match="val_split: checkpoint has 40, this run asks None"):
+        train(train_options(out, resume=True), data=cifar10)
+    # a run without a split is what it was before splits existed
+    config = json.loads((reference_run / "config.json").read_text())
+    result = json.loads((reference_run / "result.json").read_text())
+    assert "val_split" not in config and "n_val" not in config
+    assert not {k for k in result if "val" in k}
+    from alexnet_cifar.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(reference_run)
+    assert "best_val" not in state and "val_split" not in state["run_identity"]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_interrupted_split_run_resumes_to_the_same_results(split_run, cifar10, tmp_path):
+    from .conftest import interrupt_at, train_options
+
+    ref, expect, _ = split_run
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(train_options(out, val_split=SPLIT), data=cifar10, on_step=interrupt_at(1, 2))
+    got = train(train_options(out, resume=True, val_split=SPLIT), data=cifar10)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_metrics(out)) == strip(_metrics(ref))
+    for key in ("test_accuracy_final", "test_accuracy_at_best_val", "best_epoch", "test_loss"):
+        assert got[key] == expect[key], key
