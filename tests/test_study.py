@@ -266,3 +266,290 @@ def test_interrupted_split_run_resumes_to_the_same_results(split_run, cifar10, t
     assert strip(_metrics(out)) == strip(_metrics(ref))
     for key in ("test_accuracy_final", "test_accuracy_at_best_val", "best_epoch", "test_loss"):
         assert got[key] == expect[key], key
+
+
+# ---------------------------------------------------------------------- several seeds
+
+MODELS = ["alexnet", "alexnet_thinner_4"]
+# Two variants x two seeds, two epochs of 4 steps (128 images), 100 test images.
+SEEDS_STUDY = [
+    "--models",
+    ",".join(MODELS),
+    "--seeds",
+    "2",
+    "--epochs",
+    "2",
+    "--limit-train",
+    "128",
+    "--limit-test",
+    "100",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+]
+RUNS = [(model, seed) for model in MODELS for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def seeds_study(cifar10_dir, tmp_path_factory):
+    """The tiny study with two seeds, run one after another in this process with one torch
+    thread: the thread count of each Ray task on a CPU, so that the two compare exactly."""
+    import contextlib
+    import io
+    import time
+
+    import torch
+
+    out = tmp_path_factory.mktemp("seeds") / "study"
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+            mp.setenv("CIFAR10_DIR", str(cifar10_dir))
+            start = time.perf_counter()
+            code = main(["study", *SEEDS_STUDY, "--out", str(out), "--no-progress"])
+            seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, printed.getvalue()
+    return out, printed.getvalue(), seconds
+
+
+def _same_runs(a, b) -> None:
+    """Run for run, the same metrics (all but the seconds) and the same results."""
+    for model, seed in RUNS:
+        ra, rb = a / model / f"seed-{seed}", b / model / f"seed-{seed}"
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+        assert strip(_metrics(ra)) == strip(_metrics(rb)), (model, seed)
+        ja = json.loads((ra / "result.json").read_text())
+        jb = json.loads((rb / "result.json").read_text())
+        for key in ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch"):
+            assert ja[key] == jb[key], (model, seed, key)
+        assert ja["confusion_matrix"] == jb["confusion_matrix"]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_seeds_study_reports_mean_spread_and_welch_like_scipy(seeds_study):
+    import numpy as np
+    from scipy import stats
+
+    out, printed, _ = seeds_study
+    for model, seed in RUNS:
+        assert f"{model} seed {seed}: test accuracy" in printed
+        assert (out / model / f"seed-{seed}" / "result.json").is_file()
+    assert not (out / "runs").exists()
+    settings = json.loads((out / "study.json").read_text())
+    assert settings["seeds"] == [0, 1] and "seed" not in settings and "val_split" not in settings
+
+    summary = json.loads((out / "summary.json").read_text())
+    columns = {m: [_metrics(out / m / f"seed-{s}") for s in (0, 1)] for m in MODELS}
+    best = {m: [max(float(r["val_accuracy"]) for r in rows) for rows in columns[m]] for m in MODELS}
+    for v in summary["variants"]:
+        rows = columns[v["label"]]
+        for key, x in (
+            ("best_test_accuracy", best[v["label"]]),
+            ("final_test_accuracy", [float(r[-1]["val_accuracy"]) for r in rows]),
+            ("lowest_test_loss", [min(float(e["val_loss"]) for e in r) for r in rows]),
+            (
+                "generalisation_gap",
+                [float(r[-1]["accuracy"]) - float(r[-1]["val_accuracy"]) for r in rows],
+            ),
+            ("total_seconds", [sum(float(e["seconds"]) for e in r) for r in rows]),
+        ):
+            d = v[key]
+            assert d["mean"] == pytest.approx(np.mean(x), rel=1e-12, abs=1e-15), key
+            assert d["std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12, abs=1e-15), key
+            if d["std"] > 0:
+                ci = stats.t.interval(0.95, 1, loc=np.mean(x), scale=stats.sem(x))
+                assert (d["ci_low"], d["ci_high"]) == (pytest.approx(ci[0]), pytest.approx(ci[1]))
+    (pair,) = summary["other_pairs"]
+    assert summary["claims"] == [] and (pair["a"], pair["b"]) == tuple(MODELS)
+    assert pair["difference"] == pytest.approx(np.mean(best[MODELS[0]]) - np.mean(best[MODELS[1]]))
+    if pair["p_value"] is not None:  # None only if neither variant varies over its seeds
+        t = stats.ttest_ind(best[MODELS[0]], best[MODELS[1]], equal_var=False)
+        assert pair["p_value"] == pytest.approx(t.pvalue, rel=1e-9)
+
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for text in (
+        "## Across seeds",
+        "| variant | measure | runs | mean | std | 95% CI |",
+        "p (Welch)",
+    ):
+        assert text in md
+    assert "Across seeds" in html and "p (Welch)" in html and "Traceback" not in printed
+    assert "across seeds (best test accuracy" in printed
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_seeds_study_continued_without_flags_skips_its_runs(seeds_study, capsys):
+    out, _, _ = seeds_study
+    assert main(["study", "--out", str(out), "--no-progress"]) == 0  # seeds from study.json
+    printed = capsys.readouterr().out
+    for i, (model, seed) in enumerate(RUNS, start=1):
+        assert f"[{i}/4] {model} seed {seed}: finished earlier, skipped" in printed
+    assert "epoch 1/2" not in printed
+    # a study keeps its layout: one seed in a folder of several is another study
+    assert main(["study", "--out", str(out), "--seed", "3"]) == 2
+    assert "several seeds per variant" in capsys.readouterr().err
+
+
+def _kill_once(marker, model: str, seed: int):
+    """A step hook that kills its own worker process, once, in the second epoch of one run,
+    after the first epoch's checkpoint is on disk (a Ray task retried must resume from it)."""
+
+    def hook(trainer, epoch, step):
+        o = trainer.opts
+        if (o.model, o.seed, epoch, step) == (model, seed, 1, 1) and not marker.exists():
+            trainer.writer.wait()
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _ray():
+    if os.environ.get("CI"):
+        import ray  # the test extra installs it: CI fails without it
+
+        return ray
+    return pytest.importorskip("ray")
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_ray_study_equals_the_sequential_one_and_retries_a_killed_worker(
+    seeds_study, cifar10_dir, tmp_path, monkeypatch
+):
+    import logging
+    import time
+
+    from alexnet_cifar.executors import RayExecutor
+    from alexnet_cifar.study import plan_runs, run_study
+
+    ray = _ray()
+    monkeypatch.setenv("CIFAR10_DIR", str(cifar10_dir))
+    out, marker = tmp_path / "ray", tmp_path / "killed"
+
+    def options(model, run_dir):
+        return TrainOptions(
+            model=model,
+            out=run_dir,
+            recipe=Recipe(epochs=2, batch_size=32),
+            device="cpu",
+            limit_train=128,
+            limit_test=100,
+            resume=True,
+            quiet=True,
+            progress=False,
+        )
+
+    lines: list[str] = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        start = time.perf_counter()
+        summary = run_study(
+            out,
+            plan_runs(out, MODELS, [0, 1], options),
+            say=lines.append,
+            executor=RayExecutor(on_step=_kill_once(marker, "alexnet_thinner_4", 1)),
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    print(f"tiny study: sequential {seeds_study[2]:.1f} s, Ray on 2 CPUs {seconds:.1f} s")
+    assert marker.exists()  # the worker was killed
+    _same_runs(out, seeds_study[0])
+    assert len(summary["runs"]) == 4 and len(summary["variants"]) == 2
+    text = "\n".join(lines)
+    assert "4 runs on Ray (2 CPU), each asking for 1 CPU" in text
+    assert "[4/4] alexnet_thinner_4 seed 1: started on" in text
+    assert "alexnet_thinner_4 seed 1: started on" in text and "resuming after epoch 1" in text
+    assert text.count("finished on") == 4 and "4 of 4 done" in text
+    log = (out / "alexnet_thinner_4" / "seed-1" / "train.log").read_text()
+    assert "at epoch 2, step 0" in log  # the retry trained no finished epoch again
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_ray_study_stopped_and_started_again_finishes_identically(
+    seeds_study, cifar10_dir, tmp_path
+):
+    import subprocess
+    import sys
+    import time
+
+    _ray()
+    out = tmp_path / "again"
+    args = ["study", *SEEDS_STUDY, "--out", str(out), "--no-progress", "--executor", "ray"]
+    env = dict(os.environ, CIFAR10_DIR=str(cifar10_dir))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/seed-*/metrics.csv")) and p.poll() is None:
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)  # Ctrl-C: the study stops, each run with a checkpoint
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 130, stderr
+    assert "the study stopped" in stderr and "Traceback" not in stderr
+    assert f"study --out {out} --executor ray" in stderr  # the command that continues it
+    assert not all((out / m / f"seed-{s}" / "result.json").exists() for m, s in RUNS)
+
+    again = run_cli(*args, env={"CIFAR10_DIR": str(cifar10_dir)})
+    assert again.returncode == 0, again.stderr
+    _same_runs(out, seeds_study[0])
+
+
+def test_seeds_flags(tmp_path, capsys):
+    from alexnet_cifar.cli.studies import seed_list
+
+    assert (
+        seed_list("3") == [0, 1, 2] and seed_list("0,4,7") == [0, 4, 7] and seed_list("5,") == [5]
+    )
+    for bad, says in (("0", "at least 1"), ("1,1", "given twice"), ("a,b", "whole number")):
+        with pytest.raises(SystemExit):
+            main(["study", "--seeds", bad, "--out", str(tmp_path)])
+        assert says in capsys.readouterr().err
+    for argv, says in (
+        (["--seed", "1", "--seeds", "2"], "give --seed or --seeds, not both"),
+        (["--address", "auto"], "--address is for --executor ray"),
+        (["--gpus-per-run", "0.5"], "--gpus-per-run is for --executor ray"),
+    ):
+        assert main(["study", *argv, "--out", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["study", "--executor", "ray", "--gpus-per-run", "1.5", "--out", str(tmp_path)])
+    assert "a share of one GPU (0 to 1) or a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_ray_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    assert main(["study", "--executor", "ray", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'alexnet-cifar[ray]'" in err and "--executor ray" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_second_study_on_the_same_folder_is_refused(tmp_path, capsys):
+    from alexnet_cifar.checkpoint import RunLock
+
+    out = tmp_path / "s"
+    out.mkdir()
+    with RunLock(out):  # a study running in the folder holds its lock
+        assert main(["study", "--models", "alexnet", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()}" in err and str(out) in err and "Traceback" not in err
+    assert not (out / "study.json").exists() and not (out / "runs").exists()
