@@ -553,3 +553,35 @@ def test_a_second_study_on_the_same_folder_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}" in err and str(out) in err and "Traceback" not in err
     assert not (out / "study.json").exists() and not (out / "runs").exists()
+
+
+def test_study_json_records_seeds_and_split_and_a_continued_study_takes_them(tmp_path, capsys):
+    from alexnet_cifar.cli import build_parser
+    from alexnet_cifar.cli.flags import train_options
+    from alexnet_cifar.study import plan_runs, read_study_settings, study_seeds, study_settings
+
+    out = tmp_path / "s"
+
+    def planned(argv: list[str], prev: dict):
+        args = build_parser().parse_args(["study", *argv, "--out", str(out)])
+        seeds = study_seeds(args.seeds, args.seed, prev)
+        models = args.models or prev["models"]
+        return plan_runs(out, models, seeds, lambda m, d: train_options(args, m, d, prev, True))
+
+    first = planned(["--models", "alexnet", "--seeds", "0,3", "--val-split", "50"], {})
+    settings = study_settings(first)
+    assert settings["seeds"] == [0, 3] and settings["val_split"] == 50 and "seed" not in settings
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps(settings))
+    again = planned([], read_study_settings(out))  # every flag left out
+    assert [(r.run_dir, r.seed, r.options.val_split) for r in again] == [
+        (out / "alexnet" / "seed-0", 0, 50),
+        (out / "alexnet" / "seed-3", 3, 50),
+    ]
+    one = planned(["--models", "alexnet"], {})
+    assert [r.run_dir for r in one] == [out / "runs" / "alexnet"]
+    assert "seeds" not in study_settings(one) and "val_split" not in study_settings(one)
+
+    (out / "study.json").write_text(json.dumps({**settings, "seeds": [0, "x"]}))
+    assert main(["study", "--out", str(out)]) == 2
+    assert "'seeds' should be a list of seeds" in capsys.readouterr().err
