@@ -648,3 +648,12 @@ def test_split_runs_show_both_test_accuracies(tmp_path):
     results = {r["variant"].strip("`"): r for r in results}
     assert results["alexnet"]["best test acc."] == "64.00%"
     assert results["alexnet_slim"]["best test acc."] == "–"
+
+
+@pytest.mark.slow
+def test_seeds_report_renders_in_chromium(seeds, chromium):
+    study, out, summary = seeds
+    page = load_page(out / "report.html", chromium)
+    assert page.console_errors == [] and page.failed_requests == [] and page.broken_images == []
+    assert len(page.images) == len(summary["figures"]) + len(summary["runs"])
+    assert page.scripts == 0
