@@ -167,7 +167,7 @@ def run_study(
             if (run.run_dir / RESULT_FILE).is_file():
                 say(f"{tag}: finished earlier, skipped ({run.run_dir})")
             else:
-                jobs.append(Job(tag, run.options))
+                jobs.append(Job(tag, replace(run.options, resume=True)))
         (executor or Sequential()).run(jobs, say)
         return build_report([run.run_dir for run in runs], out)
     finally:
