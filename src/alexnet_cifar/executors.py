@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -151,6 +152,25 @@ def _train_task(options, data, threads, events, tag, on_step, argv) -> dict:
     return {"where": where, "result": {k: result[k] for k in keep}}
 
 
+class _StopOnTerm:
+    """While the driver waits, SIGTERM stops the study as Ctrl-C does (and not Ray's own
+    handler, which would end the process at once)."""
+
+    def __init__(self):
+        self.signum = signal.SIGINT
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
+
+
 def _error(record: dict, model: str) -> AlexnetCifarError:
     """The error a task reported, as its own class where this package has it."""
     cls = getattr(errors, record["type"], None)
@@ -269,8 +289,10 @@ class RayExecutor:
             raise failures[0]
 
     def _wait(self, ray, refs: dict, events, say) -> list[AlexnetCifarError]:
-        """Print each run's start and end as they come; returns the runs' errors."""
+        """Print each run's start and end as they come; returns the runs' errors. Ctrl-C or
+        SIGTERM stops the study: every run saves a checkpoint at its next step."""
         pending, failures, done = list(refs), [], 0
+        stop = _StopOnTerm()
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
@@ -284,10 +306,13 @@ class RayExecutor:
         except KeyboardInterrupt:
             self._stop(ray, pending)
             raise TrainingInterrupted(
-                "SIGINT: the study stopped; every unfinished run kept its last checkpoint",
-                signal.SIGINT,
+                f"{signal.Signals(stop.signum).name}: the study stopped; every unfinished run "
+                "kept its last checkpoint",
+                stop.signum,
                 run_dir=refs[next(iter(refs))].options.out,
             ) from None
+        finally:
+            stop.restore()
         return failures
 
     def _finished(self, ray, ref, job: Job, count: str, say) -> AlexnetCifarError | None:
