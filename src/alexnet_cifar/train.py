@@ -296,8 +296,7 @@ class Trainer:
             return self.engine.evaluate(x, y, self.classes, batch, on_batch, averaged)
 
     def _keep_best(self, row: dict) -> None:
-        """With a split: keep the evaluated weights of the best epoch by validation accuracy
-        (the first best), for the test set's one look at the end."""
+        """With a split: keep the evaluated weights of the (first) best validation epoch."""
         if self.opts.val_split is None:
             return
         if self.best_val is None or row["val_accuracy"] > self.best_val["val_accuracy"]:
@@ -471,9 +470,8 @@ def _run_config(t: Trainer) -> dict:
 
 
 def _run_result(t: Trainer, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
-    """result.json: the final and best test accuracy, time, device, per-class results. With a
-    split (``best_ev``: the test set on the best validation epoch's weights) the test figures
-    are the two evaluations at the end, and the per-epoch ones are the validation set's."""
+    """result.json: the final and best test accuracy, time, device, per-class results; with a
+    split, the test set on the final weights (``ev``) and on the best epoch's (``best_ev``)."""
     final = t.history[-1]
     best = max(t.history, key=lambda r: r["val_accuracy"])
     result = {
@@ -506,7 +504,6 @@ def _run_result(t: Trainer, ev: EvalResult, best_ev: EvalResult | None = None) -
             best_val_accuracy=best["val_accuracy"],
             test_accuracy_final=ev.accuracy,
             test_accuracy_at_best_val=best_ev.accuracy,
-            test_loss_final=ev.loss,
             test_loss_at_best_val=best_ev.loss,
         )
     return result
