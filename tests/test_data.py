@@ -357,3 +357,59 @@ def test_balanced_subset_is_balanced_and_fixed_by_seed():
     assert not np.array_equal(a, balanced_subset(labels, 1005, seed=4))
     with pytest.raises(ValueError):
         balanced_subset(labels, 0, seed=0)
+
+
+# ---------------------------------------------------------------------- the validation split
+
+
+def _indexed(labels: np.ndarray, n_test: int = 30):
+    """A data set whose 'images' are their own indices: what was held out is easy to see."""
+    from alexnet_cifar.data import CIFAR10
+
+    return CIFAR10(
+        np.arange(len(labels)), labels, np.arange(n_test), labels[:n_test], list(CLASSES)
+    )
+
+
+def test_hold_out_is_balanced_disjoint_and_fixed_by_seed():
+    labels = np.repeat(np.arange(10), 600)
+    np.random.default_rng(1).shuffle(labels)
+    data = _indexed(labels)
+    split = data.hold_out(250, seed=3)
+    val, train = split.x_val, split.x_train
+    assert len(val) == 250 and len(train) == len(labels) - 250
+    assert not set(val) & set(train) and set(val) | set(train) == set(range(len(labels)))
+    assert np.array_equal(split.y_val, labels[val]) and np.array_equal(split.y_train, labels[train])
+    assert np.bincount(split.y_val, minlength=10).tolist() == [25] * 10  # class-balanced
+    again = data.hold_out(250, seed=3)
+    assert np.array_equal(again.x_val, val) and np.array_equal(again.x_train, train)
+    assert not np.array_equal(data.hold_out(250, seed=4).x_val, val)
+    # the test set is untouched, and without a split nothing is held out
+    assert np.array_equal(split.x_test, data.x_test)
+    assert data.subset(None, None, 3).x_val is None
+
+
+def test_limit_train_takes_its_subset_from_the_images_not_held_out():
+    labels = np.repeat(np.arange(10), 100)
+    data = _indexed(labels)
+    both = data.subset(200, 20, seed=7, val_split=100)
+    assert len(both.x_train) == 200 and len(both.x_val) == 100 and len(both.x_test) == 20
+    assert not set(both.x_train) & set(both.x_val)
+    assert np.array_equal(both.x_val, data.hold_out(100, seed=7).x_val)  # the same held-out set
+    assert np.bincount(both.y_train, minlength=10).tolist() == [20] * 10
+
+
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        (dict(val_split=0), "val_split must lie between 1 and 999"),
+        (dict(val_split=1000), "val_split must lie between 1 and 999"),
+        (dict(val_split=900, limit_train=101), "limit_train must lie between 1 and 100"),
+    ],
+)
+def test_impossible_splits_are_setting_errors(kw, says):
+    from alexnet_cifar.errors import SettingError
+
+    data = _indexed(np.repeat(np.arange(10), 100))
+    with pytest.raises(SettingError, match=says):
+        data.subset(kw.get("limit_train"), None, 0, kw["val_split"])

@@ -20,6 +20,7 @@ LAYERS = {
         "resume",
         "train",
         "study",
+        "executors",
         "report",
         "predict",
         "export",
@@ -41,6 +42,7 @@ LAZY_OK = {
     "PIL",
     "tqdm",
     "ray",
+    "scipy",  # the report's statistics: Student's t
     "torch.utils.tensorboard",
     "numpy._core",  # the restricted unpickler's numpy internals, by numpy version
     "numpy.core",

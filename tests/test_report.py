@@ -459,3 +459,203 @@ def test_fast_recipe_runs_are_named_as_such(tmp_path):
     assert [r["recipe"] for r in summary["runs"]] == ["seed", "fast"]  # in the post's order
     md = (tmp_path / "r" / "report.md").read_text()
     assert "the recipes `fast`, `seed`" in md and "recipe `fast` instead of the seed's" in md
+
+
+# ---------------------------------------------------------------------- several seeds
+
+SECTIONS = [
+    "Verdict",
+    "Results",
+    "Against the post",
+    "Learning curves",
+    "Train vs test, per variant",
+    "Model size",
+    "The best variant, class by class",
+    "Runs",
+    "TensorBoard",
+]
+
+
+def headings(md: str, level: int = 2) -> list[str]:
+    return [line[level + 1 :] for line in md.splitlines() if line.startswith("#" * level + " ")]
+
+
+def test_one_run_per_variant_keeps_the_single_run_report(mixed):
+    runs, out, summary = mixed
+    md = (out / "report.md").read_text()
+    assert headings(md) == SECTIONS
+    assert not {"variants", "claims", "other_pairs"} & set(summary)
+    assert "curves_by_variant" not in summary["figures"]
+    assert all("epoch_chosen_by" not in r for r in summary["runs"])
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """Three seeds of three variants and one of a fourth, in a study's seeds layout."""
+    study = tmp_path_factory.mktemp("seeds") / "study"
+    for model, top, n in (
+        ("alexnet_slim_regular", 0.90, 3),
+        ("alexnet_slim", 0.80, 3),  # clearly below: the claim about he_normal + L2 holds
+        ("alexnet_thinner_2", 0.95, 3),  # clearly above: the post's best is contradicted
+        ("alexnet_thinner_4", 0.90, 3),  # the same as alexnet_slim_regular: undecided
+        ("alexnet", 0.70, 1),  # one run: nothing about it can be decided
+    ):
+        for seed in range(n):
+            make_run(study / model / f"seed-{seed}", model, 6, kind="falling", top=top, seed=seed)
+    out = study
+    assert main(["report", str(study), "--out", str(out)]) == 0
+    return study, out, json.loads((out / "summary.json").read_text())
+
+
+def _folders(study: Path, model: str) -> list[Path]:
+    return sorted((study / model).glob("seed-*"))
+
+
+@pytest.mark.slow
+def test_several_seeds_are_described_like_scipy(seeds):
+    from scipy import stats
+
+    study, out, summary = seeds
+    variants = {v["label"]: v for v in summary["variants"]}
+    assert set(variants) == {p.name for p in study.iterdir() if p.is_dir()}
+    for label, v in variants.items():
+        metrics = [read_metrics(f) for f in _folders(study, label)]
+        assert v["seeds"] == list(range(len(metrics))) and v["n_finished"] == len(metrics)
+        per_run = {
+            "best_test_accuracy": [max(m["val_accuracy"]) for m in metrics],
+            "final_test_accuracy": [m["val_accuracy"][-1] for m in metrics],
+            "lowest_test_loss": [min(m["val_loss"]) for m in metrics],
+            "generalisation_gap": [m["accuracy"][-1] - m["val_accuracy"][-1] for m in metrics],
+            "total_seconds": [sum(m["seconds"]) for m in metrics],
+        }
+        for key, x in per_run.items():
+            d = v[key]
+            assert d["n"] == len(x)
+            assert d["mean"] == pytest.approx(np.mean(x), rel=1e-12)
+            assert (d["min"], d["max"]) == (min(x), max(x))
+            if len(x) == 1:
+                assert d["std"] is d["ci_low"] is d["ci_high"] is None
+                continue
+            assert d["std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12)
+            low, high = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+            assert (d["ci_low"], d["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    md = (out / "report.md").read_text()
+    assert headings(md) == ["Verdict", "Across seeds", *SECTIONS[1:]]
+    table = md_tables(md)[0]
+    row = next(
+        r
+        for r in table
+        if r["variant"] == "`alexnet_slim`" and r["measure"] == "best test accuracy"
+    )
+    d = variants["alexnet_slim"]["best_test_accuracy"]
+    assert row["runs"] == "3" and row["mean"] == f"{100 * d['mean']:.2f}%"
+    assert row["std"] == f"{100 * d['std']:.2f} pts"
+    assert row["95% CI"] == f"{100 * d['ci_low']:.2f}% to {100 * d['ci_high']:.2f}%"
+    alexnet = next(r for r in table if r["variant"] == "`alexnet`")
+    assert alexnet["std"] == alexnet["95% CI"] == "–"  # one run: no spread
+    assert "NaN" not in (out / "summary.json").read_text()
+    check_png(out / summary["figures"]["curves_by_variant"])
+    assert "](curves_by_variant.png)" in md
+
+
+@pytest.mark.slow
+def test_the_posts_claims_are_tested_like_scipy(seeds):
+    from scipy import stats
+
+    study, out, summary = seeds
+    claims = {(c["a"], c["b"]): c for c in summary["claims"]}
+    assert list(claims) == [
+        ("alexnet_slim_regular", "alexnet_slim"),
+        ("alexnet_slim_regular", "alexnet_thinner_2"),
+        ("alexnet_slim_regular", "alexnet_thinner_4"),
+        ("alexnet_slim", "alexnet"),
+    ]
+    for (a, b), c in claims.items():
+        xa = [max(read_metrics(f)["val_accuracy"]) for f in _folders(study, a)]
+        xb = [max(read_metrics(f)["val_accuracy"]) for f in _folders(study, b)]
+        assert c["difference"] == pytest.approx(np.mean(xa) - np.mean(xb), rel=1e-12)
+        if len(xb) < 2:
+            assert c["p_value"] is c["ci_low"] is None
+            continue
+        t = stats.ttest_ind(xa, xb, equal_var=False)
+        ci = t.confidence_interval(0.95)
+        assert c["p_value"] == pytest.approx(t.pvalue, rel=1e-9)
+        assert c["t"] == pytest.approx(t.statistic, rel=1e-9)
+        assert (c["ci_low"], c["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    verdicts = [c["verdict"] for c in claims.values()]
+    assert verdicts == [
+        "supported",
+        "contradicted",
+        "undecided with this many seeds",
+        "cannot be decided: needs two finished runs of each",
+    ]
+    v = summary["claims_verdict"]
+    assert len(v["supported"]) == len(v["contradicted"]) == 1 and len(v["undecided"]) == 2
+    md = (out / "report.md").read_text()
+    rows = md_tables(md)[1]
+    assert [r["verdict"] for r in rows] == verdicts
+    first = claims[("alexnet_slim_regular", "alexnet_slim")]
+    assert rows[0]["p (Welch)"] in (f"{first['p_value']:.3f}", "< 0.001")
+    assert rows[0]["difference of means"] == f"{100 * first['difference']:+.2f} pts"
+    assert "**Supported by these runs:** `alexnet_slim_regular` is more accurate" in md
+    assert "**Contradicted by these runs:**" in md and "**Not decided with this many seeds:**" in md
+    # the pairs no claim covers are compared too, without a verdict on a claim
+    others = {(c["a"], c["b"]) for c in summary["other_pairs"]}
+    assert len(others) == 10 - 4 and ("alexnet_thinner_2", "alexnet_thinner_4") in others
+
+
+# ---------------------------------------------------------------------- a validation split
+
+
+def make_split_run(folder: Path, model: str, epochs: int, split: int, **kw) -> Path:
+    """A run trained with a validation split: its metrics' val_* are the held-out images'."""
+    folder = make_run(folder, model, epochs, **kw)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(val_split=split, n_val=split)
+    (folder / "config.json").write_text(json.dumps(config))
+    if (folder / "result.json").is_file():
+        result = json.loads((folder / "result.json").read_text())
+        result.update(test_accuracy_final=0.61, test_accuracy_at_best_val=0.64, val_split=split)
+        (folder / "result.json").write_text(json.dumps(result))
+    return folder
+
+
+@pytest.mark.slow
+def test_split_runs_show_both_test_accuracies(tmp_path):
+    a = make_split_run(tmp_path / "a", "alexnet", 6, 5000, kind="swoosh")
+    b = make_split_run(tmp_path / "b", "alexnet_slim", 3, 5000, planned=10)  # unfinished
+    c = make_run(tmp_path / "c", "alexnet_thinner_4", 4)
+    summary = build_report([a, b, c], tmp_path / "r")
+    by = {r["model"]: r for r in summary["runs"]}
+    split, unfinished = by["alexnet"], by["alexnet_slim"]
+    m = read_metrics(a)
+    assert split["epoch_chosen_by"] == "validation" and split["val_split"] == 5000
+    assert split["best_val_accuracy"] == max(m["val_accuracy"])
+    assert split["best_test_accuracy"] == split["test_accuracy_at_best_val"] == 0.64
+    assert split["final_test_accuracy"] == split["test_accuracy_final"] == 0.61
+    assert split["generalisation_gap"] == pytest.approx(m["accuracy"][-1] - 0.61)
+    assert "validation loss" in split["overfitting_note"]
+    assert unfinished["best_test_accuracy"] is None and unfinished["generalisation_gap"] is None
+    assert "epoch_chosen_by" not in by["alexnet_thinner_4"]
+
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Model selection" in headings(md)
+    selection, results = md_tables(md)[:2]  # Model selection comes before Results
+    table = {r["run"].strip("`"): r for r in selection}
+    assert table["alexnet"]["epoch chosen by"] == "5,000 validation images"
+    assert table["alexnet"]["test acc. at that epoch"] == "64.00%"
+    assert table["alexnet"]["final test acc."] == "61.00%"
+    assert table["alexnet_slim"]["final test acc."] == "–"
+    assert table["alexnet_thinner_4"]["epoch chosen by"] == "the test set"
+    results = {r["variant"].strip("`"): r for r in results}
+    assert results["alexnet"]["best test acc."] == "64.00%"
+    assert results["alexnet_slim"]["best test acc."] == "–"
+
+
+@pytest.mark.slow
+def test_seeds_report_renders_in_chromium(seeds, chromium):
+    study, out, summary = seeds
+    page = load_page(out / "report.html", chromium)
+    assert page.console_errors == [] and page.failed_requests == [] and page.broken_images == []
+    assert len(page.images) == len(summary["figures"]) + len(summary["runs"])
+    assert page.scripts == 0

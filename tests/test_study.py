@@ -154,3 +154,434 @@ def test_unknown_models_are_refused(tmp_path, capsys):
         assert e.value.code == 2 and "argument --models:" in err and says in err
         assert len(err.strip().splitlines()) == 1 and "--help" in err
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------- a validation split
+
+SPLIT = 40  # held-out training images; the test subset has 100, so the two are told apart
+
+
+@pytest.fixture(scope="module")
+def split_run(cifar10, tmp_path_factory):
+    """A run with a validation split, with every evaluation and every step recorded in order."""
+    from alexnet_cifar.engine import Engine
+
+    from .conftest import train_options
+
+    out = tmp_path_factory.mktemp("split") / "run"
+    events: list[tuple] = []
+    evaluate = Engine.evaluate
+
+    def spy(self, images, labels, *args, **kwargs):
+        events.append(("evaluate", len(labels)))
+        return evaluate(self, images, labels, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "evaluate", spy)
+        result = train(
+            train_options(out, val_split=SPLIT),
+            data=cifar10,
+            on_step=lambda t, epoch, step: events.append(("step", epoch, step)),
+        )
+    return out, result, events
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
+    out, result, events = split_run
+    last_step = max(i for i, e in enumerate(events) if e[0] == "step")
+    evaluations = [(i, e[1]) for i, e in enumerate(events) if e[0] == "evaluate"]
+    on_validation = [i for i, n in evaluations if n == SPLIT]
+    on_test = [i for i, n in evaluations if n == 100]
+    assert len(on_validation) == 3  # once per epoch
+    assert 1 <= len(on_test) <= 2 and all(i > last_step for i in on_test)
+    assert len(on_validation) + len(on_test) == len(evaluations)
+
+    rows = _metrics(out)
+    best = max(range(len(rows)), key=lambda i: float(rows[i]["val_accuracy"]))  # first best
+    assert result["best_epoch"] == best + 1
+    assert result["best_val_accuracy"] == float(rows[best]["val_accuracy"])
+    assert result["val_split"] == SPLIT
+    assert result["test_accuracy"] == result["test_accuracy_final"]
+    assert result["best_test_accuracy"] == result["test_accuracy_at_best_val"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["val_split"] == SPLIT and config["n_val"] == SPLIT
+    assert config["n_train"] == 160 and config["n_test"] == 100
+
+    # the two test accuracies, recomputed from the saved weights on the same test images
+    import torch
+
+    from alexnet_cifar import load_model
+    from alexnet_cifar.checkpoint import load_checkpoint
+    from alexnet_cifar.evaluate import evaluate_model
+
+    test = cifar10.subset(160, 100, 5, SPLIT)
+    x, y = torch.from_numpy(test.x_test), torch.from_numpy(test.y_test)
+    final = evaluate_model(load_model(out), x, y, batch_size=500)
+    assert final.accuracy == result["test_accuracy_final"]
+    state, _ = load_checkpoint(out)
+    assert state["best_val"]["epoch"] == best + 1
+    model = load_model(out)
+    model.load_state_dict(state["best_val"]["model"])
+    assert (
+        evaluate_model(model, x, y, batch_size=500).accuracy == result["test_accuracy_at_best_val"]
+    )
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_val_split_is_part_of_the_run_identity(split_run, reference_run, cifar10):
+    from alexnet_cifar.checkpoint import CheckpointError
+
+    from .conftest import train_options
+
+    out, _, _ = split_run
+    with pytest.raises(CheckpointError, match="val_split: checkpoint has 40, this run asks 50"):
+        train(train_options(out, resume=True, val_split=50), data=cifar10)
+    with pytest.raises(CheckpointError, match="val_split: checkpoint has 40, this run asks None"):
+        train(train_options(out, resume=True), data=cifar10)
+    # a run without a split is what it was before splits existed
+    config = json.loads((reference_run / "config.json").read_text())
+    result = json.loads((reference_run / "result.json").read_text())
+    assert "val_split" not in config and "n_val" not in config
+    assert not {k for k in result if "val" in k}
+    from alexnet_cifar.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(reference_run)
+    assert "best_val" not in state and "val_split" not in state["run_identity"]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_interrupted_split_run_resumes_to_the_same_results(split_run, cifar10, tmp_path):
+    from .conftest import interrupt_at, train_options
+
+    ref, expect, _ = split_run
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(train_options(out, val_split=SPLIT), data=cifar10, on_step=interrupt_at(1, 2))
+    got = train(train_options(out, resume=True, val_split=SPLIT), data=cifar10)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_metrics(out)) == strip(_metrics(ref))
+    for key in ("test_accuracy_final", "test_accuracy_at_best_val", "best_epoch", "test_loss"):
+        assert got[key] == expect[key], key
+
+
+# ---------------------------------------------------------------------- several seeds
+
+MODELS = ["alexnet", "alexnet_thinner_4"]
+# Two variants x two seeds, two epochs of 4 steps (128 images), 100 test images.
+SEEDS_STUDY = [
+    "--models",
+    ",".join(MODELS),
+    "--seeds",
+    "2",
+    "--epochs",
+    "2",
+    "--limit-train",
+    "128",
+    "--limit-test",
+    "100",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+]
+RUNS = [(model, seed) for model in MODELS for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def seeds_study(cifar10_dir, tmp_path_factory):
+    """The tiny study with two seeds, run one after another in this process with one torch
+    thread: the thread count of each Ray task on a CPU, so that the two compare exactly."""
+    import contextlib
+    import io
+    import time
+
+    import torch
+
+    out = tmp_path_factory.mktemp("seeds") / "study"
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+            mp.setenv("CIFAR10_DIR", str(cifar10_dir))
+            start = time.perf_counter()
+            code = main(["study", *SEEDS_STUDY, "--out", str(out), "--no-progress"])
+            seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, printed.getvalue()
+    return out, printed.getvalue(), seconds
+
+
+def _same_runs(a, b) -> None:
+    """Run for run, the same metrics (all but the seconds) and the same results."""
+    for model, seed in RUNS:
+        ra, rb = a / model / f"seed-{seed}", b / model / f"seed-{seed}"
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+        assert strip(_metrics(ra)) == strip(_metrics(rb)), (model, seed)
+        ja = json.loads((ra / "result.json").read_text())
+        jb = json.loads((rb / "result.json").read_text())
+        for key in ("test_accuracy", "test_loss", "best_test_accuracy", "best_epoch"):
+            assert ja[key] == jb[key], (model, seed, key)
+        assert ja["confusion_matrix"] == jb["confusion_matrix"]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_seeds_study_reports_mean_spread_and_welch_like_scipy(seeds_study):
+    import numpy as np
+    from scipy import stats
+
+    out, printed, _ = seeds_study
+    for model, seed in RUNS:
+        assert f"{model} seed {seed}: test accuracy" in printed
+        assert (out / model / f"seed-{seed}" / "result.json").is_file()
+    assert not (out / "runs").exists()
+    settings = json.loads((out / "study.json").read_text())
+    assert settings["seeds"] == [0, 1] and "seed" not in settings and "val_split" not in settings
+
+    summary = json.loads((out / "summary.json").read_text())
+    columns = {m: [_metrics(out / m / f"seed-{s}") for s in (0, 1)] for m in MODELS}
+    best = {m: [max(float(r["val_accuracy"]) for r in rows) for rows in columns[m]] for m in MODELS}
+    for v in summary["variants"]:
+        rows = columns[v["label"]]
+        for key, x in (
+            ("best_test_accuracy", best[v["label"]]),
+            ("final_test_accuracy", [float(r[-1]["val_accuracy"]) for r in rows]),
+            ("lowest_test_loss", [min(float(e["val_loss"]) for e in r) for r in rows]),
+            (
+                "generalisation_gap",
+                [float(r[-1]["accuracy"]) - float(r[-1]["val_accuracy"]) for r in rows],
+            ),
+            ("total_seconds", [sum(float(e["seconds"]) for e in r) for r in rows]),
+        ):
+            d = v[key]
+            assert d["mean"] == pytest.approx(np.mean(x), rel=1e-12, abs=1e-15), key
+            assert d["std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12, abs=1e-15), key
+            if d["std"] > 0:
+                ci = stats.t.interval(0.95, 1, loc=np.mean(x), scale=stats.sem(x))
+                assert (d["ci_low"], d["ci_high"]) == (pytest.approx(ci[0]), pytest.approx(ci[1]))
+    (pair,) = summary["other_pairs"]
+    assert summary["claims"] == [] and (pair["a"], pair["b"]) == tuple(MODELS)
+    assert pair["difference"] == pytest.approx(np.mean(best[MODELS[0]]) - np.mean(best[MODELS[1]]))
+    if pair["p_value"] is not None:  # None only if neither variant varies over its seeds
+        t = stats.ttest_ind(best[MODELS[0]], best[MODELS[1]], equal_var=False)
+        assert pair["p_value"] == pytest.approx(t.pvalue, rel=1e-9)
+
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for text in (
+        "## Across seeds",
+        "| variant | measure | runs | mean | std | 95% CI |",
+        "p (Welch)",
+    ):
+        assert text in md
+    assert "Across seeds" in html and "p (Welch)" in html and "Traceback" not in printed
+    assert "across seeds (best test accuracy" in printed
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_seeds_study_continued_without_flags_skips_its_runs(seeds_study, capsys):
+    out, _, _ = seeds_study
+    assert main(["study", "--out", str(out), "--no-progress"]) == 0  # seeds from study.json
+    printed = capsys.readouterr().out
+    for i, (model, seed) in enumerate(RUNS, start=1):
+        assert f"[{i}/4] {model} seed {seed}: finished earlier, skipped" in printed
+    assert "epoch 1/2" not in printed
+    # a study keeps its layout: one seed in a folder of several is another study
+    assert main(["study", "--out", str(out), "--seed", "3"]) == 2
+    assert "several seeds per variant" in capsys.readouterr().err
+
+
+def _kill_once(marker, model: str, seed: int):
+    """A step hook that kills its own worker process, once, in the second epoch of one run,
+    after the first epoch's checkpoint is on disk (a Ray task retried must resume from it)."""
+
+    def hook(trainer, epoch, step):
+        o = trainer.opts
+        if (o.model, o.seed, epoch, step) == (model, seed, 1, 1) and not marker.exists():
+            trainer.writer.wait()
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _ray():
+    if os.environ.get("CI"):
+        import ray  # the test extra installs it: CI fails without it
+
+        return ray
+    return pytest.importorskip("ray")
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_ray_study_equals_the_sequential_one_and_retries_a_killed_worker(
+    seeds_study, cifar10_dir, tmp_path, monkeypatch
+):
+    import logging
+    import time
+
+    from alexnet_cifar.executors import RayExecutor
+    from alexnet_cifar.study import plan_runs, run_study
+
+    ray = _ray()
+    monkeypatch.setenv("CIFAR10_DIR", str(cifar10_dir))
+    out, marker = tmp_path / "ray", tmp_path / "killed"
+
+    def options(model, run_dir):
+        return TrainOptions(
+            model=model,
+            out=run_dir,
+            recipe=Recipe(epochs=2, batch_size=32),
+            device="cpu",
+            limit_train=128,
+            limit_test=100,
+            resume=True,
+            quiet=True,
+            progress=False,
+        )
+
+    lines: list[str] = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        start = time.perf_counter()
+        summary = run_study(
+            out,
+            plan_runs(out, MODELS, [0, 1], options),
+            say=lines.append,
+            executor=RayExecutor(on_step=_kill_once(marker, "alexnet_thinner_4", 1)),
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    print(f"tiny study: sequential {seeds_study[2]:.1f} s, Ray on 2 CPUs {seconds:.1f} s")
+    assert marker.exists()  # the worker was killed
+    _same_runs(out, seeds_study[0])
+    assert len(summary["runs"]) == 4 and len(summary["variants"]) == 2
+    text = "\n".join(lines)
+    assert "4 runs on Ray (2 CPU), each asking for 1 CPU" in text
+    assert "[4/4] alexnet_thinner_4 seed 1: started on" in text
+    assert "alexnet_thinner_4 seed 1: started on" in text and "resuming after epoch 1" in text
+    assert text.count("finished on") == 4 and "4 of 4 done" in text
+    log = (out / "alexnet_thinner_4" / "seed-1" / "train.log").read_text()
+    assert "at epoch 2, step 0" in log  # the retry trained no finished epoch again
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_ray_study_stopped_and_started_again_finishes_identically(
+    seeds_study, cifar10_dir, tmp_path
+):
+    import subprocess
+    import sys
+    import time
+
+    _ray()
+    out = tmp_path / "again"
+    args = ["study", *SEEDS_STUDY, "--out", str(out), "--no-progress", "--executor", "ray"]
+    env = dict(os.environ, CIFAR10_DIR=str(cifar10_dir))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/seed-*/metrics.csv")) and p.poll() is None:
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)  # Ctrl-C: the study stops, each run with a checkpoint
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 130, stderr
+    assert "the study stopped" in stderr and "Traceback" not in stderr
+    assert f"study --out {out} --executor ray" in stderr  # the command that continues it
+    assert not all((out / m / f"seed-{s}" / "result.json").exists() for m, s in RUNS)
+
+    again = run_cli(*args, env={"CIFAR10_DIR": str(cifar10_dir)})
+    assert again.returncode == 0, again.stderr
+    _same_runs(out, seeds_study[0])
+
+
+def test_seeds_flags(tmp_path, capsys):
+    from alexnet_cifar.cli.studies import seed_list
+
+    assert (
+        seed_list("3") == [0, 1, 2] and seed_list("0,4,7") == [0, 4, 7] and seed_list("5,") == [5]
+    )
+    for bad, says in (("0", "at least 1"), ("1,1", "given twice"), ("a,b", "whole number")):
+        with pytest.raises(SystemExit):
+            main(["study", "--seeds", bad, "--out", str(tmp_path)])
+        assert says in capsys.readouterr().err
+    for argv, says in (
+        (["--seed", "1", "--seeds", "2"], "give --seed or --seeds, not both"),
+        (["--address", "auto"], "--address is for --executor ray"),
+        (["--gpus-per-run", "0.5"], "--gpus-per-run is for --executor ray"),
+    ):
+        assert main(["study", *argv, "--out", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["study", "--executor", "ray", "--gpus-per-run", "1.5", "--out", str(tmp_path)])
+    assert "a share of one GPU (0 to 1) or a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_ray_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    assert main(["study", "--executor", "ray", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'alexnet-cifar[ray]'" in err and "--executor ray" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_second_study_on_the_same_folder_is_refused(tmp_path, capsys):
+    from alexnet_cifar.checkpoint import RunLock
+
+    out = tmp_path / "s"
+    out.mkdir()
+    with RunLock(out):  # a study running in the folder holds its lock
+        assert main(["study", "--models", "alexnet", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()}" in err and str(out) in err and "Traceback" not in err
+    assert not (out / "study.json").exists() and not (out / "runs").exists()
+
+
+def test_study_json_records_seeds_and_split_and_a_continued_study_takes_them(tmp_path, capsys):
+    from alexnet_cifar.cli import build_parser
+    from alexnet_cifar.cli.flags import train_options
+    from alexnet_cifar.study import plan_runs, read_study_settings, study_seeds, study_settings
+
+    out = tmp_path / "s"
+
+    def planned(argv: list[str], prev: dict):
+        args = build_parser().parse_args(["study", *argv, "--out", str(out)])
+        seeds = study_seeds(args.seeds, args.seed, prev)
+        models = args.models or prev["models"]
+        return plan_runs(out, models, seeds, lambda m, d: train_options(args, m, d, prev, True))
+
+    first = planned(["--models", "alexnet", "--seeds", "0,3", "--val-split", "50"], {})
+    settings = study_settings(first)
+    assert settings["seeds"] == [0, 3] and settings["val_split"] == 50 and "seed" not in settings
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps(settings))
+    again = planned([], read_study_settings(out))  # every flag left out
+    assert [(r.run_dir, r.seed, r.options.val_split) for r in again] == [
+        (out / "alexnet" / "seed-0", 0, 50),
+        (out / "alexnet" / "seed-3", 3, 50),
+    ]
+    one = planned(["--models", "alexnet"], {})
+    assert [r.run_dir for r in one] == [out / "runs" / "alexnet"]
+    assert "seeds" not in study_settings(one) and "val_split" not in study_settings(one)
+
+    (out / "study.json").write_text(json.dumps({**settings, "seeds": [0, "x"]}))
+    assert main(["study", "--out", str(out)]) == 2
+    assert "'seeds' should be a list of seeds" in capsys.readouterr().err

@@ -92,9 +92,36 @@ class CIFAR10:
     classes: list[str]
     path: Path | None = None
     format: str = "binary"
+    # Training images held out for validation (``subset(..., val_split=N)``); None: no split.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
-    def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> CIFAR10:
-        """A class-balanced subset of each split, fixed by ``seed`` (None keeps a split whole)."""
+    def subset(self, limit_train, limit_test, seed: int, val_split=None) -> CIFAR10:
+        """A class-balanced subset of each split, fixed by ``seed`` (None keeps a split whole).
+        With ``val_split``, that many training images are held out first (:meth:`hold_out`)."""
+        out = self if val_split is None else self.hold_out(val_split, seed)
+        return out._limit(limit_train, limit_test, seed)
+
+    def hold_out(self, n: int, seed: int) -> CIFAR10:
+        """``n`` class-balanced training images, fixed by ``seed``, moved into the validation
+        set; the training set keeps the others."""
+        total = len(self.y_train)
+        if not 1 <= n < total:
+            raise SettingError(
+                f"{param('val_split')} must lie between 1 and {total - 1} (the training images "
+                f"less at least one to train on), not {n}"
+            )
+        held = balanced_subset(self.y_train, n, seed, stream=3)
+        rest = np.setdiff1d(np.arange(total), held, assume_unique=True)
+        return replace(
+            self,
+            x_train=self.x_train[rest],
+            y_train=self.y_train[rest],
+            x_val=self.x_train[held],
+            y_val=self.y_train[held],
+        )
+
+    def _limit(self, limit_train: int | None, limit_test: int | None, seed: int) -> CIFAR10:
         for name, limit, n in (
             ("limit_train", limit_train, len(self.y_train)),
             ("limit_test", limit_test, len(self.y_test)),

@@ -436,10 +436,12 @@ class Engine:
         classes: list[str] | None = None,
         batch_size: int = 500,
         on_batch=None,
+        averaged: bool = True,
     ) -> EvalResult:
         """Loss, accuracy and confusion matrix as the recipe evaluates (its weight average,
-        its flip-averaging, its loss) in the engine's layout and precision, summed over ranks."""
-        with self.evaluated_weights():
+        its flip-averaging, its loss) in the engine's layout and precision, summed over ranks.
+        ``averaged=False``: the model's weights as they are (a snapshot of evaluated weights)."""
+        with self.evaluated_weights() if averaged else contextlib.nullcontext():
             return evaluate_model(
                 self.model,
                 images,

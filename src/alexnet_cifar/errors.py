@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "DataNotFoundError",
+    "ExecutorError",
     "ExportError",
     "FileWriteError",
     "ImageError",
@@ -135,6 +136,11 @@ class KerasFileError(AlexnetCifarError, ValueError):
 
 class ExportError(AlexnetCifarError, RuntimeError):
     """An export that cannot be done here (a missing optional package, an exporter failure)."""
+
+
+class ExecutorError(AlexnetCifarError, RuntimeError):
+    """A study's runs cannot be spread out: Ray missing or unreachable, or a run whose workers
+    kept dying (its checkpoint is kept: running the study again resumes it)."""
 
 
 class ImageError(AlexnetCifarError, ValueError):

@@ -54,6 +54,9 @@ ENGINE_SETTINGS = {
 
 #: Changes a resume accepts with ``force``: they extend the run without changing its past.
 SAFE_CHANGES = {"recipe.epochs"}
+#: Identity fields recorded only when set (a run without them is what it was before they
+#: existed); a difference is still one when only one side has them.
+OPTIONAL_FIELDS = ("val_split",)
 
 
 def run_identity(
@@ -63,6 +66,7 @@ def run_identity(
     limit_train: int | None,
     limit_test: int | None,
     recipe: Recipe,
+    val_split: int | None = None,
 ) -> dict:
     """The fields that define what a run computes, flat (``recipe.lr``, ...)."""
     ident = {
@@ -72,6 +76,8 @@ def run_identity(
         "limit_train": limit_train,
         "limit_test": limit_test,
     }
+    if val_split is not None:
+        ident["val_split"] = val_split
     ident.update({f"recipe.{k}": v for k, v in recipe.to_dict().items()})
     return ident
 
@@ -82,13 +88,15 @@ def identity_of_config(config: dict) -> dict:
     ident = {
         k: config.get(k) for k in ("model", "num_classes", "seed", "limit_train", "limit_test")
     }
+    ident.update({k: config[k] for k in OPTIONAL_FIELDS if config.get(k) is not None})
     ident.update({f"recipe.{k}": v for k, v in recipe.items()})
     return ident
 
 
 def differences(have: dict, want: dict) -> list[str]:
     """The identity fields where ``have`` (a run) and ``want`` (what is asked) differ."""
-    return [k for k in want if have.get(k) != want[k]]
+    extra = [k for k in OPTIONAL_FIELDS if k in have and k not in want]
+    return [k for k in [*want, *extra] if have.get(k) != want.get(k)]
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -123,7 +131,7 @@ def load_resume_state(
     refused = [k for k in differences(theirs, mine) if not (force and k in SAFE_CHANGES)]
     if refused:
         lines = [
-            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine[k]!r}" for k in refused
+            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine.get(k)!r}" for k in refused
         ]
         advice = (
             f"{param('force', True)} accepts only a change of {param('epochs')}"

@@ -72,6 +72,7 @@ class TrainOptions:
     verify: bool = True
     limit_train: int | None = None
     limit_test: int | None = None
+    val_split: int | None = None  # training images held out to choose the epoch; None: none
     num_classes: int = 10
     eval_batch_size: int | None = None  # None: 500 on CPU, 2000 on CUDA
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -90,6 +91,7 @@ class TrainOptions:
             self.limit_train,
             self.limit_test,
             self.recipe,
+            self.val_split,
         )
 
 
@@ -162,11 +164,18 @@ class Trainer:
         data = self._given_data or load_cifar10(
             opts.data_dir, verify=opts.verify, progress=not opts.quiet
         )
-        data = data.subset(opts.limit_train, opts.limit_test, opts.seed)
+        data = data.subset(opts.limit_train, opts.limit_test, opts.seed, opts.val_split)
         self.classes = data.classes
         # The whole data set on the device as uint8: 150 MB for CIFAR-10, not 600 MB as floats.
         self.x_test = torch.from_numpy(data.x_test).to(dev)
         self.y_test = torch.from_numpy(data.y_test).to(dev)
+        # Each epoch is evaluated on the held-out images when there are some, else on the test
+        # set (the post's setting); with a split the test set is used once, at the end.
+        self.x_val, self.y_val = self.x_test, self.y_test
+        if data.x_val is not None:
+            self.x_val = torch.from_numpy(data.x_val).to(dev)
+            self.y_val = torch.from_numpy(data.y_val).to(dev)
+        self.best_val: dict | None = None  # with a split: the best epoch and its weights
         torch.manual_seed(opts.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(opts.seed)
@@ -193,6 +202,7 @@ class Trainer:
             self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
             self.carried = EpochSums.from_dict(st.get("partial"))
             self.history = list(st.get("history", []))
+            self.best_val = st.get("best_val")
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(
                 f"the checkpoint in {self.out} does not fit this run ({type(e).__name__}: "
@@ -233,6 +243,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.opts.recipe.epochs):
             row = self._train_epoch(epoch)
             self.history.append(row)
+            self._keep_best(row)
             self.runlog.log_epoch(self.history)
             self._save(epoch + 1, 0, self.data_gen.get_state(), None)
             recent = [r["seconds"] for r in self.history[-5:]]
@@ -268,7 +279,7 @@ class Trainer:
         if bad >= 0:
             raise self._nonfinite(epoch, bad)
         try:
-            ev = self._evaluate(f"{desc}: test")
+            ev = self._evaluate(f"{desc}: {'validation' if self.opts.val_split else 'test'}")
         except _EvaluationStopped:
             self._stop_mid_epoch(epoch, spe, epoch_state, sums)
         if not (math.isfinite(ev.loss) and _weights_finite(self.model)):
@@ -288,10 +299,12 @@ class Trainer:
         enabled = False if self.opts.quiet or not self.dist.is_main else self.opts.progress
         return progress_bar(total, desc, enabled=enabled, initial=initial, unit=unit)
 
-    def _evaluate(self, desc: str) -> EvalResult:
-        """The test set as the recipe evaluates it. A signal stops a single process within
-        one batch (under data parallelism the ranks finish the evaluation together)."""
-        n = len(self.y_test) * (2 if self.opts.recipe.tta_flip else 1)
+    def _evaluate(self, desc: str, on_test: bool = False, averaged: bool = True) -> EvalResult:
+        """The epoch's evaluation set (or with ``on_test`` the test set) as the recipe
+        evaluates it. A signal stops a single process within one batch (under data
+        parallelism the ranks finish the evaluation together)."""
+        x, y = (self.x_test, self.y_test) if on_test else (self.x_val, self.y_val)
+        n = len(y) * (2 if self.opts.recipe.tta_flip else 1)
         with self._bar(n, desc, unit="img") as bar:
 
             def on_batch(rows: int) -> None:
@@ -300,7 +313,30 @@ class Trainer:
                     raise _EvaluationStopped
 
             batch = self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
-            return self.engine.evaluate(self.x_test, self.y_test, self.classes, batch, on_batch)
+            return self.engine.evaluate(x, y, self.classes, batch, on_batch, averaged)
+
+    def _keep_best(self, row: dict) -> None:
+        """With a split: keep the evaluated weights of the (first) best validation epoch."""
+        if self.opts.val_split is None:
+            return
+        if self.best_val is None or row["val_accuracy"] > self.best_val["val_accuracy"]:
+            with self.engine.evaluated_weights():
+                state = self.model.state_dict()
+                weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            self.best_val = {"epoch": row["epoch"], "val_accuracy": row["val_accuracy"]}
+            self.best_val["model"] = weights
+
+    def _test_at_the_end(self) -> tuple[EvalResult, EvalResult]:
+        """With a split, the test set's only use: the final weights and the best epoch's."""
+        final = self._evaluate("test: final weights", on_test=True)
+        if self.best_val["epoch"] == self.history[-1]["epoch"]:
+            return final, final
+        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.best_val["model"])
+        try:
+            return final, self._evaluate("test: best epoch", on_test=True, averaged=False)
+        finally:
+            self.model.load_state_dict(backup)
 
     def _stop_requested(self, step: int, last: bool) -> bool:
         """Whether a signal asks to stop here. Ranks agree, every few steps, on one step."""
@@ -338,6 +374,8 @@ class Trainer:
             "history": self.history,
             "engine_requested": self.opts.engine.to_dict(),
         }
+        if self.best_val is not None:
+            state["best_val"] = self.best_val
         # hashed and written in a thread while the next epoch trains
         save_checkpoint(self.out, state, writer=self.writer)
 
@@ -359,11 +397,15 @@ class Trainer:
         self.writer.wait()
         if not self.history:
             raise CheckpointError(f"{self.out} holds no finished epoch")
+        best_ev = None
         try:
-            ev = self.last_eval or self._evaluate("test")
+            if self.opts.val_split is None:
+                ev = self.last_eval or self._evaluate("test")
+            else:
+                ev, best_ev = self._test_at_the_end()
         except _EvaluationStopped:
             self._interrupted("before the final evaluation")
-        result = _run_result(self, ev)
+        result = _run_result(self, ev, best_ev)
         if self.dist.is_main:
             with self.engine.evaluated_weights():  # the weights that were evaluated
                 state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -431,6 +473,7 @@ def _run_config(t: Trainer) -> dict:
         "seed": o.seed,
         "limit_train": o.limit_train,
         "limit_test": o.limit_test,
+        **({"val_split": o.val_split, "n_val": int(len(t.y_val))} if o.val_split else {}),
         "num_classes": o.num_classes,
         "classes": list(t.classes),
         "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
@@ -448,11 +491,12 @@ def _run_config(t: Trainer) -> dict:
     }
 
 
-def _run_result(t: Trainer, ev: EvalResult) -> dict:
-    """result.json: the final and best test accuracy, time, device, per-class results."""
+def _run_result(t: Trainer, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
+    """result.json: the final and best test accuracy, time, device, per-class results; with a
+    split, the test set on the final weights (``ev``) and on the best epoch's (``best_ev``)."""
     final = t.history[-1]
     best = max(t.history, key=lambda r: r["val_accuracy"])
-    return {
+    result = {
         "model": t.opts.model,
         "run_dir": str(t.out),
         "epochs": final["epoch"],
@@ -473,6 +517,18 @@ def _run_result(t: Trainer, ev: EvalResult) -> dict:
         "per_class_accuracy": ev.to_dict()["per_class_accuracy"],
         "confusion_matrix": ev.confusion.tolist(),
     }
+    if best_ev is not None:
+        result.update(
+            test_accuracy=ev.accuracy,
+            test_loss=ev.loss,
+            best_test_accuracy=best_ev.accuracy,
+            val_split=t.opts.val_split,
+            best_val_accuracy=best["val_accuracy"],
+            test_accuracy_final=ev.accuracy,
+            test_accuracy_at_best_val=best_ev.accuracy,
+            test_loss_at_best_val=best_ev.loss,
+        )
+    return result
 
 
 def train(options: TrainOptions, **kwargs) -> dict:

@@ -234,6 +234,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         help="evaluate on a class-balanced subset of N test images",
     )
     p.add_argument(
+        "--val-split",
+        type=int_at_least(1, "--val-split"),
+        metavar="N",
+        help="hold out N class-balanced training images (fixed by the seed) to evaluate each "
+        "epoch and choose the best one; the test set is then used once, at the end "
+        "(default: none, the post's setting: the test set is evaluated every epoch)",
+    )
+    p.add_argument(
         "--eval-batch-size",
         type=int_at_least(1, "--eval-batch-size"),
         help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
@@ -282,6 +290,7 @@ def train_options(args, model: str, out: Path, prev: dict, resume: bool) -> Trai
         verify=not args.no_verify,
         limit_train=given_or_prev("limit_train"),
         limit_test=given_or_prev("limit_test"),
+        val_split=given_or_prev("val_split"),
         eval_batch_size=args.eval_batch_size,
         engine=engine_options(args, prev.get("engine_requested")),
         resume=resume,

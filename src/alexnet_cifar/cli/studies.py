@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+from ..errors import SettingError
+from ..executors import EXECUTORS, RayExecutor
 from ..models import PRESETS, parse_model_list
 from ..report import build_report
-from ..study import StudyRun, read_study_settings, run_study
-from .flags import add_train_flags, folder, model_list, print_json, train_options
+from ..study import plan_runs, read_study_settings, run_study, study_seeds
+from .flags import add_train_flags, folder, int_at_least, model_list, print_json, train_options
 
 __all__ = ["add_parsers"]
 
@@ -17,11 +20,12 @@ def add_parsers(sub) -> None:
     s = sub.add_parser(
         "study",
         help="train the variants in turn and write the comparison report",
-        description="Train each chosen variant with the seed recipe into OUT/runs/NAME, one "
-        "after another (finished runs are skipped, unfinished ones resumed), then write the "
-        "comparison report into OUT: report.md, report.html, summary.json and the figures. "
-        "Flags left out are taken from the study's earlier invocation (OUT/study.json), so "
-        "'alexnet-cifar study --out OUT' continues an interrupted study.",
+        description="Train each chosen variant with the seed recipe into OUT/runs/NAME (with "
+        "several --seeds: OUT/NAME/seed-N), one after another or on Ray (finished runs are "
+        "skipped, unfinished ones resumed), then write the comparison report into OUT: "
+        "report.md, report.html, summary.json and the figures. Flags left out are taken from "
+        "the study's earlier invocation (OUT/study.json), so 'alexnet-cifar study --out OUT' "
+        "continues an interrupted study.",
     )
     s.add_argument(
         "--models",
@@ -29,11 +33,38 @@ def add_parsers(sub) -> None:
         metavar="all|NAME,NAME,...",
         help="the variants, comma-separated (default: all five)",
     )
+    s.add_argument(
+        "--seeds",
+        type=seed_list,
+        metavar="N|S,S,...",
+        help="several runs per variant: N for seeds 0..N-1, or the seeds comma-separated; the "
+        "report then gives mean, spread and confidence intervals, and tests the post's claims",
+    )
     add_train_flags(s)
     s.add_argument(
         "--out",
         type=folder,
-        help="study folder (default study): runs in OUT/runs/NAME, the report in OUT",
+        help="study folder (default study): runs in OUT/runs/NAME (OUT/NAME/seed-N with "
+        "several seeds), the report in OUT",
+    )
+    r_ = s.add_argument_group("executor (default: one run after another in this process)")
+    r_.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="ray: each run a Ray task, spread over the GPUs (or CPUs) of this machine or of a "
+        "cluster; needs pip install 'alexnet-cifar[ray]'",
+    )
+    r_.add_argument(
+        "--address",
+        help="the Ray cluster (HOST:6379 of 'ray start --head', or auto); default: RAY_ADDRESS, "
+        "else a cluster started here, else a new Ray on this machine",
+    )
+    r_.add_argument(
+        "--gpus-per-run",
+        type=gpu_share,
+        metavar="F",
+        help="GPUs each run asks for (default 1; 0.5 or 0.25 let small variants share a card); "
+        "on a cluster without GPUs, CPUs (and torch threads) per run",
     )
     s.add_argument("--json", action="store_true", help="print the report's summary as JSON")
     s.set_defaults(func=cmd_study, resume_command=_resume_study)
@@ -55,22 +86,69 @@ def _study_dir(args) -> Path:
     return args.out if args.out is not None else Path("study")
 
 
+def seed_list(text: str) -> list[int]:
+    """``3``: seeds 0, 1, 2; ``0,4,7``: those seeds."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        n = int_at_least(1, "--seeds")(parts[0])
+        if n > 1000:
+            raise argparse.ArgumentTypeError(f"--seeds {n}: at most 1000 runs per variant")
+        return list(range(n))
+    seeds = [int_at_least(0, "--seeds")(p) for p in parts if p]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text}: a seed is given twice")
+    return seeds
+
+
+def gpu_share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus-per-run must be a number, not {text!r}") from None
+    if not 0 < v < float("inf") or (v > 1 and v != int(v)):
+        raise argparse.ArgumentTypeError(
+            f"--gpus-per-run must be a share of one GPU (0 to 1) or a whole number, not {text}"
+        )
+    return v
+
+
 def _resume_study(args, e) -> list[str]:
-    return ["study", "--out", str(_study_dir(args))]
+    return ["study", "--out", str(_study_dir(args)), *_executor_flags(args)]
+
+
+def _executor_flags(args) -> list[str]:
+    if args.executor != "ray":
+        return []
+    flags = ["--executor", "ray"]
+    if args.address:
+        flags += ["--address", args.address]
+    if args.gpus_per_run is not None:
+        flags += ["--gpus-per-run", f"{args.gpus_per_run:g}"]
+    return flags
+
+
+def _executor(args):
+    if args.executor != "ray":
+        for name in ("address", "gpus_per_run"):
+            if getattr(args, name) is not None:
+                raise SettingError(f"--{name.replace('_', '-')} is for --executor ray")
+        return None
+    gpus = 1.0 if args.gpus_per_run is None else args.gpus_per_run
+    return RayExecutor(address=args.address, gpus_per_run=gpus)
 
 
 def cmd_study(args) -> int:
     out = _study_dir(args)
     prev = read_study_settings(out)
     models = args.models or parse_model_list(",".join(prev.get("models") or PRESETS))
-    runs = [
-        StudyRun(
-            name, out / "runs" / name, train_options(args, name, out / "runs" / name, prev, True)
-        )
-        for name in models
-    ]
+    seeds = study_seeds(args.seeds, args.seed, prev)
+    runs = plan_runs(
+        out, models, seeds, lambda name, run_dir: train_options(args, name, run_dir, prev, True)
+    )
     quiet = args.quiet or args.json
-    summary = run_study(out, runs, say=(lambda msg: None) if quiet else _say, warn=_warn)
+    summary = run_study(
+        out, runs, say=(lambda msg: None) if quiet else _say, executor=_executor(args), warn=_warn
+    )
     _print_summary(summary, out, args.json)
     return 0
 
@@ -87,11 +165,6 @@ def _say(msg: str) -> None:
 
 def _warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _share(x, sign: str = "") -> str:
-    """A share as a percentage, "–" where summary.json holds none (a diverged run's NaN)."""
-    return "–" if x is None else f"{100 * x:{sign}.2f}%"
 
 
 def _number(x) -> str:
@@ -111,14 +184,36 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
     for r in runs:
         epochs = f"{r['epochs']}" + ("" if r["status"] == "finished" else f"/{r['epochs_planned']}")
         print(
-            f"{r['label']:<{width}}{epochs:>8}{_share(r['best_test_accuracy']):>11}"
-            f"{r['best_epoch']:>5}{_share(r['final_test_accuracy']):>12}"
-            f"{_share(r['final_train_accuracy']):>13}"
-            f"{_share(r['generalisation_gap'], '+'):>9}{_number(r['seconds_per_epoch']):>9}"
+            f"{r['label']:<{width}}{epochs:>8}{_pct(r['best_test_accuracy']):>11}"
+            f"{r['best_epoch']:>5}{_pct(r['final_test_accuracy']):>12}"
+            f"{_pct(r['final_train_accuracy']):>13}"
+            f"{_pct(r['generalisation_gap'], '+'):>9}{_number(r['seconds_per_epoch']):>9}"
         )
     best = summary["best"]
     print(
-        f"\nbest: {best['label']} ({100 * best['best_test_accuracy']:.2f}% at epoch "
+        f"\nbest: {best['label']} ({_pct(best['best_test_accuracy'])} at epoch "
         f"{best['best_epoch']}); the post's best: alexnet_slim_regular (~92%)"
     )
+    _print_seeds(summary)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+
+
+def _pct(x, sign: str = "") -> str:
+    """A share as a percentage, "–" where summary.json holds none (a diverged run's NaN)."""
+    return "–" if x is None else f"{100 * x:{sign}.2f}%"
+
+
+def _print_seeds(summary: dict) -> None:
+    """With several seeds: each variant's headline accuracy, and the post's claims."""
+    if "variants" not in summary:
+        return
+    print("\nacross seeds (best test accuracy: mean +- std, 95% CI):")
+    for v in summary["variants"]:
+        d = v["best_test_accuracy"]
+        std = "–" if d["std"] is None else f"{100 * d['std']:.2f}"
+        ci = "–" if d["ci_low"] is None else f"{_pct(d['ci_low'])} to {_pct(d['ci_high'])}"
+        print(f"  {v['label']}: {_pct(d['mean'])} +- {std} (n={d['n']}), CI {ci}")
+    for c in summary["claims"] + summary["other_pairs"]:
+        p = "–" if c["p_value"] is None else f"{c['p_value']:.3f}"
+        diff = "–" if c["difference"] is None else f"{100 * c['difference']:+.2f} pts"
+        print(f"  {c['a']} - {c['b']}: {diff}, p = {p}: {c['verdict']}")

@@ -13,6 +13,7 @@ from ..errors import ReportError
 from ..files import atomic_write_json, atomic_write_text, json_safe
 from ..models import PRESETS
 from ..runlog import format_duration
+from .aggregate import aggregate
 from .document import Column, Document, code, literal
 from .figures import CURVES, draw_figures, remove_stale_figures, train_vs_test_files
 from .numbers import (
@@ -25,6 +26,8 @@ from .numbers import (
     run_summary,
 )
 from .runs import RunData, label_slug, load_runs
+from .seed_figures import draw_seed_curves
+from .seed_sections import SEED_DEFINITIONS, seeds_section, seeds_summary, selection_section
 
 __all__ = ["build_report"]
 
@@ -80,6 +83,11 @@ def _epochs(s: dict) -> str:
     if s["status"] == "finished":
         return str(s["epochs"])
     return f"unfinished (epoch {s['epochs']} of {s['epochs_planned']})"
+
+
+def _accuracy(s: dict) -> float:
+    """The best test accuracy for ranking; a run with none yet (a split run, unfinished) last."""
+    return -math.inf if s["best_test_accuracy"] is None else s["best_test_accuracy"]
 
 
 def _overfitting_word(s: dict) -> str:
@@ -158,7 +166,7 @@ def _verdict(summaries: list[dict], best: dict) -> list[str]:
         f"{_percent(best['best_test_accuracy'])} at epoch {best['best_epoch']} of {best['epochs']}."
     ]
     if len(summaries) > 1:
-        ranked = sorted(summaries, key=lambda s: -s["best_test_accuracy"])
+        ranked = sorted(summaries, key=lambda s: -_accuracy(s))
         lines.append(
             "Ranking: "
             + ", ".join(f"{code(s['label'])} {_percent(s['best_test_accuracy'])}" for s in ranked)
@@ -170,8 +178,8 @@ def _verdict(summaries: list[dict], best: dict) -> list[str]:
             f"This agrees with the post, whose best is `{POST_BEST}` at about 92%; the difference "
             f"is {_points(best['test_accuracy_difference'])}."
         )
-    elif runs_of_post_best:
-        post_acc = max(s["best_test_accuracy"] for s in runs_of_post_best)
+    elif runs_of_post_best and best["best_test_accuracy"] is not None:
+        post_acc = max(_accuracy(s) for s in runs_of_post_best)
         lines.append(
             f"This differs from the post, whose best is `{POST_BEST}` at about 92%: here it "
             f"reached {_percent(post_acc)}, "
@@ -199,6 +207,7 @@ class ReportContent:
     best: dict  # the summary with the highest best test accuracy
     class_index: int | None  # the run whose per-class results are shown; None if no run has them
     figures: dict[str, str]  # the figures shared by all runs, key -> file name
+    aggregate: dict | None = None  # several seeds per variant: aggregate.aggregate()
 
 
 def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None, warn=None) -> dict:
@@ -218,14 +227,19 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None, 
     for r, s, name in zip(runs, summaries, train_vs_test_files(runs)):
         s["run_dir"] = os.path.relpath(r.path.resolve(), out.resolve())
         s["figures"] = {"train_vs_test": name}
-    best_index = max(range(len(runs)), key=lambda i: (summaries[i]["best_test_accuracy"], -i))
+    best_index = max(range(len(runs)), key=lambda i: (_accuracy(summaries[i]), -i))
     class_index = _class_results_run(runs, summaries)
     figures = draw_figures(runs, summaries, class_index, out)
+    seeds = aggregate(runs, summaries)
+    if seeds is not None:
+        figures["curves_by_variant"] = draw_seed_curves(
+            runs, seeds["variants"], seeds["groups"], out
+        )
     remove_stale_figures(
         out, set(figures.values()) | {s["figures"]["train_vs_test"] for s in summaries}
     )
     content = ReportContent(
-        title or DEFAULT_TITLE, runs, summaries, summaries[best_index], class_index, figures
+        title or DEFAULT_TITLE, runs, summaries, summaries[best_index], class_index, figures, seeds
     )
     doc = Document()
     for section in SECTIONS:
@@ -240,7 +254,7 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None, 
 def _class_results_run(runs: list[RunData], summaries: list[dict]) -> int | None:
     """The run with the highest best test accuracy among those with per-class results."""
     with_classes = [
-        (s["best_test_accuracy"], -i, i)
+        (_accuracy(s), -i, i)
         for i, (r, s) in enumerate(zip(runs, summaries))
         if r.class_results() is not None
     ]
@@ -262,6 +276,7 @@ def _summary(content: ReportContent) -> dict:
             "total_seconds": "sum of the seconds column of metrics.csv",
             "checkpoint_bytes": "size of the run's model.pt on disk",
             "overfitting": f"final test loss more than {OVERFIT_RISE:.0%} above its minimum",
+            **(SEED_DEFINITIONS if content.aggregate else {}),
         },
         "runs": summaries,
         "best": {
@@ -280,6 +295,7 @@ def _summary(content: ReportContent) -> dict:
         ),
         "figures": content.figures,
         "report": {"markdown": "report.md", "html": "report.html"},
+        **seeds_summary(content.aggregate),
     }
 
 
@@ -465,6 +481,8 @@ def _tensorboard_section(doc: Document, content: ReportContent) -> None:
 SECTIONS = (
     _title_and_intro,
     _verdict_section,
+    seeds_section,
+    selection_section,
     _results_section,
     _against_the_post_section,
     _learning_curves_section,

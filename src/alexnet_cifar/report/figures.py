@@ -209,21 +209,23 @@ def _train_vs_test_figure(run: RunData, s: dict):
     ax_loss, ax_acc = fig.subplots(1, 2)
     m, style = run.metrics, _line_style(run.epochs_done)
     x = m["epoch"]
+    held = "validation" if s.get("epoch_chosen_by") == "validation" else "test"  # per epoch
     ax_loss.plot(x, m["loss"], label="train loss", color="C0", **style)
-    ax_loss.plot(x, m["val_loss"], label="test loss", color="C3", **style)
+    ax_loss.plot(x, m["val_loss"], label=f"{held} loss", color="C3", **style)
     _star(
         ax_loss,
         s["lowest_test_loss_epoch"],
         s["lowest_test_loss"],
-        f"lowest test loss (epoch {s['lowest_test_loss_epoch']})",
+        f"lowest {held} loss (epoch {s['lowest_test_loss_epoch']})",
     )
     ax_acc.plot(x, [100 * v for v in m["accuracy"]], label="train accuracy", color="C0", **style)
-    ax_acc.plot(x, [100 * v for v in m["val_accuracy"]], label="test accuracy", color="C3", **style)
+    held_accuracy = [100 * v for v in m["val_accuracy"]]
+    ax_acc.plot(x, held_accuracy, label=f"{held} accuracy", color="C3", **style)
     _star(
         ax_acc,
         s["best_epoch"],
-        100 * s["best_test_accuracy"],
-        f"best test accuracy (epoch {s['best_epoch']})",
+        held_accuracy[s["best_epoch"] - 1],
+        f"best {held} accuracy (epoch {s['best_epoch']})",
     )
     for ax, ylabel, title in (
         (ax_loss, "loss", "Loss: train vs test"),

@@ -106,7 +106,7 @@ def run_summary(run: RunData) -> dict:
     published_acc = PUBLISHED_ACCURACY.get(run.model)
     best_acc = metrics["val_accuracy"][best_at]
     recipe = config["recipe"]
-    return {
+    summary = {
         "label": run.label,
         "model": run.model,
         "status": "finished" if run.finished else "unfinished",
@@ -148,4 +148,33 @@ def run_summary(run: RunData) -> dict:
         "limit_train": config.get("limit_train"),
         "limit_test": config.get("limit_test"),
         "torch": (config.get("versions") or {}).get("torch"),
+    }
+    if config.get("val_split"):
+        summary.update(_split_numbers(run, best_at))
+        summary["overfitting_note"] = note.replace("test loss", "validation loss")
+    return summary
+
+
+def _split_numbers(run: RunData, best_at: int) -> dict:
+    """A run with a validation split: its per-epoch columns are the held-out images', so the
+    test figures are the two evaluations at its end (None while it is unfinished)."""
+    result, metrics = run.result or {}, run.metrics
+    final_test, best_test = (
+        result.get("test_accuracy_final"),
+        result.get("test_accuracy_at_best_val"),
+    )
+    published = PUBLISHED_ACCURACY.get(run.model)
+    return {
+        "epoch_chosen_by": "validation",
+        "val_split": run.config["val_split"],
+        "best_val_accuracy": metrics["val_accuracy"][best_at],
+        "final_val_accuracy": metrics["val_accuracy"][-1],
+        "test_accuracy_final": final_test,
+        "test_accuracy_at_best_val": best_test,
+        "best_test_accuracy": best_test,
+        "final_test_accuracy": final_test,
+        "generalisation_gap": None if final_test is None else metrics["accuracy"][-1] - final_test,
+        "test_accuracy_difference": (
+            best_test - published[0] if published and best_test is not None else None
+        ),
     }

@@ -143,11 +143,12 @@ def _check_config(config: dict, config_file: Path) -> None:
 
 
 def _run_folders_in(path: Path) -> list[Path] | None:
-    """The run folders of a study folder (``DIR/runs/NAME``), or None if ``path`` is not one."""
-    runs = path / "runs"
-    if (path / CONFIG_FILE).exists() or not runs.is_dir():
+    """The run folders of a study folder (``DIR/runs/NAME``, or ``DIR/NAME/seed-N`` for
+    several seeds), or None if ``path`` is not one."""
+    if (path / CONFIG_FILE).exists() or not path.is_dir():
         return None
-    found = sorted(p for p in runs.iterdir() if (p / CONFIG_FILE).is_file())
+    found = sorted(p for p in path.glob("runs/*") if (p / CONFIG_FILE).is_file())
+    found += sorted(p for p in path.glob("*/seed-*") if (p / CONFIG_FILE).is_file())
     return found or None
 
 

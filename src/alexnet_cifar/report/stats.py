@@ -1,0 +1,96 @@
+"""The statistics of a study with several seeds: a sample described, and two samples compared.
+
+A sample of runs is described by its mean, its standard deviation (n - 1 in the denominator),
+the 95% confidence interval of the mean from Student's t distribution, and its range. Two
+samples are compared by the difference of their means, with its 95% confidence interval and
+the two-sided p-value of Welch's t-test (which does not assume equal variances). With fewer
+than two runs on a side, a spread, an interval and a test are undefined: those numbers are
+None (written "–" and null), never NaN.
+
+Student's t distribution comes from ``scipy.special``, imported where it is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["CONFIDENCE", "SIGNIFICANCE", "describe", "welch"]
+
+#: The confidence level of every interval.
+CONFIDENCE = 0.95
+#: A comparison decides a claim when its p-value is below this.
+SIGNIFICANCE = 0.05
+
+
+def _t_quantile(df: float, q: float) -> float:
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, q))
+
+
+def _t_two_sided_p(df: float, t: float) -> float:
+    from scipy.special import stdtr
+
+    return float(min(1.0, 2.0 * stdtr(df, -abs(t))))
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def describe(values: Sequence[float | None]) -> dict:
+    """n, mean, std, the 95% CI of the mean (ci_low, ci_high), min and max of ``values``
+    (None and NaN left out)."""
+    x = _finite(values)
+    n = len(x)
+    out = {"n": n, "mean": None, "std": None, "ci_low": None, "ci_high": None}
+    out.update(min=min(x) if x else None, max=max(x) if x else None)
+    if n == 0:
+        return out
+    mean = math.fsum(x) / n
+    out["mean"] = mean
+    if n < 2:
+        return out
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in x) / (n - 1))
+    half = _t_quantile(n - 1, 0.5 + CONFIDENCE / 2) * std / math.sqrt(n)
+    out.update(std=std, ci_low=mean - half, ci_high=mean + half)
+    return out
+
+
+def welch(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
+    """mean(a) - mean(b) with its 95% CI, Welch's t, its degrees of freedom and the two-sided
+    p-value. The difference needs one value on each side; the rest needs two, and a spread
+    (two samples without any variance cannot be tested)."""
+    x, y = _finite(a), _finite(b)
+    out = {
+        "n_a": len(x),
+        "n_b": len(y),
+        "difference": None,
+        "ci_low": None,
+        "ci_high": None,
+        "t": None,
+        "df": None,
+        "p_value": None,
+    }
+    if not x or not y:
+        return out
+    da, db = describe(x), describe(y)
+    out["difference"] = da["mean"] - db["mean"]
+    if len(x) < 2 or len(y) < 2:
+        return out
+    va, vb = da["std"] ** 2 / len(x), db["std"] ** 2 / len(y)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return out
+    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+    half = _t_quantile(df, 0.5 + CONFIDENCE / 2) * se
+    t = out["difference"] / se
+    out.update(
+        ci_low=out["difference"] - half,
+        ci_high=out["difference"] + half,
+        t=t,
+        df=df,
+        p_value=_t_two_sided_p(df, t),
+    )
+    return out
