@@ -1,0 +1,83 @@
+"""What a training run records of itself: config.json (everything needed to rerun it and to
+know what it was) and result.json (its final and best accuracy, time, device, classes), built
+from a :class:`~alexnet_cifar.train.Trainer`'s state."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .evaluate import EvalResult
+from .files import MODEL_FILE
+from .runlog import METRIC_COLUMNS, versions
+
+__all__ = ["run_config", "run_result"]
+
+
+def run_config(t) -> dict:
+    """config.json: everything needed to rerun the run and to know what it was."""
+    o = t.opts
+    return {
+        "model": o.model,
+        "model_config": t.model.config.to_dict(),
+        "recipe": o.recipe.to_dict(),
+        "seed": o.seed,
+        "limit_train": o.limit_train,
+        "limit_test": o.limit_test,
+        **({"val_split": o.val_split, "n_val": int(len(t.y_val))} if o.val_split else {}),
+        "num_classes": o.num_classes,
+        "classes": list(t.classes),
+        "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
+        "verify": o.verify,
+        "device": str(t.device),
+        "engine": t.engine.options.to_dict(),
+        "engine_requested": o.engine.to_dict(),
+        "world_size": t.dist.world_size,
+        "eval_batch_size": o.eval_batch_size,
+        "n_train": int(t.engine.n),
+        "n_test": int(len(t.y_test)),
+        "versions": versions(t.device),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
+    """result.json: the final and best test accuracy, time, device, per-class results; with a
+    split, the test set on the final weights (``ev``) and on the best epoch's (``best_ev``)."""
+    final = t.history[-1]
+    best = max(t.history, key=lambda r: r["val_accuracy"])
+    result = {
+        "model": t.opts.model,
+        "run_dir": str(t.out),
+        "epochs": final["epoch"],
+        "final": {k: final[k] for k in METRIC_COLUMNS if k != "epoch"},
+        "test_accuracy": final["val_accuracy"],
+        "test_loss": final["val_loss"],
+        "best_test_accuracy": best["val_accuracy"],
+        "best_epoch": best["epoch"],
+        "train_seconds": round(sum(r["seconds"] for r in t.history), 3),
+        "params": sum(p.numel() for p in t.model.parameters()),
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
+        "recipe": t.opts.recipe.name,
+        "compile_seconds": round(t.engine.setup_seconds, 3),
+        "model_file": str(t.out / MODEL_FILE),
+        # the final model on the test set: what a report needs without the data
+        "classes": ev.classes,
+        "per_class_accuracy": ev.to_dict()["per_class_accuracy"],
+        "confusion_matrix": ev.confusion.tolist(),
+    }
+    if best_ev is not None:
+        result.update(
+            test_accuracy=ev.accuracy,
+            test_loss=ev.loss,
+            best_test_accuracy=best_ev.accuracy,
+            val_split=t.opts.val_split,
+            best_val_accuracy=best["val_accuracy"],
+            test_accuracy_final=ev.accuracy,
+            test_accuracy_at_best_val=best_ev.accuracy,
+            test_loss_at_best_val=best_ev.loss,
+        )
+    return result
