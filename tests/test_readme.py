@@ -57,8 +57,13 @@ def test_the_tour_runs_as_written(cifar10_dir, tmp_path):
             cmd = [sys.executable, "-c", code]
         else:
             continue
-        p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert p.returncode == 0, f"README.md line {line}:\n{code}\n{p.stdout[-2000:]}\n{p.stderr}"
-        assert "Traceback" not in p.stderr, f"README.md line {line}: {p.stderr}"
+        # Output into files, not pipes: a daemon a block starts (Ray's) may hold a pipe open
+        # long after the command has finished.
+        out, err = tmp_path / f".out-{line}", tmp_path / f".err-{line}"
+        with open(out, "w") as o, open(err, "w") as e:
+            p = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=o, stderr=e, timeout=900)
+        stdout, stderr = out.read_text(), err.read_text()
+        assert p.returncode == 0, f"README.md line {line}:\n{code}\n{stdout[-2000:]}\n{stderr}"
+        assert "Traceback" not in stderr, f"README.md line {line}: {stderr}"
         ran += 1
     assert ran >= 5

@@ -166,7 +166,7 @@ def split_run(cifar10, tmp_path_factory):
     """A run with a validation split, with every evaluation and every step recorded in order."""
     from alexnet_cifar.engine import Engine
 
-    from .conftest import train_options
+    from .helpers import train_options
 
     out = tmp_path_factory.mktemp("split") / "run"
     events: list[tuple] = []
@@ -234,7 +234,7 @@ def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
 def test_val_split_is_part_of_the_run_identity(split_run, reference_run, cifar10):
     from alexnet_cifar.checkpoint import CheckpointError
 
-    from .conftest import train_options
+    from .helpers import train_options
 
     out, _, _ = split_run
     with pytest.raises(CheckpointError, match="val_split: checkpoint has 40, this run asks 50"):
@@ -255,7 +255,7 @@ def test_val_split_is_part_of_the_run_identity(split_run, reference_run, cifar10
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_interrupted_split_run_resumes_to_the_same_results(split_run, cifar10, tmp_path):
-    from .conftest import interrupt_at, train_options
+    from .helpers import interrupt_at, train_options
 
     ref, expect, _ = split_run
     out = tmp_path / "run"
@@ -584,4 +584,4 @@ def test_study_json_records_seeds_and_split_and_a_continued_study_takes_them(tmp
 
     (out / "study.json").write_text(json.dumps({**settings, "seeds": [0, "x"]}))
     assert main(["study", "--out", str(out)]) == 2
-    assert "'seeds' should be a list of seeds" in capsys.readouterr().err
+    assert "the field 'seeds' should be a list of whole numbers" in capsys.readouterr().err

@@ -73,8 +73,13 @@ class DistContext:
         flag = torch.tensor([signum or 0], device=device if device.type == "cuda" else "cpu")
         return int(self.all_reduce(flag, "max").cpu()) or None
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """End the process group this process created. After a run that ``finished``, the
+        ranks first wait for each other: a rank that tears the group down while another still
+        works (rank 0 writing the final files) can abort either."""
         if self.owns_group and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -235,7 +235,7 @@ class Trainer:
         finally:
             if lock is not None:
                 lock.release()
-            self.dist.close()
+            self.dist.close(finished=sys.exc_info()[0] is None)
 
     def _run(self) -> dict:
         self.runlog.open_tensorboard(self.start_epoch)
