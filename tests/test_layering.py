@@ -18,6 +18,7 @@ LAYERS = {
     "storage": ["checkpoint", "runlog"],
     "workflows": [
         "resume",
+        "selection",
         "train_records",
         "train",
         "study",

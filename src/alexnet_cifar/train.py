@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import BackgroundWriter, RunLock, save_checkpoint, save_model_file
+from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
 from .data import CIFAR10, load_cifar10
 from .distributed import DistContext, init_distributed, resolve_device
 from .engine import Engine, EngineOptions, EpochSums
@@ -44,7 +44,8 @@ from .models import AlexNet, get_config
 from .recipe import Recipe
 from .resume import load_resume_state, run_identity
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
-from .train_records import run_config, run_result
+from .selection import BestEpoch
+from .train_records import checkpoint_state, run_config, run_result, save_final_model
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -165,22 +166,12 @@ class Trainer:
         )
         data = data.subset(opts.limit_train, opts.limit_test, opts.seed, opts.val_split)
         self.classes = data.classes
-        # The whole data set on the device as uint8: 150 MB for CIFAR-10, not 600 MB as floats.
-        self.x_test = torch.from_numpy(data.x_test).to(dev)
-        self.y_test = torch.from_numpy(data.y_test).to(dev)
-        # Each epoch is evaluated on the held-out images when there are some, else on the test
-        # set (the post's setting); with a split the test set is used once, at the end.
-        self.x_val, self.y_val = self.x_test, self.y_test
-        if data.x_val is not None:
-            self.x_val = torch.from_numpy(data.x_val).to(dev)
-            self.y_val = torch.from_numpy(data.y_val).to(dev)
-        self.best_val: dict | None = None  # with a split: the best epoch and its weights
+        x_train, y_train, self.x_test, self.y_test, self.x_val, self.y_val = _on_device(data, dev)
+        self.best = BestEpoch()  # with a split: the best validation epoch and its weights
         torch.manual_seed(opts.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(opts.seed)
         self.model = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
-        x_train = torch.from_numpy(data.x_train).to(dev)
-        y_train = torch.from_numpy(data.y_train).to(dev)
         self.engine = Engine(self.model, recipe, dev, opts.engine, x_train, y_train, self.dist)
         self.data_gen = torch.Generator().manual_seed(opts.seed + 1)
         self.start_epoch, self.start_step, self.carried = 0, 0, EpochSums()
@@ -201,7 +192,7 @@ class Trainer:
             self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
             self.carried = EpochSums.from_dict(st.get("partial"))
             self.history = list(st.get("history", []))
-            self.best_val = st.get("best_val")
+            self.best = BestEpoch(st.get("best_val"))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(
                 f"the checkpoint in {self.out} does not fit this run ({type(e).__name__}: "
@@ -242,7 +233,8 @@ class Trainer:
         for epoch in range(self.start_epoch, self.opts.recipe.epochs):
             row = self._train_epoch(epoch)
             self.history.append(row)
-            self._keep_best(row)
+            if self.opts.val_split is not None:
+                self.best.offer(row, self.engine)
             self.runlog.log_epoch(self.history)
             self._save(epoch + 1, 0, self.data_gen.get_state(), None)
             recent = [r["seconds"] for r in self.history[-5:]]
@@ -314,29 +306,6 @@ class Trainer:
             batch = self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
             return self.engine.evaluate(x, y, self.classes, batch, on_batch, averaged)
 
-    def _keep_best(self, row: dict) -> None:
-        """With a split: keep the evaluated weights of the (first) best validation epoch."""
-        if self.opts.val_split is None:
-            return
-        if self.best_val is None or row["val_accuracy"] > self.best_val["val_accuracy"]:
-            with self.engine.evaluated_weights():
-                state = self.model.state_dict()
-                weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-            self.best_val = {"epoch": row["epoch"], "val_accuracy": row["val_accuracy"]}
-            self.best_val["model"] = weights
-
-    def _test_at_the_end(self) -> tuple[EvalResult, EvalResult]:
-        """With a split, the test set's only use: the final weights and the best epoch's."""
-        final = self._evaluate("test: final weights", on_test=True)
-        if self.best_val["epoch"] == self.history[-1]["epoch"]:
-            return final, final
-        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.best_val["model"])
-        try:
-            return final, self._evaluate("test: best epoch", on_test=True, averaged=False)
-        finally:
-            self.model.load_state_dict(backup)
-
     def _stop_requested(self, step: int, last: bool) -> bool:
         """Whether a signal asks to stop here. Ranks agree, every few steps, on one step."""
         every = 50 if self.device.type == "cuda" else 5
@@ -361,20 +330,7 @@ class Trainer:
     def _save(self, epoch: int, step: int, data_state: torch.Tensor, partial: dict | None):
         if not self.dist.is_main:
             return
-        state = {
-            "model_name": self.opts.model,
-            "model_config": self.model.config.to_dict(),
-            "run_identity": self.opts.run_identity(),
-            "epoch": epoch,
-            "step": step,
-            **self.engine.state_dict(),
-            "rng": _rng_state(data_state, self.device),
-            "partial": partial,
-            "history": self.history,
-            "engine_requested": self.opts.engine.to_dict(),
-        }
-        if self.best_val is not None:
-            state["best_val"] = self.best_val
+        state = checkpoint_state(self, epoch, step, _rng_state(data_state, self.device), partial)
         # hashed and written in a thread while the next epoch trains
         save_checkpoint(self.out, state, writer=self.writer)
 
@@ -401,22 +357,32 @@ class Trainer:
             if self.opts.val_split is None:
                 ev = self.last_eval or self._evaluate("test")
             else:
-                ev, best_ev = self._test_at_the_end()
+                ev, best_ev = self.best.test_at_the_end(
+                    self.model,
+                    self.history[-1]["epoch"],
+                    lambda desc, averaged: self._evaluate(desc, on_test=True, averaged=averaged),
+                )
         except _EvaluationStopped:
             self._interrupted("before the final evaluation")
         result = run_result(self, ev, best_ev)
         if self.dist.is_main:
-            with self.engine.evaluated_weights():  # the weights that were evaluated
-                state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-            meta = {
-                "model_name": self.opts.model,
-                "epochs": result["epochs"],
-                "run_identity": self.opts.run_identity(),
-                "classes": list(self.classes),
-            }
-            save_model_file(self.out / MODEL_FILE, self.model.config.to_dict(), state, meta)
+            save_final_model(self, result)
             self.runlog.write_result(result)
         return result
+
+
+def _on_device(data: CIFAR10, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_test, y_test, x_val, y_val) on the device, as uint8 images: 150 MB
+    for CIFAR-10, not 600 MB as floats. Each epoch is evaluated on the held-out images when
+    there are some, else on the test set (the post's setting); with a split the test set is
+    used once, at the end."""
+    x_train, y_train, x_test, y_test = (
+        torch.from_numpy(a).to(dev) for a in (data.x_train, data.y_train, data.x_test, data.y_test)
+    )
+    if data.x_val is None:
+        return x_train, y_train, x_test, y_test, x_test, y_test
+    x_val, y_val = torch.from_numpy(data.x_val).to(dev), torch.from_numpy(data.y_val).to(dev)
+    return x_train, y_train, x_test, y_test, x_val, y_val
 
 
 def _device_and_ranks(name: str) -> tuple[torch.device, DistContext]:

@@ -1,6 +1,6 @@
-"""What a training run records of itself: config.json (everything needed to rerun it and to
-know what it was) and result.json (its final and best accuracy, time, device, classes), built
-from a :class:`~alexnet_cifar.train.Trainer`'s state."""
+"""What a training run records of itself, built from a :class:`~alexnet_cifar.train.Trainer`'s
+state: config.json (everything needed to rerun it and to know what it was), the checkpoint's
+contents, result.json (its final and best accuracy, time, device, classes) and model.pt."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import os
 import sys
 import time
 
+from .checkpoint import save_model_file
 from .evaluate import EvalResult
 from .files import MODEL_FILE
 from .runlog import METRIC_COLUMNS, versions
 
-__all__ = ["run_config", "run_result"]
+__all__ = ["checkpoint_state", "run_config", "run_result", "save_final_model"]
 
 
 def run_config(t) -> dict:
@@ -81,3 +82,37 @@ def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
             test_loss_at_best_val=best_ev.loss,
         )
     return result
+
+
+def checkpoint_state(t, epoch: int, step: int, rng: dict, partial: dict | None) -> dict:
+    """Everything a resume needs: weights, optimiser, random states, where the run is (epoch,
+    step, the epoch's totals so far), its history, identity and engine settings."""
+    state = {
+        "model_name": t.opts.model,
+        "model_config": t.model.config.to_dict(),
+        "run_identity": t.opts.run_identity(),
+        "epoch": epoch,
+        "step": step,
+        **t.engine.state_dict(),
+        "rng": rng,
+        "partial": partial,
+        "history": t.history,
+        "engine_requested": t.opts.engine.to_dict(),
+    }
+    if t.best.state is not None:
+        state["best_val"] = t.best.state
+    return state
+
+
+def save_final_model(t, result: dict) -> None:
+    """model.pt: the weights that were evaluated (the weight average, where the recipe keeps
+    one), with what it takes to rebuild the model."""
+    with t.engine.evaluated_weights():
+        state = {k: v.detach().cpu() for k, v in t.model.state_dict().items()}
+    meta = {
+        "model_name": t.opts.model,
+        "epochs": result["epochs"],
+        "run_identity": t.opts.run_identity(),
+        "classes": list(t.classes),
+    }
+    save_model_file(t.out / MODEL_FILE, t.model.config.to_dict(), state, meta)
