@@ -123,7 +123,7 @@ def test_preparation_leaves_no_trace():
     model = build_model(name)
     opts = EngineOptions(compile=True, compile_backend="eager")
     engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y)
-    engine.begin_epoch(0, (perm, dy, dx, flip), start_step=1, carried=EpochSums(2.5, 3, 16))
+    engine.begin_epoch(0, (perm, dy, dx, flip), start_step=1, resumed=EpochSums(2.5, 3, 16))
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     engine._prepare(bs)

@@ -368,26 +368,26 @@ class Engine:
         epoch: int,
         draws: tuple[torch.Tensor, ...],
         start_step: int = 0,
-        carried: EpochSums | None = None,
+        resumed: EpochSums | None = None,
     ) -> None:
         """Load the epoch's draws (order, dy, dx, flip; see :meth:`draw_epoch`) into the
-        static buffers and reset the running totals, or set them to ``carried``, a resumed
+        static buffers and reset the running totals, or set them to ``resumed``, a resumed
         epoch's totals (summed over the ranks when saved: rank 0 carries the sums, the count
         and time are everyone's)."""
         perm, dy, dx, flip = draws
-        carried = carried or EpochSums()
+        resumed = resumed or EpochSums()
         self.epoch = epoch
         self.set_lr(self.recipe.lr_at(epoch, start_step, self.steps_per_epoch))
         for buffer, values in ((self.perm, perm), (self.dy, dy), (self.dx, dx), (self.flip, flip)):
             buffer.copy_(values.to(self.device), non_blocking=True)
-        own = carried if self.dist.is_main else EpochSums()
+        own = resumed if self.dist.is_main else EpochSums()
         self.step_t.fill_(start_step)
         self.loss_sum.fill_(own.loss_sum)
         self.correct.fill_(own.correct)
         self.bad_step.fill_(-1)
-        self.seen = self._seen_at_t0 = carried.seen
+        self.seen = self._seen_at_t0 = resumed.seen
         self.local_seen = 0
-        self._seconds_before = carried.seconds
+        self._seconds_before = resumed.seconds
         self._t0 = time.perf_counter()
         self._setup_at_t0 = self.setup_seconds
         self._last_peek = 0.0

@@ -127,11 +127,12 @@ def load_resume_state(
     theirs = state.get("run_identity") or {}
     if force and theirs.get("recipe.epochs") != recipe.epochs:
         recipe = _extended(run_dir, path, state, theirs, recipe, say)
-    mine = identity(recipe)
-    refused = [k for k in differences(theirs, mine) if not (force and k in SAFE_CHANGES)]
+    asked = identity(recipe)
+    refused = [k for k in differences(theirs, asked) if not (force and k in SAFE_CHANGES)]
     if refused:
         lines = [
-            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {mine.get(k)!r}" for k in refused
+            f"{k}: checkpoint has {theirs.get(k)!r}, this run asks {asked.get(k)!r}"
+            for k in refused
         ]
         advice = (
             f"{param('force', True)} accepts only a change of {param('epochs')}"

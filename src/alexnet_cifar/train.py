@@ -174,7 +174,7 @@ class Trainer:
         self.model = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
         self.engine = Engine(self.model, recipe, dev, opts.engine, x_train, y_train, self.dist)
         self.data_gen = torch.Generator().manual_seed(opts.seed + 1)
-        self.start_epoch, self.start_step, self.carried = 0, 0, EpochSums()
+        self.start_epoch, self.start_step, self.resumed_sums = 0, 0, EpochSums()
         if state is not None:
             self._restore(state)
             if self.start_epoch < recipe.epochs and self.dist.is_main:
@@ -190,7 +190,7 @@ class Trainer:
             self.engine.load_state_dict(st)
             _restore_rng(st["rng"], self.data_gen, self.device)
             self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
-            self.carried = EpochSums.from_dict(st.get("partial"))
+            self.resumed_sums = EpochSums.from_dict(st.get("partial"))
             self.history = list(st.get("history", []))
             self.best = BestEpoch(st.get("best_val"))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -250,7 +250,7 @@ class Trainer:
         resumed = epoch == self.start_epoch and self.start_step > 0
         start_step = self.start_step if resumed else 0
         draws = engine.draw_epoch(self.data_gen)
-        engine.begin_epoch(epoch, draws, start_step, self.carried if resumed else None)
+        engine.begin_epoch(epoch, draws, start_step, self.resumed_sums if resumed else None)
         self.model.train()
         desc = f"epoch {epoch + 1}/{self.opts.recipe.epochs}"
         with self._bar(spe, desc, start_step) as bar:
@@ -327,10 +327,11 @@ class Trainer:
         self._interrupted(f"in epoch {epoch + 1} {where}")
 
     # ------------------------------------------------------------------ checkpoints, logs
-    def _save(self, epoch: int, step: int, data_state: torch.Tensor, partial: dict | None):
+    def _save(self, epoch: int, step: int, data_state: torch.Tensor, epoch_so_far: dict | None):
         if not self.dist.is_main:
             return
-        state = checkpoint_state(self, epoch, step, _rng_state(data_state, self.device), partial)
+        rng = _rng_state(data_state, self.device)
+        state = checkpoint_state(self, epoch, step, rng, epoch_so_far)
         # hashed and written in a thread while the next epoch trains
         save_checkpoint(self.out, state, writer=self.writer)
 

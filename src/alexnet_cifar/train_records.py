@@ -84,7 +84,7 @@ def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
     return result
 
 
-def checkpoint_state(t, epoch: int, step: int, rng: dict, partial: dict | None) -> dict:
+def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | None) -> dict:
     """Everything a resume needs: weights, optimiser, random states, where the run is (epoch,
     step, the epoch's totals so far), its history, identity and engine settings."""
     state = {
@@ -95,7 +95,7 @@ def checkpoint_state(t, epoch: int, step: int, rng: dict, partial: dict | None) 
         "step": step,
         **t.engine.state_dict(),
         "rng": rng,
-        "partial": partial,
+        "partial": epoch_so_far,  # the interrupted epoch's totals (EpochSums), or None
         "history": t.history,
         "engine_requested": t.opts.engine.to_dict(),
     }

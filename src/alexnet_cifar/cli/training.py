@@ -167,13 +167,15 @@ def cmd_evaluate(args) -> int:
     data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
     data = data.subset(None, args.limit_test, args.seed)
     data.check_classes(model.config.num_classes, what=f"the model in {args.path}")
-    how = dict(classes=data.classes, batch_size=args.batch_size, channels_last=dev.type == "cuda")
+    settings = dict(
+        classes=data.classes, batch_size=args.batch_size, channels_last=dev.type == "cuda"
+    )
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     tta = None
     if args.tta:
-        res, tta = evaluate_with_tta(model, x, y, **how)
+        res, tta = evaluate_with_tta(model, x, y, **settings)
     else:
-        res = evaluate_model(model, x, y, **how)
+        res = evaluate_model(model, x, y, **settings)
     if args.json:
         out = {"path": str(args.path), "model": model.config.name, **res.to_dict()}
         if tta is not None:
