@@ -69,10 +69,9 @@ def _read_until(fd: int, needle: bytes, proc, timeout: float = 120) -> bytes:
     return seen
 
 
-def test_ctrl_c_during_the_evaluation_stops_in_seconds_and_resumes_exactly(
-    cifar10_dir, uninterrupted, tmp_path
-):
-    out = tmp_path / "run"
+def _signals_during_the_evaluation(cifar10_dir, out: Path, count: int) -> tuple[int, float]:
+    """Start a run, send ``count`` SIGINTs as soon as its evaluation's progress bar shows:
+    (exit status, seconds from the first signal to the exit)."""
     master, slave = _terminal()
     proc = subprocess.Popen(
         [sys.executable, "-m", "alexnet_cifar", "train", *ARGS, "--out", str(out)],
@@ -84,14 +83,22 @@ def test_ctrl_c_during_the_evaluation_stops_in_seconds_and_resumes_exactly(
     try:
         _read_until(master, b"epoch 1/1: test", proc)  # the evaluation's own bar
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        for _ in range(count):
+            proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-        stopped_after = time.monotonic() - t0
+        return proc.returncode, time.monotonic() - t0
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGINT
+
+
+def test_ctrl_c_during_the_evaluation_stops_in_seconds_and_resumes_exactly(
+    cifar10_dir, uninterrupted, tmp_path
+):
+    out = tmp_path / "run"
+    returncode, stopped_after = _signals_during_the_evaluation(cifar10_dir, out, 1)
+    assert returncode == 128 + signal.SIGINT
     assert stopped_after < 10, stopped_after
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (0, 2)  # trained, saved, not yet evaluated
@@ -107,25 +114,8 @@ def test_ctrl_c_during_the_evaluation_stops_in_seconds_and_resumes_exactly(
 
 
 def test_a_second_ctrl_c_stops_at_once_with_exit_130(cifar10_dir, tmp_path):
-    out = tmp_path / "run"
-    master, slave = _terminal()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alexnet_cifar", "train", *ARGS, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-        env=_env(cifar10_dir),
-    )
-    os.close(slave)
-    try:
-        _read_until(master, b"epoch 1/1: test", proc)
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130  # an exit status, not death by the signal (-2)
+    returncode, _ = _signals_during_the_evaluation(cifar10_dir, tmp_path / "run", 2)
+    assert returncode == 130  # an exit status, not death by the signal (-2)
 
 
 def test_the_printed_resume_command_runs_as_printed(cifar10_dir, tmp_path):

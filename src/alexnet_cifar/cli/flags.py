@@ -20,7 +20,9 @@ from ..recipe import RECIPES, Recipe, get_recipe
 from ..train import TrainOptions
 
 __all__ = [
+    "add_device",
     "add_engine_flags",
+    "add_run_path",
     "add_train_flags",
     "device",
     "flag_name",
@@ -162,6 +164,18 @@ def folder(text: str) -> Path:
     return Path(text)
 
 
+# ---------------------------------------------------------------------- shared arguments
+
+
+def add_run_path(p: argparse.ArgumentParser) -> None:
+    """The trained model a command reads: a run folder, a checkpoint or a model file."""
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+
+
 # ---------------------------------------------------------------------- training flags
 
 
@@ -220,7 +234,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         help="folder holding cifar-10-batches-bin (or -py); "
         "default $CIFAR10_DIR, else a per-user cache (downloaded if missing)",
     )
-    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    add_device(p)
     p.add_argument(
         "--limit-train",
         type=int_at_least(1, "--limit-train"),

@@ -20,7 +20,7 @@ from ..export import (
 from ..keras_io import export_keras_weights, import_keras
 from ..predict import ImageError, Prediction, load_image, predict_images
 from ..runlog import class_names
-from .flags import device, folder, int_at_least, model_name, print_json
+from .flags import add_device, add_run_path, folder, int_at_least, model_name, print_json
 
 __all__ = ["add_parsers"]
 
@@ -35,12 +35,12 @@ def add_parsers(sub) -> None:
         "normalised as in training. A file that cannot be read is reported and the others "
         "are still predicted; the exit status is then 2.",
     )
-    p.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    add_run_path(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     p.add_argument(
         "--top-k", type=int_at_least(1, "--top-k"), default=3, help="classes to show (3)"
     )
-    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="a JSON list, one object per file")
     p.set_defaults(func=cmd_predict)
 
@@ -53,7 +53,7 @@ def add_parsers(sub) -> None:
         "(N, classes), softmax. The batch size N is free. ONNX needs "
         f"{INSTALL_HINT}.",
     )
-    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    add_run_path(e)
     e.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")
     e.add_argument("--out", type=folder, required=True, metavar="FILE", help="the file to write")
     e.add_argument(
@@ -99,7 +99,7 @@ def add_parsers(sub) -> None:
         "model.load_weights(FILE): FILE ending in .weights.h5 gets Keras 3's layout, any other "
         ".h5 the layout of Keras 2's save_weights (which Keras 3 reads too).",
     )
-    x.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    add_run_path(x)
     x.add_argument("--out", type=folder, required=True, metavar="FILE", help=".h5 or .weights.h5")
     x.set_defaults(func=cmd_export_keras)
 

@@ -17,9 +17,10 @@ from ..evaluate import evaluate_model, evaluate_with_tta
 from ..resume import run_settings
 from ..train import train
 from .flags import (
+    add_device,
     add_engine_flags,
+    add_run_path,
     add_train_flags,
-    device,
     engine_options,
     folder,
     int_at_least,
@@ -62,12 +63,12 @@ def add_parsers(sub) -> None:
         "evaluate",
         help="test loss, accuracy, per-class accuracy and confusion matrix of a trained model",
     )
-    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint or model.pt")
+    add_run_path(e)
     e.add_argument(
         "--data-dir",
         help="folder holding cifar-10-batches-bin (default $CIFAR10_DIR, else the cache)",
     )
-    e.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    add_device(e)
     e.add_argument(
         "--batch-size",
         type=int_at_least(1, "--batch-size"),
@@ -123,7 +124,7 @@ def add_parsers(sub) -> None:
         type=int_at_least(0, "--warmup"),
         help="unmeasured steps first (default 10 on CUDA, 1 on CPU)",
     )
-    b.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    add_device(b)
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     add_engine_flags(b)
     b.set_defaults(func=cmd_bench)
