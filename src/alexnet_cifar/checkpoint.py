@@ -21,10 +21,25 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, RunLockedError, param
-from .files import CHECKPOINT, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
+from .files import (  # file names and atomic writes: named here too, where code imported them
+    CHECKPOINT,
+    LOCK_FILE,
+    MODEL_FILE,
+    PREV_CHECKPOINT,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from .models import AlexNet, AlexNetConfig, meta_model
 
 __all__ = [
+    "CHECKPOINT",
+    "MODEL_FILE",
+    "PREV_CHECKPOINT",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "BackgroundWriter",
     "RunLock",
     "load_checkpoint",

@@ -18,10 +18,21 @@ import torch
 
 from .augment import SEED_MEAN
 from .errors import ImageError
-from .evaluate import logits_in_batches
+from .evaluate import evaluate_with_tta, logits_in_batches
 from .models import probabilities
+from .runlog import class_names
 
-__all__ = ["ImageError", "LoadedImage", "Prediction", "load_image", "predict_images"]
+# evaluate_with_tta and class_names live in evaluate and runlog; named here too, where code
+# imported them from.
+__all__ = [
+    "ImageError",
+    "LoadedImage",
+    "Prediction",
+    "class_names",
+    "evaluate_with_tta",
+    "load_image",
+    "predict_images",
+]
 
 IMAGE_SIZE = 32
 

@@ -32,8 +32,10 @@ from .errors import (
     param,
 )
 from .evaluate import EvalResult
-from .files import (
+from .files import (  # the file names are named here too, where code imported them from
     CHECKPOINT,
+    CONFIG_FILE,
+    METRICS_FILE,
     MODEL_FILE,
     RESULT_FILE,
     prepare_run_folder,
@@ -48,7 +50,10 @@ from .selection import BestEpoch
 from .train_records import checkpoint_state, run_config, run_result, save_final_model
 
 __all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
     "METRIC_COLUMNS",
+    "RESULT_FILE",
     "NonFiniteLossError",
     "RunSetupError",
     "TrainOptions",
