@@ -250,6 +250,16 @@ def test_garbled_and_truncated_pickles(tmp_path):
         load_cifar10(tmp_path / "py", verify=False)
 
 
+def test_float_labels_are_refused_not_truncated(tmp_path):
+    held = write_binary_folder(tmp_path / "bin", n_per_file=4)
+    folder = _write_python_folder(tmp_path / "py", held, 2, False)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch["labels"] = [2.7, 1.0, 0.5, 9.9]  # int() would make these 2, 1, 0, 9
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=r"test_batch: 'labels' should hold whole numbers"):
+        load_cifar10(tmp_path / "py", verify=False)
+
+
 def test_loader_writes_nothing_beside_the_data(tmp_path):
     write_binary_folder(tmp_path, n_per_file=3)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
