@@ -100,6 +100,26 @@ def flip_averaged(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _heldout_logits(
+    model: AlexNet, images, labels, dist: DistContext, mirrored: bool, **run
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(logits, logits of the mirror images or None, labels) of this rank's share of the
+    images, computed with dropout off; the model's mode is restored afterwards."""
+    offset, size = shard(len(labels), dist.world_size, dist.rank)
+    images = torch.as_tensor(images)[offset : offset + size]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        labels = torch.as_tensor(labels)[offset : offset + size].to(device)
+        plain = logits_in_batches(model, images, **run)
+        flipped = logits_in_batches(model, images, flip=True, **run) if mirrored else None
+    finally:
+        model.train(was_training)
+    return plain, flipped, labels
+
+
+@torch.no_grad()
 def evaluate_with_tta(
     model: AlexNet,
     images: torch.Tensor | np.ndarray,
@@ -122,28 +142,14 @@ def evaluate_with_tta(
     reduced over the ranks. ``on_batch(rows)`` follows the progress.
     """
     dist = dist or DistContext()
-    offset, size = shard(len(labels), dist.world_size, dist.rank)
-    images = torch.as_tensor(images)[offset : offset + size]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        labels = torch.as_tensor(labels)[offset : offset + size].to(device)
-        run = dict(
-            batch_size=batch_size,
-            channels_last=channels_last,
-            precision=precision,
-            on_batch=on_batch,
-        )
-        plain = logits_in_batches(model, images, **run)
-        mirrored = logits_in_batches(model, images, flip=True, **run)
-    finally:
-        model.train(was_training)
+    run = dict(
+        batch_size=batch_size, channels_last=channels_last, precision=precision, on_batch=on_batch
+    )
+    plain, mirrored, labels = _heldout_logits(model, images, labels, dist, True, **run)
+    averaged = flip_averaged(plain, mirrored)
     return (
         result_from_logits(model, plain, labels, classes, loss_clip_eps, dist),
-        result_from_logits(
-            model, flip_averaged(plain, mirrored), labels, classes, loss_clip_eps, dist
-        ),
+        result_from_logits(model, averaged, labels, classes, loss_clip_eps, dist),
     )
 
 
@@ -164,36 +170,13 @@ def evaluate_model(
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on uint8 NHWC images (dropout off);
     with ``tta_flip``, of the flip-averaged prediction (see :func:`evaluate_with_tta`)."""
-    if tta_flip:
-        return evaluate_with_tta(
-            model,
-            images,
-            labels,
-            classes=classes,
-            batch_size=batch_size,
-            loss_clip_eps=loss_clip_eps,
-            channels_last=channels_last,
-            precision=precision,
-            dist=dist,
-            on_batch=on_batch,
-        )[1]
     dist = dist or DistContext()
-    offset, size = shard(len(labels), dist.world_size, dist.rank)
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        logits = logits_in_batches(
-            model,
-            torch.as_tensor(images)[offset : offset + size],
-            batch_size,
-            channels_last,
-            precision=precision,
-            on_batch=on_batch,
-        )
-        labels = torch.as_tensor(labels)[offset : offset + size].to(device)
-    finally:
-        model.train(was_training)
+    run = dict(
+        batch_size=batch_size, channels_last=channels_last, precision=precision, on_batch=on_batch
+    )
+    logits, mirrored, labels = _heldout_logits(model, images, labels, dist, tta_flip, **run)
+    if tta_flip:
+        logits = flip_averaged(logits, mirrored)
     return result_from_logits(model, logits, labels, classes, loss_clip_eps, dist)
 
 

@@ -189,9 +189,6 @@ class RunLog:
         if self.enabled:
             atomic_write_json(self.folder / CONFIG_FILE, config, what="the run's settings")
 
-    def read_config(self) -> dict:
-        return read_json_object(self.folder / CONFIG_FILE, "run settings")
-
     def write_metrics(self, history: list[dict]) -> None:
         """metrics.csv with every finished epoch (rewritten whole, atomically)."""
         if not self.enabled:
