@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from alexnet_cifar.cli import main
+from alexnet_cifar.engine_options import EngineOptions, cpu_has_native_bf16
 from alexnet_cifar.models import layer_table
 
 
@@ -40,12 +42,20 @@ def test_bench_json_fields_are_consistent(capsys):
         flops = 6 * layer_table("alexnet_thinner_4").macs * 8
         assert r[f"{side}_tflops"] == pytest.approx(flops / (ms / 1e3) / 1e12, rel=1e-2, abs=1e-4)
     assert r["speedup"] == pytest.approx(r["plain_ms"] / r["engine_ms"], rel=1e-2)
-    assert r["engine"]["precision"] == "fp32" and r["engine"]["cuda_graphs"] is False
+    # Each round's ratio is the two sides' times of that round.
+    rounds = zip(r["plain_round_ms"], r["engine_round_ms"], r["round_speedups"])
+    for plain, engine, ratio in rounds:
+        assert ratio == pytest.approx(plain / engine, rel=1e-2)
+    # The engine ran the device's auto configuration, which bench records as it was used.
+    cpu = torch.device("cpu")
+    assert r["engine"] == EngineOptions().resolve(cpu).to_dict()
+    assert r["engine"]["cuda_graphs"] is False
+    assert out["cpu_native_bf16"] == cpu_has_native_bf16()
 
 
 def test_bench_refuses_unknown_models_and_gpu_options(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--models", "alexnet,resnet", "--device", "cpu"])
     assert e.value.code == 2 and "unknown model 'resnet'" in capsys.readouterr().err
-    assert main(["bench", "--precision", "bf16", "--device", "cpu"]) == 2
-    assert "bf16" in capsys.readouterr().err
+    assert main(["bench", "--cuda-graphs", "--device", "cpu"]) == 2
+    assert "CUDA graphs" in capsys.readouterr().err

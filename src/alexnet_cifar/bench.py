@@ -20,11 +20,12 @@ import torch
 
 from .augment import normalize
 from .engine import Engine, EngineOptions, plain_step
+from .engine_options import cpu_has_native_bf16
 from .models import AlexNet, get_config, layer_table
 from .recipe import Recipe
 from .runlog import versions
 
-__all__ = ["BenchSettings", "run_bench", "matmul_peak_tflops"]
+__all__ = ["BenchSettings", "run_bench", "matmul_peak_tflops", "describe_device", "format_row"]
 
 CIFAR_TRAIN_BYTES = 50_000 * 32 * 32 * 3  # the training set on the device as uint8
 
@@ -34,9 +35,9 @@ class BenchSettings:
     models: list[str]
     device: torch.device
     batch_size: int = 64
-    steps: int | None = None  # measured steps per side (None: 60 on CUDA, 4 on CPU)
-    rounds: int | None = None  # alternations of plain and engine (None: 5 on CUDA, 2 on CPU)
-    warmup: int | None = None  # unmeasured steps per side first (None: 10 on CUDA, 1 on CPU)
+    steps: int | None = None  # measured steps per side (None: 60 on CUDA, 3 on CPU)
+    rounds: int | None = None  # alternations of plain and engine (None: 5 on CUDA and CPU)
+    warmup: int | None = None  # unmeasured steps per side first (None: 10 on CUDA, 2 on CPU)
     engine: EngineOptions = EngineOptions()
     seed: int = 0
 
@@ -46,9 +47,9 @@ class BenchSettings:
             models=self.models,
             device=self.device,
             batch_size=self.batch_size,
-            steps=self.steps or (60 if cuda else 4),
-            rounds=self.rounds or (5 if cuda else 2),
-            warmup=self.warmup if self.warmup is not None else (10 if cuda else 1),
+            steps=self.steps or (60 if cuda else 3),
+            rounds=self.rounds or 5,
+            warmup=self.warmup if self.warmup is not None else (10 if cuda else 2),
             engine=self.engine,
             seed=self.seed,
         )
@@ -136,11 +137,15 @@ def bench_model(name: str, s: BenchSettings) -> dict:
         engine_times.append(_time_block(engine.step, start + r * s.steps, s.steps, dev))
     peak_engine = _peak_mb(dev)
     tp, te = statistics.median(plain_times), statistics.median(engine_times)
+    # Each round's own ratio: the two sides of a round ran back to back, so a slow patch of
+    # the machine hits both; their spread is the measurement's own error bar.
+    ratios = [a / b for a, b in zip(plain_times, engine_times)]
     result = {
         "model": name,
         "plain_ms": round(tp * 1e3, 3),
         "engine_ms": round(te * 1e3, 3),
         "speedup": round(tp / te, 3),
+        "round_speedups": [round(r, 3) for r in ratios],
         "plain_images_per_s": round(bs / tp, 2),
         "engine_images_per_s": round(bs / te, 2),
         "plain_tflops": round(flops / tp / 1e12, 4),
@@ -167,6 +172,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def describe_device(device: torch.device) -> str:
+    """The machine a figure was measured on, in words."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{_cpu_name()}, {torch.get_num_threads()} threads, {bf16}"
+
+
 def environment(device: torch.device) -> dict:
     env = {
         "device": str(device),
@@ -174,6 +187,7 @@ def environment(device: torch.device) -> dict:
             torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
         ),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         **versions(device),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -213,7 +227,13 @@ def run_bench(settings: BenchSettings, report=print) -> dict:
     return out
 
 
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}" if len(values) > 1 else f"{values[0]:.0f}"
+
+
 def format_row(r: dict) -> str:
+    rounds = r["round_speedups"]
+    ratio_spread = f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
     peak = f"  {r['fraction_of_peak']:.0%} of bf16 peak" if "fraction_of_peak" in r else ""
     mem = (
         f"  peak mem {r['peak_memory_mb_engine']:.0f} MB"
@@ -221,7 +241,8 @@ def format_row(r: dict) -> str:
         else ""
     )
     return (
-        f"{r['model']:<22} plain {r['plain_ms']:9.2f} ms  engine {r['engine_ms']:9.2f} ms  "
-        f"x{r['speedup']:.2f}  engine {r['engine_images_per_s']:9.0f} img/s  "
+        f"{r['model']:<22} plain {r['plain_ms']:9.2f} ms [{_spread(r['plain_round_ms'])}]  "
+        f"engine {r['engine_ms']:9.2f} ms [{_spread(r['engine_round_ms'])}]  "
+        f"x{r['speedup']:.2f}{ratio_spread}  engine {r['engine_images_per_s']:9.0f} img/s  "
         f"{r['engine_tflops']:.3f} TFLOP/s{peak}{mem}"
     )

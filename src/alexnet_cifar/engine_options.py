@@ -81,6 +81,17 @@ class EngineOptions:
             fused_optimizer=self.fused_optimizer if self.fused_optimizer is not None else True,
         )
 
+    def describe(self) -> str:
+        """A resolved configuration in words, e.g. "bf16 autocast, channels_last, fused SGD"."""
+        parts = ["bf16 autocast" if self.precision == "bf16" else "fp32"]
+        parts.append("channels_last" if self.channels_last else "NCHW")
+        if self.compile:
+            parts.append(f"torch.compile ({self.compile_mode or 'default'})")
+        if self.cuda_graphs:
+            parts.append("CUDA graphs")
+        parts.append("fused SGD" if self.fused_optimizer else "foreach SGD")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

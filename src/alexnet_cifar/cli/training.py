@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..bench import BenchSettings, format_row, run_bench
+from ..bench import BenchSettings, describe_device, format_row, run_bench
 from ..checkpoint import load_model
 from ..data import load_cifar10
 from ..distributed import resolve_device
@@ -112,17 +112,17 @@ def add_parsers(sub) -> None:
     b.add_argument(
         "--steps",
         type=int_at_least(1, "--steps"),
-        help="measured steps per round and side (default 60 on CUDA, 4 on CPU)",
+        help="measured steps per round and side (default 60 on CUDA, 3 on CPU)",
     )
     b.add_argument(
         "--rounds",
         type=int_at_least(1, "--rounds"),
-        help="alternations of plain and engine (default 5 on CUDA, 2 on CPU)",
+        help="alternations of plain and engine (default 5)",
     )
     b.add_argument(
         "--warmup",
         type=int_at_least(0, "--warmup"),
-        help="unmeasured steps first (default 10 on CUDA, 1 on CPU)",
+        help="unmeasured steps first (default 10 on CUDA, 2 on CPU)",
     )
     add_device(b)
     b.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -215,12 +215,15 @@ def cmd_bench(args) -> int:
         warmup=args.warmup,
         engine=engine_options(args),
     )
-    settings.engine.resolve(dev)
+    used = settings.engine.resolve(dev)
     if not args.json:
         s = settings.resolved()
         print(
-            f"bench on {dev}: batch {s.batch_size}, {s.rounds} rounds of {s.steps} steps "
-            f"per side after {s.warmup} warm-up step{'s' if s.warmup != 1 else ''}; "
+            f"bench on {dev} ({describe_device(dev)}): batch {s.batch_size}, {s.rounds} "
+            f"rounds of {s.steps} steps per side after {s.warmup} warm-up "
+            f"step{'s' if s.warmup != 1 else ''}, alternating\n"
+            f"plain: eager fp32, torch.optim.SGD; engine: {used.describe()}\n"
+            "ms a step: median [fastest-slowest round]; x: plain/engine (each round's range); "
             "images/s and TFLOP/s are the engine's, the plain step's are in --json"
         )
     out = run_bench(
