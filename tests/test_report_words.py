@@ -158,7 +158,10 @@ def test_several_seeds_crown_the_best_mean_not_the_luckiest_run(split_report):
     assert best["label"] == "alexnet_thinner_4" and best["runner_up"] == "alexnet"
     assert best["mean"] == pytest.approx(sum(LUCKY["alexnet_thinner_4"]) / 3, rel=1e-12)
     assert best["significant"] is False and best["lead"]["p_value"] > 0.05
-    assert summary["best"]["label"] == "alexnet (seed-2)"  # the luckiest run, for reference
+    # the best run is the best variant's, not the luckiest (alexnet seed-2, listed beneath)
+    assert summary["best"]["label"] == "alexnet_thinner_4 (seed-2)"
+    assert summary["best"]["of_variant"] == "alexnet_thinner_4"
+    assert summary["class_results_of"] == "alexnet_thinner_4 (seed-2)"
     verdict = md.split("## Verdict")[1].split("\n## ")[0]
     assert (
         "**Best variant by its mean test accuracy at the best validation epoch: "
@@ -167,9 +170,11 @@ def test_several_seeds_crown_the_best_mean_not_the_luckiest_run(split_report):
     assert "not significant at p < 0.05" in verdict
     assert verdict.index("**Best variant") < verdict.index("Single runs")
     assert "Best run" not in verdict
+    assert "**Best variant" in (study / "report.md").read_text()
     line = next(x for x in stdout.splitlines() if x.startswith("best variant"))
     assert "alexnet_thinner_4, mean 31.00% (n=3, 95% CI" in line and "not significant" in line
-    assert "best single run, for reference: alexnet (seed-2)" in stdout
+    assert "its best run: alexnet_thinner_4 (seed-2)" in stdout
+    assert "`alexnet (seed-2)` 33.00%" in verdict.split("Single runs")[1]
 
 
 @pytest.mark.slow
@@ -338,6 +343,17 @@ def test_near_ten_percent_the_report_says_it_is_chance(tmp_path):
 
 def _overlaps(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_the_legend_check_sees_a_legend_inside_the_axes():
+    fig = figures_module.new_figure((6, 4))
+    ax = fig.add_subplot()
+    ax.plot([1, 2], [1, 2], label="a")
+    ax.legend(loc="lower right")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_legend().get_window_extent(renderer)
+    assert _overlaps(box, ax.get_window_extent(renderer))
 
 
 @pytest.mark.slow

@@ -219,7 +219,7 @@ def _print_best(summary: dict) -> None:
         print(f"\nbest: {best['label']}: {run}")
     else:
         print(f"\nbest variant by its mean {v['measure_name']}: {v['label']}, {_variant_text(v)}")
-        print(f"best single run, for reference: {best['label']}: {run}")
+        print(f"its best run: {best['label']}: {run}")
     print("the post's best: alexnet_slim_regular (~92%)")
 
 

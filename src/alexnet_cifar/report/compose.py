@@ -53,10 +53,10 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None, 
     for r, s, name in zip(runs, summaries, train_vs_test_files(runs)):
         s["run_dir"] = os.path.relpath(r.path.resolve(), out.resolve())
         s["figures"] = {"train_vs_test": name}
-    best_index = max(range(len(runs)), key=lambda i: (accuracy(summaries[i]), -i))
-    class_index = _class_results_run(runs, summaries)
-    figures = draw_figures(runs, summaries, class_index, out)
     seeds = aggregate(runs, summaries)
+    best_index = _best_run(summaries, seeds)
+    class_index = _class_results_run(runs, summaries, best_index)
+    figures = draw_figures(runs, summaries, class_index, out)
     if seeds is not None:
         figures["curves_by_variant"] = draw_seed_curves(
             runs, seeds["variants"], seeds["groups"], out
@@ -77,8 +77,21 @@ def build_report(run_dirs, out: str | os.PathLike, *, title: str | None = None, 
     return json_safe(summary)
 
 
-def _class_results_run(runs: list[RunData], summaries: list[dict]) -> int | None:
-    """The run with the highest best test accuracy among those with per-class results."""
+def _best_run(summaries: list[dict], seeds: dict | None) -> int:
+    """The run with the highest headline test accuracy; with several seeds, the best run of
+    the best variant (by its mean), so that every "best" of the report agrees."""
+    candidates = range(len(summaries))
+    if seeds is not None:
+        label = seeds["best_variant"]["label"]
+        candidates = next(g["runs"] for g in seeds["groups"] if g["label"] == label)
+    return max(candidates, key=lambda i: (accuracy(summaries[i]), -i))
+
+
+def _class_results_run(runs: list[RunData], summaries: list[dict], best: int) -> int | None:
+    """The best run if it has per-class results, else the run with the highest headline test
+    accuracy among those that have them."""
+    if runs[best].class_results() is not None:
+        return best
     with_classes = [
         (accuracy(s), -i, i)
         for i, (r, s) in enumerate(zip(runs, summaries))
@@ -123,6 +136,7 @@ def _summary(content: ReportContent) -> dict:
             "epoch_chosen_by": best.get("epoch_chosen_by", "test"),
             "best_val_accuracy": best.get("best_val_accuracy"),
             "final_test_accuracy": best["final_test_accuracy"],
+            "of_variant": agg["best_variant"]["label"] if agg else None,
         },
         "verdict": "best_variant" if agg else "best",
         "post_best": POST_BEST,

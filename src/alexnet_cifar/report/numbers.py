@@ -78,7 +78,8 @@ def _overfitting(
     n = len(loss)
     lowest, final = loss[lowest_at], loss[-1]
     if not math.isfinite(final):
-        return None, "diverged", f"diverged: the {held} loss became NaN or infinite", None
+        note = f"diverged: the {held} loss became NaN or infinite by epoch {n}: the run diverged"
+        return None, "diverged", note, None
     rise = (final - lowest) / lowest if lowest > 0 and math.isfinite(lowest) else None
     if n < 2:
         return None, "too short to tell", "too short to tell: one epoch", rise

@@ -252,6 +252,11 @@ def class_by_class_section(doc: Document, content: ReportContent) -> None:
             f"{code(best['label'])} {why}, so these are the results of {code(shown['label'])}, "
             "the best run that has them."
         )
+    elif content.aggregate is not None:
+        doc.paragraph(
+            f"The best run of the best variant, "
+            f"{code(content.aggregate['best_variant']['label'])}."
+        )
     doc.paragraph(
         f"{code(shown['label'])}: the final model on its {cells.count(shown['n_test'])} test "
         f"images (test accuracy {cells.percent(shown['final_test_accuracy'])})."

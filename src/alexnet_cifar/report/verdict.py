@@ -33,6 +33,11 @@ def accuracy(s: dict) -> float:
 def run_best_text(s: dict) -> str:
     """What "best" means for one run, with its numbers."""
     final = f"final test accuracy {cells.percent(s['final_test_accuracy'])}"
+    if held_out(s) == "validation" and s["final_test_accuracy"] is None:
+        return (
+            f"best validation accuracy {cells.percent(s['best_val_accuracy'])} at epoch "
+            f"{s['best_epoch']} so far; the test set is evaluated when the run finishes"
+        )
     if held_out(s) == "validation":
         return (
             f"best validation accuracy {cells.percent(s['best_val_accuracy'])} at epoch "
@@ -48,7 +53,7 @@ def run_best_text(s: dict) -> str:
 def interval_text(d: dict) -> str:
     """A described accuracy's interval in words: clipped, or uninformative with few runs."""
     if d["ci_low"] is None:
-        return "no interval with one run"
+        return "no interval: it needs two runs that vary"
     text = f"{CONFIDENCE:.0%} CI {cells.percent(d['ci_low'])} to {cells.percent(d['ci_high'])}"
     notes = []
     if d.get("ci_clipped"):
@@ -98,6 +103,8 @@ def _lead_text(best: dict) -> str:
 def _variant_lines(agg: dict, summaries: list[dict]) -> list[str]:
     best = agg["best_variant"]
     measure = measure_name(agg)
+    if best["mean"] is None:
+        return ["No variant has a finished run with a test accuracy yet, so none is best yet."]
     lines = [
         f"**Best variant by its mean {measure}: {code(best['label'])}**, mean "
         f"{cells.percent(best['mean'])} over {best['n']} finished run"
