@@ -251,6 +251,7 @@ def _print_seeds(summary: dict) -> None:
         d = v["best_test_accuracy"]
         std = "–" if d["std"] is None else f"{100 * d['std']:.2f}"
         ci = "–" if d["ci_low"] is None else f"{_pct(d['ci_low'])} to {_pct(d['ci_high'])}"
+        ci += " (clipped to 0-100%)" if d.get("ci_clipped") else ""
         print(f"  {v['label']}: {_pct(d['mean'])} +- {std} (n={d['n']}), CI {ci}")
     for c in summary["claims"] + summary["other_pairs"]:
         p = "–" if c["p_value"] is None else f"{c['p_value']:.3f}"

@@ -18,7 +18,12 @@ __all__ = ["SEED_DEFINITIONS", "seeds_section", "seeds_summary", "selection_sect
 #: What summary.json says the aggregate numbers are.
 SEED_DEFINITIONS = {
     "variants": "runs that differ only in their seed, described over their finished runs: "
-    "mean, std (n - 1), 95% confidence interval of the mean (Student t), min and max",
+    "mean, std (n - 1), 95% confidence interval of the mean (Student t), min and max; an "
+    "accuracy's interval is clipped to 0-1 (ci_clipped), and ci_informative is false with "
+    f"fewer than {INFORMATIVE_N} runs; folders and differs_in say which runs a group holds",
+    "best_variant": "the group with the highest mean headline accuracy, its interval, and "
+    "Welch's t-test of its lead over the next (lead; significant at p < "
+    f"{SIGNIFICANCE})",
     "claims": "the post's claims, each mean(a) - mean(b) of the headline accuracy "
     "(best_test_accuracy) with its 95% confidence interval and Welch's t-test p-value; "
     f"supported or contradicted at p < {SIGNIFICANCE}, else undecided",
