@@ -104,7 +104,7 @@ def ddp_run(cifar10_dir, tmp_path_factory):
     p = _torchrun(cifar10_dir, out)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
-    assert p.stdout.count("test accuracy") == 1  # only rank 0 speaks ...
+    assert p.stdout.count("final test accuracy") == 1  # only rank 0 speaks ...
     assert len(list(out.glob("events.out.tfevents*"))) == 1  # ... and writes
     return out
 

@@ -279,7 +279,7 @@ def test_verdict_and_overfitting(mixed):
     md = (out / "report.md").read_text()
     assert summary["best"]["model"] == "alexnet_slim_regular"
     assert summary["agrees_with_post"] is True
-    assert "**Best by best test accuracy: `alexnet_slim_regular`**" in md
+    assert "**Best run: `alexnet_slim_regular`**: best test accuracy " in md
     assert "agrees with the post" in md
     s = {r["label"]: r for r in summary["runs"]}
     assert s["alexnet"]["overfitting"] is True  # the swoosh
@@ -287,7 +287,7 @@ def test_verdict_and_overfitting(mixed):
     assert "test loss rose" in s["alexnet"]["overfitting_note"]
     assert s["alexnet_slim_regular"]["overfitting"] is False
     assert s["alexnet_slim"]["overfitting"] is None  # one epoch
-    assert "`alexnet`: test loss rose" in md
+    assert "`alexnet`: overfits: test loss rose" in md
     # the class-by-class figures belong to the best (finished) variant
     assert summary["class_results_of"] == "alexnet_slim_regular"
 
@@ -307,7 +307,7 @@ def test_html_is_self_contained(mixed):
     assert page.startswith("<!DOCTYPE html>\n")
     assert '<meta charset="utf-8">' in page
     assert "<script" not in page.lower()
-    srcs = re.findall(r'<img src="([^"]*)"', page)
+    srcs = re.findall(r'<img [^>]*src="([^"]*)"', page)
     assert len(srcs) == 7 + len(runs)
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     # nothing loaded from anywhere: no URLs other than data: ones
@@ -468,9 +468,9 @@ SECTIONS = [
     "Results",
     "Against the post",
     "Learning curves",
-    "Train vs test, per variant",
+    "Train vs test, per run",
     "Model size",
-    "The best variant, class by class",
+    "The best run, class by class",
     "Runs",
     "TensorBoard",
 ]
@@ -648,8 +648,8 @@ def test_split_runs_show_both_test_accuracies(tmp_path):
     assert table["alexnet_slim"]["final test acc."] == "–"
     assert table["alexnet_thinner_4"]["epoch chosen by"] == "the test set"
     results = {r["variant"].strip("`"): r for r in results}
-    assert results["alexnet"]["best test acc."] == "64.00%"
-    assert results["alexnet_slim"]["best test acc."] == "–"
+    assert results["alexnet"]["test acc. at best epoch"] == "64.00%"
+    assert results["alexnet_slim"]["test acc. at best epoch"] == "–"
 
 
 @pytest.mark.slow

@@ -337,7 +337,7 @@ def test_seeds_study_reports_mean_spread_and_welch_like_scipy(seeds_study):
 
     out, printed, _ = seeds_study
     for model, seed in RUNS:
-        assert f"{model} seed {seed}: test accuracy" in printed
+        assert f"{model} seed {seed}: best test accuracy" in printed
         assert (out / model / f"seed-{seed}" / "result.json").is_file()
     assert not (out / "runs").exists()
     settings = json.loads((out / "study.json").read_text())

@@ -29,6 +29,7 @@ from .errors import AlexnetCifarError, ExecutorError, SettingError, TrainingInte
 from .files import METRICS_FILE
 from .resume import has_checkpoint
 from .train import TrainOptions, train
+from .train_records import best_words
 
 __all__ = ["EXECUTORS", "Job", "RayExecutor", "Sequential", "import_ray"]
 
@@ -47,9 +48,8 @@ class Job:
 
 def _result_line(tag: str, result: dict, where: str = "") -> str:
     return (
-        f"{tag}: {'finished on ' + where + ': ' if where else ''}test accuracy "
-        f"{result['test_accuracy']:.4f}, best {result['best_test_accuracy']:.4f} at epoch "
-        f"{result['best_epoch']}, {result['train_seconds']:.1f} s"
+        f"{tag}: {'finished on ' + where + ': ' if where else ''}{best_words(result)}, "
+        f"{result['train_seconds']:.1f} s"
     )
 
 
@@ -149,7 +149,8 @@ def _train_task(options, data, threads, events, tag, on_step, argv) -> dict:
     finally:
         sys.argv = worker_argv
     keep = ("test_accuracy", "best_test_accuracy", "best_epoch", "train_seconds", "device")
-    return {"where": where, "result": {k: result[k] for k in keep}}
+    keep += ("val_split", "best_val_accuracy", "test_accuracy_at_best_val")  # best_words()
+    return {"where": where, "result": {k: result[k] for k in keep if k in result}}
 
 
 class _StopOnTerm:

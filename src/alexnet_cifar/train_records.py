@@ -84,6 +84,23 @@ def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
     return result
 
 
+def best_words(result: dict) -> str:
+    """What "best" means for a run, from its result.json: with a validation split
+    ``best validation accuracy X at epoch k; test accuracy at that epoch Y; final test accuracy
+    Z``; without one, the best epoch was chosen by the test set itself, which says so."""
+    final = f"final test accuracy {result['test_accuracy']:.4f}"
+    if result.get("val_split"):
+        return (
+            f"best validation accuracy {result['best_val_accuracy']:.4f} at epoch "
+            f"{result['best_epoch']}; test accuracy at that epoch "
+            f"{result['test_accuracy_at_best_val']:.4f}; {final}"
+        )
+    return (
+        f"best test accuracy {result['best_test_accuracy']:.4f} at epoch {result['best_epoch']} "
+        f"(chosen by the test set, optimistic); {final}"
+    )
+
+
 def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | None) -> dict:
     """Everything a resume needs: weights, optimiser, random states, where the run is (epoch,
     step, the epoch's totals so far), its history, identity and engine settings."""

@@ -189,11 +189,7 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
             f"{_pct(r['final_train_accuracy']):>13}"
             f"{_pct(r['generalisation_gap'], '+'):>9}{_number(r['seconds_per_epoch']):>9}"
         )
-    best = summary["best"]
-    print(
-        f"\nbest: {best['label']} ({_pct(best['best_test_accuracy'])} at epoch "
-        f"{best['best_epoch']}); the post's best: alexnet_slim_regular (~92%)"
-    )
+    _print_best(summary)
     _print_seeds(summary)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
@@ -203,15 +199,59 @@ def _pct(x, sign: str = "") -> str:
     return "–" if x is None else f"{100 * x:{sign}.2f}%"
 
 
+def _print_best(summary: dict) -> None:
+    """The verdict: with several seeds the best variant by its mean, else the best run."""
+    best = summary["best"]
+    if best["epoch_chosen_by"] == "validation":
+        run = (
+            f"best validation accuracy {_pct(best['best_val_accuracy'])} at epoch "
+            f"{best['best_epoch']}; test accuracy at that epoch "
+            f"{_pct(best['best_test_accuracy'])}"
+        )
+    else:
+        run = (
+            f"best test accuracy {_pct(best['best_test_accuracy'])} at epoch "
+            f"{best['best_epoch']} (chosen by the test set, optimistic)"
+        )
+    run += f"; final test accuracy {_pct(best['final_test_accuracy'])}"
+    v = summary.get("best_variant")
+    if v is None:
+        print(f"\nbest: {best['label']}: {run}")
+    else:
+        print(f"\nbest variant by its mean {v['measure_name']}: {v['label']}, {_variant_text(v)}")
+        print(f"its best run: {best['label']}: {run}")
+    print("the post's best: alexnet_slim_regular (~92%)")
+
+
+def _variant_text(v: dict) -> str:
+    """A variant's mean with its interval (and what limits it), and whether its lead holds."""
+    if v["ci_low"] is None:
+        text = f"mean {_pct(v['mean'])} (n={v['n']}, no interval"
+    else:
+        text = f"mean {_pct(v['mean'])} (n={v['n']}, 95% CI {_pct(v['ci_low'])} to "
+        text += _pct(v["ci_high"])
+        text += "; clipped to 0-100%" if v["ci_clipped"] else ""
+        text += "" if v["ci_informative"] else f"; uninformative with {v['n']} runs"
+    text += ")"
+    lead = v["lead"]
+    if lead is None:
+        return text
+    p = "–" if lead["p_value"] is None else f"{lead['p_value']:.3f}"
+    diff = "–" if lead["difference"] is None else f"{100 * lead['difference']:+.2f} pts"
+    verdict = {True: "significant", False: "not significant", None: "cannot be tested"}
+    return f"{text}; lead over {v['runner_up']} {diff}, p = {p}: {verdict[v['significant']]}"
+
+
 def _print_seeds(summary: dict) -> None:
     """With several seeds: each variant's headline accuracy, and the post's claims."""
     if "variants" not in summary:
         return
-    print("\nacross seeds (best test accuracy: mean +- std, 95% CI):")
+    print(f"\nacross seeds ({summary['best_variant']['measure_name']}: mean +- std, 95% CI):")
     for v in summary["variants"]:
         d = v["best_test_accuracy"]
         std = "–" if d["std"] is None else f"{100 * d['std']:.2f}"
         ci = "–" if d["ci_low"] is None else f"{_pct(d['ci_low'])} to {_pct(d['ci_high'])}"
+        ci += " (clipped to 0-100%)" if d.get("ci_clipped") else ""
         print(f"  {v['label']}: {_pct(d['mean'])} +- {std} (n={d['n']}), CI {ci}")
     for c in summary["claims"] + summary["other_pairs"]:
         p = "–" if c["p_value"] is None else f"{c['p_value']:.3f}"

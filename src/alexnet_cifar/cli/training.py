@@ -16,6 +16,7 @@ from ..errors import SettingError
 from ..evaluate import evaluate_model, evaluate_with_tta
 from ..resume import run_settings
 from ..train import train
+from ..train_records import best_words
 from .flags import (
     add_device,
     add_engine_flags,
@@ -149,10 +150,9 @@ def cmd_train(args) -> int:
         print_json(result)
     else:
         print(
-            f"{result['model']}: test accuracy {result['test_accuracy']:.4f} "
-            f"(test loss {result['test_loss']:.4f}) after {result['epochs']} "
-            f"epoch{'s' if result['epochs'] != 1 else ''}, best "
-            f"{result['best_test_accuracy']:.4f} at epoch {result['best_epoch']}; "
+            f"{result['model']}: {best_words(result)} (final test loss "
+            f"{result['test_loss']:.4f}) after {result['epochs']} "
+            f"epoch{'s' if result['epochs'] != 1 else ''}; "
             f"{result['train_seconds']:.1f} s; run folder {out}"
         )
     return 0

@@ -6,15 +6,18 @@
 * ``report.md``: renders on GitHub, with the figures as PNG files beside it;
 * ``report.html``: the same in one self-contained file (figures inlined, CSS inline, no script);
 * ``summary.json``: every number of the tables per run, the figure files and the best variant;
-* the PNG figures (Matplotlib, Agg): learning curves of all runs, train vs test per run, model
-  sizes, and the confusion matrix and per-class accuracy of the best variant.
+* the PNG figures (Matplotlib, Agg): learning curves of all runs, train vs test (or validation)
+  per run, model sizes, and the confusion matrix and per-class accuracy of the best run.
 
 Definitions used throughout: the generalisation gap is the final train accuracy minus the final
 test accuracy; the train figures are the epoch averages Keras reports (augmentation and dropout
-on); a run overfits when its test loss ends more than ``OVERFIT_RISE`` above its minimum.
+on); a run overfits when its per-epoch loss (of its validation images where it has a split, else
+of the test set) ends more than ``OVERFIT_RISE`` above its minimum.
 
 The modules, each one job: ``runs`` reads run folders, ``numbers`` holds each run's numbers and
-the post's figures, ``figures`` draws, ``document`` renders Markdown and HTML, and ``compose``
+the post's figures, ``figures`` draws, ``document`` writes Markdown and renders it as HTML
+(python-markdown), ``cells`` formats every number, ``columns`` specifies the tables,
+``verdict`` says which run or variant is best, ``sections`` writes each part, and ``compose``
 puts the report together and writes it.
 """
 

@@ -22,6 +22,7 @@ claim.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -114,8 +115,53 @@ def _group_numbers(group: dict, runs: list[RunData], summaries: list[dict]) -> d
         "epoch_chosen_by": chosen.pop() if len(chosen) == 1 else "mixed",
         "val_split": runs[group["runs"][0]].config.get("val_split"),
     }
-    for key, _name, _kind in AGGREGATED:
-        out[key] = describe([s[key] for s in finished])
+    out["folders"] = [s["run_dir"] for s in members]
+    for key, _name, kind in AGGREGATED:
+        out[key] = describe([s[key] for s in finished], (0.0, 1.0) if kind == "share" else None)
+    return out
+
+
+def _differences(groups: list[dict], runs: list[RunData]) -> None:
+    """Each group's ``differs_in``: the settings that tell it from the other groups of its
+    variant (as {setting: its value}); empty for a variant with one group."""
+    idents = [identity_of_config(runs[g["runs"][0]].config) for g in groups]
+    for g, ident in zip(groups, idents):
+        others = [i for h, i in zip(groups, idents) if h is not g and h["model"] == g["model"]]
+        keys = sorted({k for o in others for k in set(o) | set(ident) if o.get(k) != ident.get(k)})
+        g["differs_in"] = {k: ident.get(k) for k in keys if k != "seed"}
+
+
+def _best_variant(numbers: list[dict], summaries: list[dict], groups: list[dict]) -> dict:
+    """The group with the highest mean headline accuracy, and whether it leads the next one
+    by more than chance (Welch's t-test, p < SIGNIFICANCE)."""
+
+    def mean(g: dict) -> float:
+        m = g[COMPARED]["mean"]
+        return -math.inf if m is None else m
+
+    ranked = sorted(numbers, key=lambda g: -mean(g))
+    best = ranked[0]
+    out = {
+        "label": best["label"],
+        "model": best["model"],
+        "measure": COMPARED,
+        **{k: best[COMPARED][k] for k in ("n", "mean", "std", "ci_low", "ci_high")},
+        "ci_clipped": best[COMPARED]["ci_clipped"],
+        "ci_informative": best[COMPARED]["ci_informative"],
+        "ranking": [g["label"] for g in ranked],
+        "runner_up": None,
+        "lead": None,
+        "significant": None,
+    }
+    if len(ranked) > 1 and best[COMPARED]["mean"] is not None:
+        lead = _compare(best, ranked[1], None, summaries, groups)
+        out["runner_up"] = ranked[1]["label"]
+        out["lead"] = lead
+        out["significant"] = (
+            None
+            if lead["p_value"] is None
+            else bool(lead["p_value"] < SIGNIFICANCE and lead["difference"] > 0)
+        )
     return out
 
 
@@ -160,7 +206,10 @@ def aggregate(runs: list[RunData], summaries: list[dict]) -> dict | None:
     groups = groups_of(runs)
     if all(len(g["runs"]) < 2 for g in groups):
         return None
+    _differences(groups, runs)
     numbers = [_group_numbers(g, runs, summaries) for g in groups]
+    for g, n in zip(groups, numbers):
+        n["differs_in"] = g["differs_in"]
     by_model = {}
     for g in numbers:
         by_model.setdefault(g["model"], g)  # a variant's first group stands for it in claims
@@ -184,4 +233,5 @@ def aggregate(runs: list[RunData], summaries: list[dict]) -> dict | None:
         "claims": claims,
         "other_pairs": others,
         "claims_verdict": verdicts,
+        "best_variant": _best_variant(numbers, summaries, groups),
     }

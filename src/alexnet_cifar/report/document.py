@@ -1,7 +1,8 @@
 """A tiny document model: headings, paragraphs, lists, tables and figures, as Markdown and HTML.
 
-Inline text may hold `code` and **bold**, the only markup both renderings share. The HTML is one
-self-contained file: figures inlined as data URLs, CSS inline, no script.
+The document is written as Markdown (GitHub shows it, figures as PNG files beside it); the HTML
+page is that Markdown rendered by python-markdown with its tables and fenced-code extensions, in
+one self-contained file: figures inlined as data URLs, CSS inline, no script.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import markdown
+
 from ..errors import ReportError
 
 __all__ = ["Column", "Document", "code", "literal"]
-
 
 @dataclass(frozen=True)
 class Column:
@@ -30,48 +32,25 @@ class Column:
     numeric: bool = False
 
 
-# Markdown's punctuation that a backslash makes literal (CommonMark), and a code span.
-_ESCAPABLE = r"\\`*_\[\]<>|#&!$"
-_ESCAPED = re.compile(r"\\([" + _ESCAPABLE + r"])")
-_CODE_SPAN = re.compile(r"(?<!\\)`([^`]*)`")
+# Markdown's punctuation that a backslash makes literal (in CommonMark and in python-markdown
+# with its tables extension); "<", ">", "&" and "$" (GitHub's math) become character
+# references, which both render as the character.
+_BACKSLASHED = r"\\`*_\[\]#!|"
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "$": "&#36;"}
 
 
 def literal(text: object) -> str:
     """Text from outside (a run folder's name, a config field) for a document: shown as it
     is in both renderings, never read as Markdown or HTML."""
     one_line = " ".join(str(text).split())
-    return re.sub(r"([" + _ESCAPABLE + r"])", r"\\\1", one_line)
+    escaped = re.sub(r"([" + _BACKSLASHED + r"])", r"\\\1", one_line)
+    return "".join(_ENTITIES.get(ch, ch) for ch in escaped)
 
 
 def code(text: object) -> str:
     """Text from outside as a code span (which Markdown shows verbatim: only a backtick could
     end it, so backticks become quotes)."""
     return "`" + " ".join(str(text).replace("`", "'").split()) + "`"
-
-
-def _inline_html(text: str) -> str:
-    """Escaped text with `code` and **bold** as HTML; backslash-escaped punctuation literal."""
-    parts = []
-    last = 0
-    for m in _CODE_SPAN.finditer(text):
-        parts.append(_text_html(text[last : m.start()]))
-        parts.append(f"<code>{html.escape(m.group(1), quote=False)}</code>")
-        last = m.end()
-    parts.append(_text_html(text[last:]))
-    return "".join(parts)
-
-
-def _text_html(text: str) -> str:
-    kept: list[str] = []
-
-    def keep(m: re.Match) -> str:
-        kept.append(m.group(1))
-        return f"\x00{len(kept) - 1}\x00"
-
-    t = html.escape(_ESCAPED.sub(keep, text), quote=False)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-    return re.sub(r"\x00(\d+)\x00", lambda m: html.escape(kept[int(m.group(1))]), t)
-
 
 @dataclass
 class _Heading:
@@ -81,9 +60,6 @@ class _Heading:
     def markdown(self) -> str:
         return "#" * self.level + " " + self.text
 
-    def html(self, folder: Path) -> str:
-        return f"<h{self.level}>{_inline_html(self.text)}</h{self.level}>"
-
 
 @dataclass
 class _Paragraph:
@@ -92,9 +68,6 @@ class _Paragraph:
     def markdown(self) -> str:
         return self.text
 
-    def html(self, folder: Path) -> str:
-        return f"<p>{_inline_html(self.text)}</p>"
-
 
 @dataclass
 class _Bullets:
@@ -102,9 +75,6 @@ class _Bullets:
 
     def markdown(self) -> str:
         return "\n".join(f"- {item}" for item in self.items)
-
-    def html(self, folder: Path) -> str:
-        return "<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in self.items) + "</ul>"
 
 
 @dataclass
@@ -122,27 +92,6 @@ class _Table:
     def _markdown_row(cells: list[str]) -> str:
         return "| " + " | ".join(re.sub(r"(?<!\\)\|", r"\\|", c) for c in cells) + " |"
 
-    def html(self, folder: Path) -> str:
-        return (
-            '<div class="table"><table><thead>'
-            + self._html_row(self.header, "th")
-            + "</thead><tbody>"
-            + "".join(self._html_row(r, "td") for r in self.rows)
-            + "</tbody></table></div>"
-        )
-
-    def _html_row(self, cells: list[str], tag: str) -> str:
-        return (
-            "<tr>"
-            + "".join(
-                f'<{tag} class="num">{_inline_html(c)}</{tag}>'
-                if numeric
-                else f"<{tag}>{_inline_html(c)}</{tag}>"
-                for c, numeric in zip(cells, self.numeric)
-            )
-            + "</tr>"
-        )
-
 
 @dataclass
 class _Figure:
@@ -153,16 +102,6 @@ class _Figure:
     def markdown(self) -> str:
         alt = literal(self.alt)
         return f"![{alt}]({self.file})" + (f"\n\n*{self.caption}*" if self.caption else "")
-
-    def html(self, folder: Path) -> str:
-        data = (folder / self.file).read_bytes()
-        width, height = png_size(data)
-        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        caption = f"<figcaption>{_inline_html(self.caption)}</figcaption>" if self.caption else ""
-        return (
-            f'<figure><img src="{src}" alt="{html.escape(self.alt)}" width="{width}" '
-            f'height="{height}">{caption}</figure>'
-        )
 
 
 class Document:
@@ -195,7 +134,13 @@ class Document:
         return "\n\n".join(b.markdown() for b in self.blocks) + "\n"
 
     def html(self, folder: Path, title: str) -> str:
-        """The page, with the figures read from ``folder`` and inlined."""
+        """The page: the Markdown rendered by python-markdown (tables, fenced code), with the
+        figures read from ``folder`` and inlined."""
+        body = markdown.markdown(self.markdown(), extensions=["tables", "fenced_code"])
+        figures = {b.file for b in self.blocks if isinstance(b, _Figure)}
+        body = _IMG_SRC.sub(lambda m: _inlined(m, folder, figures), body)
+        body = body.replace("<table>", '<div class="table"><table>')
+        body = body.replace("</table>", "</table></div>")
         return (
             "<!DOCTYPE html>\n"
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -203,9 +148,23 @@ class Document:
             f"<title>{html.escape(title)}</title>\n"
             '<link rel="icon" href="data:,">\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(b.html(folder) for b in self.blocks)
+            + body
             + "\n</main>\n</body>\n</html>\n"
         )
+
+
+_IMG_SRC = re.compile(r'<img ([^>]*?)src="([^"]*)"')
+
+
+def _inlined(m: re.Match, folder: Path, figures: set[str]) -> str:
+    """An <img> of one of the document's figures, its PNG inlined as a data URL with its size."""
+    name = html.unescape(m.group(2))
+    if name not in figures:
+        raise ReportError(f"the report links {name!r}, which is not one of its figures")
+    data = (folder / name).read_bytes()
+    width, height = png_size(data)
+    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return f'<img {m.group(1)}width="{width}" height="{height}" src="{src}"'
 
 
 CSS = """
@@ -221,11 +180,9 @@ table{border-collapse:collapse;font-size:.92em}
 th,td{border:1px solid #d0d7de;padding:5px 9px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}
 tbody tr:nth-child(even){background:#fafbfc}
-.num{text-align:right}
-td.num{white-space:nowrap}
-figure{margin:1.2em 0}
-img{max-width:100%;height:auto;display:block}
-figcaption{color:#59636e;font-size:.92em;margin-top:.3em}
+td[style*="right"]{white-space:nowrap}
+img{max-width:100%;height:auto;display:block;margin:1.2em 0 .3em}
+p>em:only-child{color:#59636e;font-size:.92em}
 """
 
 

@@ -12,9 +12,24 @@ import numpy as np
 
 from ..errors import ReportError
 from ..files import atomic_write_bytes, read_json_object
+from .numbers import held_out
 from .runs import RunData, label_slug
 
-__all__ = ["CURVES", "draw_figures", "remove_stale_figures", "train_vs_test_files"]
+__all__ = [
+    "CURVES",
+    "HELD_STYLE",
+    "STYLE",
+    "curve_labels",
+    "curves_figure",
+    "draw_figures",
+    "epoch_axis",
+    "legend_outside",
+    "new_figure",
+    "remove_stale_figures",
+    "save_figure",
+    "train_vs_held_out_figure",
+    "train_vs_test_files",
+]
 
 DPI = 110
 MARKERS_UP_TO = 40  # epochs; longer curves are drawn as plain lines
@@ -32,12 +47,34 @@ STYLE = {
 }
 
 CURVES = [
-    # file stem, metrics column, title, y label, percent
-    ("test_accuracy", "val_accuracy", "Test accuracy by epoch", "test accuracy (%)", True),
-    ("train_accuracy", "accuracy", "Train accuracy by epoch", "train accuracy (%)", True),
-    ("test_loss", "val_loss", "Test loss by epoch", "test loss", False),
-    ("train_loss", "loss", "Train loss by epoch", "train loss", False),
+    # file stem, metrics column, quantity, percent; val_* columns hold, per run, the
+    # validation images where it has a split, else the test set
+    ("test_accuracy", "val_accuracy", "accuracy", True),
+    ("train_accuracy", "accuracy", "accuracy", True),
+    ("test_loss", "val_loss", "loss", False),
+    ("train_loss", "loss", "loss", False),
 ]
+#: How a run's per-epoch held-out curve is drawn: validation dashed, test solid.
+HELD_STYLE = {"validation": "--", "test": "-"}
+
+
+def curve_labels(column: str, quantity: str, percent: bool, held: str) -> tuple[str, str]:
+    """(title, y label) of a curve; ``held`` says what the val_* columns of its runs hold:
+    "test", "validation" or "mixed" (then each line says which)."""
+    if not column.startswith("val_"):
+        where = "train"
+    else:
+        where = {"test": "test", "validation": "validation", "mixed": "validation or test"}[held]
+    unit = " (%)" if percent else ""
+    title = f"{where[0].upper()}{where[1:]} {quantity} by epoch"
+    if column.startswith("val_") and held == "mixed":
+        return title + " (validation dashed, test solid)", f"validation or test {quantity}{unit}"
+    return title, f"{where} {quantity}{unit}"
+
+
+def legend_outside(ax, title: str | None = None) -> None:
+    """The legend right of the axes, where it covers no data."""
+    ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def train_vs_test_files(runs: list[RunData]) -> list[str]:
@@ -64,22 +101,26 @@ def draw_figures(
     import matplotlib
 
     figures: dict[str, str] = {}
+    held = [held_out(s) for s in summaries]
     with matplotlib.rc_context(STYLE):
-        for stem, column, title, ylabel, percent in CURVES:
+        for stem, column, quantity, percent in CURVES:
             figures[stem] = f"{stem}.png"
-            _save(_curves_figure(runs, column, title, ylabel, percent), out / figures[stem])
+            fig = curves_figure(runs, held, column, quantity, percent)
+            save_figure(fig, out / figures[stem])
         for r, s in zip(runs, summaries):
-            _save(_train_vs_test_figure(r, s), out / s["figures"]["train_vs_test"])
+            save_figure(train_vs_held_out_figure(r, s), out / s["figures"]["train_vs_test"])
         figures["model_size"] = "model_size.png"
-        _save(_model_size_figure(runs, summaries), out / figures["model_size"])
+        save_figure(_model_size_figure(runs, summaries), out / figures["model_size"])
         if class_index is not None:
             run = runs[class_index]
             classes, confusion, per_class = run.class_results()
             overall = summaries[class_index]["final_test_accuracy"]
             figures["confusion_matrix"] = "confusion_matrix.png"
             figures["per_class_accuracy"] = "per_class_accuracy.png"
-            _save(_confusion_figure(run, classes, confusion), out / figures["confusion_matrix"])
-            _save(
+            save_figure(
+                _confusion_figure(run, classes, confusion), out / figures["confusion_matrix"]
+            )
+            save_figure(
                 _per_class_figure(run, classes, per_class, overall),
                 out / figures["per_class_accuracy"],
             )
@@ -105,7 +146,7 @@ def remove_stale_figures(out: Path, keep: set[str]) -> None:
 # ---------------------------------------------------------------------- drawing helpers
 
 
-def _figure(size):
+def new_figure(size):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -114,7 +155,7 @@ def _figure(size):
     return fig
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     atomic_write_bytes(path, buf.getvalue(), what="the report figure")
@@ -126,7 +167,7 @@ def _line_style(n_points: int) -> dict:
     return {}
 
 
-def _epoch_axis(ax, max_epoch: int) -> None:
+def epoch_axis(ax, max_epoch: int) -> None:
     from matplotlib.ticker import MaxNLocator
 
     if max_epoch <= 15:
@@ -138,8 +179,10 @@ def _epoch_axis(ax, max_epoch: int) -> None:
     ax.grid(alpha=0.3)
 
 
-def _legend_label(run: RunData) -> str:
-    return run.label if run.finished else f"{run.label}, {run.status}"
+def _legend_label(run: RunData, held: str | None = None) -> str:
+    """The run's label, its status when unfinished, and ``held`` where runs differ in it."""
+    label = run.label if run.finished else f"{run.label}, {run.status}"
+    return label if held is None else f"{label} ({held})"
 
 
 def _star(ax, x, y, label: str) -> None:
@@ -160,23 +203,33 @@ def _star(ax, x, y, label: str) -> None:
 # ---------------------------------------------------------------------- the figures
 
 
-def _curves_figure(runs: list[RunData], column: str, title: str, ylabel: str, percent: bool):
-    fig = _figure((9, 5.2))
+def curves_figure(
+    runs: list[RunData], held: list[str], column: str, quantity: str, percent: bool
+):
+    """One curve of every run; ``held[i]``: what run i's val_* columns hold ("validation" or
+    "test"). Where runs differ in it, each line says which (and validation is dashed)."""
+    kinds = set(held)
+    mixed = len(kinds) > 1 and column.startswith("val_")
+    title, ylabel = curve_labels(
+        column, quantity, percent, kinds.pop() if len(kinds) == 1 else "mixed"
+    )
+    fig = new_figure((10.5, 5.2))
     ax = fig.add_subplot()
-    for r in runs:
+    for r, h in zip(runs, held):
         y = [100 * v for v in r.metrics[column]] if percent else r.metrics[column]
         ax.plot(
             r.metrics["epoch"],
             y,
-            label=_legend_label(r),
+            label=_legend_label(r, h if mixed else None),
             color=r.color,
             linewidth=1.6,
+            linestyle=HELD_STYLE[h] if mixed else "-",
             **_line_style(r.epochs_done),
         )
-    _epoch_axis(ax, max(r.epochs_done for r in runs))
+    epoch_axis(ax, max(r.epochs_done for r in runs))
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.legend(title="variant", loc="lower right" if percent else "upper right")
+    legend_outside(ax, "run")
     return fig
 
 
@@ -204,12 +257,12 @@ def _lr_drop_label(recipe: dict) -> str:
     return f"lr x{decay:g}"
 
 
-def _train_vs_test_figure(run: RunData, s: dict):
-    fig = _figure((11.5, 4.6))
+def train_vs_held_out_figure(run: RunData, s: dict):
+    fig = new_figure((11.5, 4.6))
     ax_loss, ax_acc = fig.subplots(1, 2)
     m, style = run.metrics, _line_style(run.epochs_done)
     x = m["epoch"]
-    held = "validation" if s.get("epoch_chosen_by") == "validation" else "test"  # per epoch
+    held = held_out(s)  # what the per-epoch val_* columns hold
     ax_loss.plot(x, m["loss"], label="train loss", color="C0", **style)
     ax_loss.plot(x, m["val_loss"], label=f"{held} loss", color="C3", **style)
     _star(
@@ -228,21 +281,21 @@ def _train_vs_test_figure(run: RunData, s: dict):
         f"best {held} accuracy (epoch {s['best_epoch']})",
     )
     for ax, ylabel, title in (
-        (ax_loss, "loss", "Loss: train vs test"),
-        (ax_acc, "accuracy (%)", "Accuracy: train vs test"),
+        (ax_loss, "loss", f"Loss: train vs {held}"),
+        (ax_acc, "accuracy (%)", f"Accuracy: train vs {held}"),
     ):
         _lr_drops(ax, run)
-        _epoch_axis(ax, run.epochs_done)
+        epoch_axis(ax, run.epochs_done)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(loc="best")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
     status = "" if run.finished else f", {run.status}"
-    fig.suptitle(f"{run.label}: train vs test{status}")
+    fig.suptitle(f"{run.label}: train vs {held}{status}")
     return fig
 
 
 def _model_size_figure(runs: list[RunData], summaries: list[dict]):
-    fig = _figure((11.5, 5))
+    fig = new_figure((11.5, 5))
     ax_params, ax_size = fig.subplots(1, 2)
     x = np.arange(len(runs))
     colors = [r.color for r in runs]
@@ -319,7 +372,7 @@ def _checkpoint_bars(ax, x, colors: list[str], summaries: list[dict]) -> list[fl
 
 def _confusion_figure(run: RunData, classes: list[str], confusion):
     cm = np.asarray(confusion)
-    fig = _figure((8, 7))
+    fig = new_figure((8, 7))
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
     k = len(classes)
@@ -349,7 +402,7 @@ def _confusion_figure(run: RunData, classes: list[str], confusion):
 
 
 def _per_class_figure(run: RunData, classes: list[str], per_class: list[float], overall: float):
-    fig = _figure((8.5, 5.2))
+    fig = new_figure((8.5, 5.2))
     ax = fig.add_subplot()
     y = list(range(len(classes)))
     vals = [100 * v for v in per_class]

@@ -21,6 +21,8 @@ __all__ = [
     "SEED_EPOCHS",
     "SEED_TEST",
     "SEED_TRAIN",
+    "held_out",
+    "held_out_of",
     "run_summary",
 ]
 
@@ -64,31 +66,49 @@ def _device_text(config: dict) -> str:
     return f"{device} ({gpu})" if gpu else device
 
 
-def _overfitting(test_loss: list[float], lowest_at: int) -> tuple[bool | None, str, float | None]:
-    """(overfits, why in words, rise of the final test loss over its minimum as a share).
+def _overfitting(
+    loss: list[float], lowest_at: int, held: str
+) -> tuple[bool | None, str, str, float | None]:
+    """(overfits, verdict, the verdict with its reason, rise of the final loss over its
+    minimum as a share) of the per-epoch ``held`` ("validation" or "test") loss.
 
-    ``overfits`` is None for a single epoch: too short to tell.
+    ``overfits`` is None for a single epoch: too short to tell. The verdict is the same few
+    words wherever the report names it (the note starts with them).
     """
-    n = len(test_loss)
-    lowest, final = test_loss[lowest_at], test_loss[-1]
+    n = len(loss)
+    lowest, final = loss[lowest_at], loss[-1]
     if not math.isfinite(final):
-        return None, "the test loss became NaN or infinite: the run diverged", None
+        note = f"diverged: the {held} loss became NaN or infinite by epoch {n}: the run diverged"
+        return None, "diverged", note, None
     rise = (final - lowest) / lowest if lowest > 0 and math.isfinite(lowest) else None
     if n < 2:
-        return None, "one epoch: too short to tell", rise
+        return None, "too short to tell", "too short to tell: one epoch", rise
     if lowest_at == n - 1:
-        return False, "test loss still falling at the last epoch: no sign yet", rise
+        word = "no sign yet"
+        return False, word, f"{word}: {held} loss still falling at the last epoch", rise
     if rise is not None and rise > OVERFIT_RISE:
         note = (
-            f"test loss rose {rise:.0%} after its minimum ({lowest:.3f} at epoch {lowest_at + 1}, "
-            f"{final:.3f} at epoch {n})"
+            f"overfits: {held} loss rose {rise:.0%} after its minimum ({lowest:.3f} at epoch "
+            f"{lowest_at + 1}, {final:.3f} at epoch {n})"
         )
-        return True, note, rise
+        return True, "overfits", note, rise
+    word = "little"
     note = (
-        f"test loss ends within {OVERFIT_RISE:.0%} of its minimum (epoch {lowest_at + 1}): "
-        "little overfitting"
+        f"{word}: {held} loss ends within {OVERFIT_RISE:.0%} of its minimum (epoch "
+        f"{lowest_at + 1})"
     )
-    return False, note, rise
+    return False, word, note, rise
+
+
+def held_out(summary: dict) -> str:
+    """Which images a run's per-epoch columns (val_*) measure: "validation" or "test"."""
+    return "validation" if summary.get("epoch_chosen_by") == "validation" else "test"
+
+
+def held_out_of(summaries: list[dict]) -> str:
+    """"validation", "test", or "mixed" when some runs have a split and some do not."""
+    kinds = {held_out(s) for s in summaries}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def run_summary(run: RunData) -> dict:
@@ -100,7 +120,8 @@ def run_summary(run: RunData) -> dict:
     params = int(run.result["params"]) if run.result and "params" in run.result else table.params
     best_at = _argbest(metrics["val_accuracy"], lambda a, b: a > b)
     lowest_at = _argbest(metrics["val_loss"], lambda a, b: a < b)
-    overfitting, note, rise = _overfitting(metrics["val_loss"], lowest_at)
+    held = "validation" if config.get("val_split") else "test"
+    overfitting, verdict, note, rise = _overfitting(metrics["val_loss"], lowest_at, held)
     final_test, final_train = metrics["val_accuracy"][-1], metrics["accuracy"][-1]
     published_params = PUBLISHED_PARAMS.get(run.model)
     published_acc = PUBLISHED_ACCURACY.get(run.model)
@@ -129,6 +150,7 @@ def run_summary(run: RunData) -> dict:
         "test_loss_rise": rise,
         "overfitting": overfitting,
         "diverged": not math.isfinite(metrics["val_loss"][-1]),
+        "overfitting_verdict": verdict,
         "overfitting_note": note,
         "seconds_per_epoch": sum(metrics["seconds"]) / n,
         "total_seconds": sum(metrics["seconds"]),
@@ -151,7 +173,6 @@ def run_summary(run: RunData) -> dict:
     }
     if config.get("val_split"):
         summary.update(_split_numbers(run, best_at))
-        summary["overfitting_note"] = note.replace("test loss", "validation loss")
     return summary
 
 

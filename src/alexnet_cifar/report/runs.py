@@ -90,6 +90,11 @@ def load_run(path: str | os.PathLike) -> RunData:
             "'alexnet-cifar train' or 'study' writes)"
         )
     config = read_json_object(config_file, CONFIG_FILE, error=ReportError)
+    if config.get("imported_from") and "recipe" not in config:
+        raise ReportError(
+            f"{path} holds imported weights and no training history: nothing to plot "
+            f"(evaluate it with `alexnet-cifar evaluate {path}`)"
+        )
     _check_config(config, config_file)
     metrics = read_metrics(path, error=ReportError)
     result = None
@@ -196,9 +201,15 @@ def _assign_labels(runs: list[RunData]) -> None:
         else:
             r.label = f"{r.model} ({r.path.name})"
     per_label = Counter(r.label for r in runs)
-    for r in runs:
-        if per_label[r.label] > 1:
-            r.label = f"{r.model} ({r.path.parent.name}/{r.path.name})"
+    clashing = [r for r in runs if per_label[r.label] > 1]
+    for depth in range(2, 6):  # as many of the folders' last parts as tell them apart
+        if not clashing:
+            break
+        tails = {id(r): "/".join(r.path.resolve().parts[-depth:]) for r in clashing}
+        counts = Counter(f"{r.model} {tails[id(r)]}" for r in clashing)
+        for r in clashing:
+            r.label = f"{r.model} ({tails[id(r)]})"
+        clashing = [r for r in clashing if counts[f"{r.model} {tails[id(r)]}"] > 1]
     seen: Counter = Counter()
     for r in runs:
         seen[r.label] += 1

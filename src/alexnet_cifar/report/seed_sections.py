@@ -7,48 +7,46 @@ split.
 
 from __future__ import annotations
 
-from ..runlog import format_duration
+from . import cells
 from .aggregate import AGGREGATED
-from .document import Column, Document, code
-from .stats import CONFIDENCE, SIGNIFICANCE
+from .document import Column, Document, code, literal
+from .stats import CONFIDENCE, INFORMATIVE_N, SIGNIFICANCE
+from .verdict import measure_name
 
 __all__ = ["SEED_DEFINITIONS", "seeds_section", "seeds_summary", "selection_section"]
 
 #: What summary.json says the aggregate numbers are.
 SEED_DEFINITIONS = {
     "variants": "runs that differ only in their seed, described over their finished runs: "
-    "mean, std (n - 1), 95% confidence interval of the mean (Student t), min and max",
+    "mean, std (n - 1), 95% confidence interval of the mean (Student t), min and max; an "
+    "accuracy's interval is clipped to 0-1 (ci_clipped), and ci_informative is false with "
+    f"fewer than {INFORMATIVE_N} runs; folders and differs_in say which runs a group holds",
+    "best_variant": "the group with the highest mean headline accuracy, its interval, and "
+    "Welch's t-test of its lead over the next (lead; significant at p < "
+    f"{SIGNIFICANCE})",
     "claims": "the post's claims, each mean(a) - mean(b) of the headline accuracy "
     "(best_test_accuracy) with its 95% confidence interval and Welch's t-test p-value; "
     f"supported or contradicted at p < {SIGNIFICANCE}, else undecided",
 }
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
-
-
-def _pts(x, sign: bool = True) -> str:
-    return "–" if x is None else (f"{100 * x:+.2f} pts" if sign else f"{100 * x:.2f} pts")
-
-
 def _number(x, kind: str, spread: bool = False) -> str:
     """A value of an aggregated number; ``spread``: a standard deviation of it."""
-    if x is None:
-        return "–"
     if kind == "share":
-        return _pts(x, sign=False) if spread else _pct(x)
+        return cells.points(x, sign=False) if spread else cells.percent(x)
     if kind == "points":
-        return _pts(x, sign=not spread)
+        return cells.points(x, sign=not spread)
     if kind == "seconds":
-        return format_duration(x)
-    return f"{x:.4f}"
+        return cells.duration(x)
+    return cells.number(x, lambda v: f"{v:.4f}")
 
 
-def _interval(low, high, kind: str) -> str:
-    if low is None:
+def _interval(r: dict) -> str:
+    """An interval, marked * where clipped to 0-100% and † where too few runs inform it."""
+    if r["ci_low"] is None:
         return "–"
-    return f"{_number(low, kind)} to {_number(high, kind)}"
+    marks = ("*" if r.get("ci_clipped") else "") + ("†" if not r.get("ci_informative") else "")
+    return f"{_number(r['ci_low'], r['kind'])} to {_number(r['ci_high'], r['kind'])}{marks}"
 
 
 def _measure_name(name: str, key: str, variant: dict) -> str:
@@ -75,30 +73,25 @@ VARIANT_COLUMNS = [
     Column("runs", lambda r: f"{r['n']}", numeric=True),
     Column("mean", lambda r: _number(r["mean"], r["kind"]), numeric=True),
     Column("std", lambda r: _number(r["std"], r["kind"], spread=True), numeric=True),
-    Column(f"{CONFIDENCE:.0%} CI", lambda r: _interval(r["ci_low"], r["ci_high"], r["kind"]), True),
+    Column(f"{CONFIDENCE:.0%} CI", _interval, numeric=True),
     Column("min", lambda r: _number(r["min"], r["kind"]), numeric=True),
     Column("max", lambda r: _number(r["max"], r["kind"]), numeric=True),
 ]
 
 
-def _p(x) -> str:
-    if x is None:
-        return "–"
-    return "< 0.001" if x < 0.001 else f"{x:.3f}"
-
-
 def _diff_ci(c: dict) -> str:
     if c["ci_low"] is None:
         return "–"
-    return f"{100 * c['ci_low']:+.2f} to {100 * c['ci_high']:+.2f} pts"
+    mark = "" if c.get("ci_informative", True) else "†"
+    return f"{100 * c['ci_low']:+.2f} to {100 * c['ci_high']:+.2f} pts{mark}"
 
 
 COMPARISON_COLUMNS = [
     Column("a - b", lambda c: f"{code(c['a'])} - {code(c['b'])}"),
     Column("runs", lambda c: f"{c['n_a']} / {c['n_b']}", numeric=True),
-    Column("difference of means", lambda c: _pts(c["difference"]), numeric=True),
+    Column("difference of means", lambda c: cells.points(c["difference"]), numeric=True),
     Column(f"{CONFIDENCE:.0%} CI", _diff_ci, numeric=True),
-    Column("p (Welch)", lambda c: _p(c["p_value"]), numeric=True),
+    Column("p (Welch)", lambda c: cells.p_value(c["p_value"]), numeric=True),
     Column("verdict", lambda c: c["verdict"]),
 ]
 CLAIM_COLUMNS = [Column("question", lambda c: c["question"]), *COMPARISON_COLUMNS]
@@ -130,14 +123,21 @@ def seeds_section(doc: Document, content) -> None:
         return
     doc.heading(2, "Across seeds")
     seeds = sorted({seed for v in agg["variants"] for seed in v["seeds"] if seed is not None})
+    n_runs, n_groups = sum(v["n_runs"] for v in agg["variants"]), len(agg["variants"])
+    n_variants = len({v["model"] for v in agg["variants"]})
+    groups = "" if n_groups == n_variants else f" in {n_groups} groups"
     doc.paragraph(
-        f"{sum(v['n_runs'] for v in agg['variants'])} runs of {len(agg['variants'])} "
-        f"variant{'s' if len(agg['variants']) != 1 else ''}, seeds "
+        f"{n_runs} runs of {n_variants} variant{'s' if n_variants != 1 else ''}{groups}, seeds "
         + ", ".join(str(s) for s in seeds)
-        + ". Each number is described over the finished runs of a variant: mean, standard "
-        f"deviation, {CONFIDENCE:.0%} confidence interval of the mean (Student t) and range; "
-        "with one run the spread and the interval are undefined (–). " + _chosen_by_text(agg)
+        + ". A group is the runs that differ in nothing but their seed. Each number is "
+        "described over the finished runs of a group: mean, standard deviation, "
+        f"{CONFIDENCE:.0%} confidence interval of the mean (Student t) and range; with one run "
+        "the spread and the interval are undefined (–). An accuracy's interval is clipped to "
+        f"0-100% where it would reach past them (marked *); with fewer than {INFORMATIVE_N} "
+        "runs the interval is too wide to inform (marked †: t is 12.7 with two runs). "
+        + _chosen_by_text(agg)
     )
+    doc.bullets([_group_item(v) for v in agg["variants"]])
     doc.table(VARIANT_COLUMNS, _variant_rows(agg))
     doc.heading(3, "The post's claims")
     _claims(doc, agg)
@@ -156,6 +156,21 @@ def seeds_section(doc: Document, content) -> None:
         "Learning curves per variant: mean and range over seeds",
         "Each variant's mean over its runs (thick line), the range of its runs (shaded, min "
         "to max) and the single runs (faint lines).",
+    )
+
+
+def _group_item(v: dict) -> str:
+    """A group: its label, what tells it from the variant's other groups, and its folders."""
+    differs = ", ".join(
+        f"{k} {literal(val)}" if val is not None else f"no {k}"
+        for k, val in v.get("differs_in", {}).items()
+    )
+    finished = "" if v["n_finished"] == v["n_runs"] else f", {v['n_finished']} finished"
+    return (
+        f"{code(v['label'])}: {v['n_runs']} run{'s' if v['n_runs'] != 1 else ''}{finished}"
+        + (f" ({differs})" if differs else "")
+        + ": "
+        + ", ".join(code(f) for f in v["folders"])
     )
 
 
@@ -191,9 +206,9 @@ SELECTION_COLUMNS = [
         ),
     ),
     Column("best epoch", lambda s: str(s["best_epoch"]), numeric=True),
-    Column("best validation acc.", lambda s: _pct(s.get("best_val_accuracy")), numeric=True),
-    Column("test acc. at that epoch", lambda s: _pct(s["best_test_accuracy"]), numeric=True),
-    Column("final test acc.", lambda s: _pct(s["final_test_accuracy"]), numeric=True),
+    Column("best validation acc.", lambda s: cells.percent(s.get("best_val_accuracy")), True),
+    Column("test acc. at that epoch", lambda s: cells.percent(s["best_test_accuracy"]), True),
+    Column("final test acc.", lambda s: cells.percent(s["final_test_accuracy"]), True),
 ]
 
 
@@ -223,4 +238,5 @@ def seeds_summary(agg: dict | None) -> dict:
         "claims": agg["claims"],
         "other_pairs": agg["other_pairs"],
         "claims_verdict": agg["claims_verdict"],
+        "best_variant": {**agg["best_variant"], "measure_name": measure_name(agg)},
     }

@@ -5,7 +5,8 @@ the 95% confidence interval of the mean from Student's t distribution, and its r
 samples are compared by the difference of their means, with its 95% confidence interval and
 the two-sided p-value of Welch's t-test (which does not assume equal variances). With fewer
 than two runs on a side, a spread, an interval and a test are undefined: those numbers are
-None (written "–" and null), never NaN.
+None (written "–" and null), never NaN; with two the interval is defined but uninformative.
+An accuracy's interval is clipped to 0-100%, and marked as clipped.
 
 Student's t distribution comes from ``scipy.special``, imported where it is used.
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["CONFIDENCE", "SIGNIFICANCE", "describe", "welch"]
+__all__ = ["CONFIDENCE", "INFORMATIVE_N", "SIGNIFICANCE", "describe", "welch"]
 
 #: The confidence level of every interval.
 CONFIDENCE = 0.95
 #: A comparison decides a claim when its p-value is below this.
 SIGNIFICANCE = 0.05
+#: Fewer runs than this give an interval too wide to say anything (t = 12.7 for two).
+INFORMATIVE_N = 3
 
 
 def _t_quantile(df: float, q: float) -> float:
@@ -39,12 +42,18 @@ def _finite(values: Sequence[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
-def describe(values: Sequence[float | None]) -> dict:
+def describe(values: Sequence[float | None], bounds: tuple[float, float] | None = None) -> dict:
     """n, mean, std, the 95% CI of the mean (ci_low, ci_high), min and max of ``values``
-    (None and NaN left out)."""
+    (None and NaN left out).
+
+    ``bounds``: the range the number cannot leave (0 to 1 for an accuracy); an interval that
+    reaches past it is clipped to it, and ``ci_clipped`` says so. With fewer than
+    ``INFORMATIVE_N`` values an interval exists but is too wide to inform: ``ci_informative``.
+    """
     x = _finite(values)
     n = len(x)
     out = {"n": n, "mean": None, "std": None, "ci_low": None, "ci_high": None}
+    out.update(ci_clipped=False, ci_informative=n >= INFORMATIVE_N)
     out.update(min=min(x) if x else None, max=max(x) if x else None)
     if n == 0:
         return out
@@ -54,7 +63,11 @@ def describe(values: Sequence[float | None]) -> dict:
         return out
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in x) / (n - 1))
     half = _t_quantile(n - 1, 0.5 + CONFIDENCE / 2) * std / math.sqrt(n)
-    out.update(std=std, ci_low=mean - half, ci_high=mean + half)
+    low, high = mean - half, mean + half
+    if bounds is not None and (low < bounds[0] or high > bounds[1]):
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+        out["ci_clipped"] = True
+    out.update(std=std, ci_low=low, ci_high=high)
     return out
 
 
@@ -72,6 +85,7 @@ def welch(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
         "t": None,
         "df": None,
         "p_value": None,
+        "ci_informative": min(len(x), len(y)) >= INFORMATIVE_N,
     }
     if not x or not y:
         return out
