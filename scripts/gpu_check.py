@@ -28,7 +28,8 @@ import torch
 
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
 from alexnet_cifar.bench import BenchSettings, environment, format_row, run_bench
-from alexnet_cifar.engine import Engine, EngineOptions, plain_step
+from alexnet_cifar.engine import Engine, EngineOptions
+from alexnet_cifar.optim import plain_step
 from alexnet_cifar.models import PRESETS, AlexNet, get_config
 from alexnet_cifar.recipe import Recipe
 

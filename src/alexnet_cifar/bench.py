@@ -1,6 +1,6 @@
 """``alexnet-cifar bench``: the engine against a plain eager fp32 step, measured in one process.
 
-For each model: (a) the textbook step (``engine.plain_step``: eager, fp32, NCHW,
+For each model: (a) the textbook step (``optim.plain_step``: eager, fp32, NCHW,
 ``torch.optim.SGD``, a normalised batch already on the device) and (b) the engine's step as
 ``train`` runs it (gather from the uint8 data set, normalise, shift and flip on the device,
 forward, loss, backward, Keras SGD, device-side metrics). Both run on random images, after
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from .augment import normalize
-from .engine import Engine, EngineOptions, plain_step
+from .engine import Engine, EngineOptions
+from .optim import plain_step
 from .models import AlexNet, get_config, layer_table
 from .recipe import Recipe
 from .runlog import versions
