@@ -420,3 +420,55 @@ def test_progress_bar_of_a_resumed_epoch_counts_the_resumed_images():
 def test_recipe_used_in_tests_has_ema_and_short_batch():
     r = get_recipe("fast", epochs=2, batch_size=BS)
     assert r.ema_decay > 0 and N % BS and isinstance(r, Recipe)
+
+
+# ---------------------------------------------------------------------- risk 7 and the records
+
+
+def _run(tmp_path, name, monkeypatch, **kw):
+    from alexnet_cifar import train as train_module
+    from alexnet_cifar.data import CIFAR10
+
+    from .helpers import train_options
+
+    saves = []
+    real = train_module.save_checkpoint
+
+    def counted(run_dir, state, **k):
+        saves.append(state["epoch"])
+        return real(run_dir, state, **k)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", counted)
+    x, y = _data(40)
+    x, y, names = x.numpy(), y.numpy(), [str(i) for i in range(10)]
+    data = CIFAR10(x, y, x[:20], y[:20], names)
+    lines = []
+    opts = train_options(
+        tmp_path / name,
+        recipe=Recipe(epochs=3, batch_size=16),
+        limit_train=None,
+        limit_test=None,
+        quiet=False,
+        **kw,
+    )
+    result = train_module.train(opts, data=data, log=lines.append)
+    return result, saves, lines
+
+
+def test_checkpoints_are_written_by_time_and_always_at_the_end(tmp_path, monkeypatch):
+    import json
+
+    result, saves, lines = _run(tmp_path, "slow-cadence", monkeypatch, checkpoint_every=3600)
+    assert saves == [3]  # only the end: an hour never passed
+    _, every_epoch, _ = _run(tmp_path, "each-epoch", monkeypatch, checkpoint_every=0)
+    assert every_epoch == [1, 2, 3]
+    # the engine as used comes first in what train prints, and in both records
+    assert lines[0].startswith("alexnet_thinner_4 on cpu: engine ")
+    config = json.loads((tmp_path / "slow-cadence" / "config.json").read_text())
+    for record in (config, result):
+        assert record["engine_used"] == record["engine"]
+        assert record["engine_used"]["compile"] is False
+        assert record["engine_fallbacks"] == []
+        assert record["engine_resolved"]["cuda_graphs"] is False
+        assert "engine_requested" in record
+    assert config["checkpoint_every"] == 3600
