@@ -472,3 +472,33 @@ def test_checkpoints_are_written_by_time_and_always_at_the_end(tmp_path, monkeyp
         assert record["engine_resolved"]["cuda_graphs"] is False
         assert "engine_requested" in record
     assert config["checkpoint_every"] == 3600
+
+
+# ---------------------------------------------------------------------- (c): the meta device
+
+
+class CpuTensors(TorchDispatchMode):
+    """Fails on any operation that touches a CPU tensor of more than 0 dimensions."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = torch.utils._pytree.tree_leaves((args, kwargs or {}, out))
+        for t in flat:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dim() > 0:
+                raise AssertionError(f"{func} touches a CPU tensor of shape {tuple(t.shape)}")
+        return out
+
+
+@pytest.mark.parametrize("recipe", ["seed", "fast"])
+def test_the_step_on_the_meta_device_touches_no_cpu_tensor(recipe):
+    meta = torch.device("meta")
+    model = AlexNet(TINY).to(meta)
+    x = torch.empty((N, 32, 32, 3), dtype=torch.uint8, device=meta)
+    y = torch.empty((N,), dtype=torch.long, device=meta)
+    r = get_recipe(recipe, epochs=2, batch_size=BS)
+    # no autocast on meta, and no fused kernel: the arithmetic is not what this test is about
+    opts = EngineOptions(precision="fp32", channels_last=True, fused_optimizer=False)
+    engine = Engine(model, r, meta, opts, x, y)
+    with CpuTensors():
+        engine.core.eager(BS)
+        engine.core.eager(N % BS)

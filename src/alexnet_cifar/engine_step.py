@@ -9,6 +9,8 @@ back: what a CUDA graph capture needs (``engine_capture``).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .augment import normalize, translate_flip
@@ -142,9 +144,12 @@ class TrainStep:
             self.model.set_batch_shard(b, offset)
         x, y = self.inputs(b)
         # No autocast weight cache: it would hold tensors across a graph capture.
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False
-        ):
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
+        with autocast:
             logits = self.forward(x)
         ce_sum = recipe_loss(logits, y, recipe).sum()
         # The mean over the global batch: DDP averages the ranks' gradients, hence x world.
