@@ -502,3 +502,32 @@ def test_the_step_on_the_meta_device_touches_no_cpu_tensor(recipe):
     with CpuTensors():
         engine.core.eager(BS)
         engine.core.eager(N % BS)
+
+
+# ---------------------------------------------------------------------- (d): inductor on the CPU
+
+
+@pytest.mark.slow
+def test_inductor_compiles_two_graphs_once_with_no_break():
+    """Two epochs with a short last batch and an evaluation between them: one graph per batch
+    size, compiled at set-up, then no recompile and no graph break."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    engine = _engine(replace(FP32, compile=True, compile_backend="inductor"), dropout=0.0)
+    gen = torch.Generator().manual_seed(1)
+    engine.prepare()
+    after_setup = counters["stats"]["unique_graphs"]
+    x, y = _data(12, seed=3)
+    for epoch in range(2):
+        engine.begin_epoch(epoch, engine.draw_epoch(gen))
+        engine.model.train()
+        for s in range(engine.steps_per_epoch):
+            engine.step(s)
+        engine.read_metrics()
+        engine.evaluate(x, y, batch_size=5)
+    assert after_setup == 2 == counters["stats"]["unique_graphs"]
+    assert sum(counters["graph_break"].values()) == 0
+    assert engine.used_options.compile is True
+    torch._dynamo.reset()
