@@ -76,6 +76,7 @@ def train_options(out, **kw):
         device="cpu",
         quiet=True,
         progress=False,
+        checkpoint_every=0,  # a checkpoint each epoch: what the interruption tests look for
     )
     base.update(kw)
     return TrainOptions(**base)
@@ -98,6 +99,8 @@ REF_ARGS = [
     "cpu",
     "--no-progress",
     "--no-verify",
+    "--checkpoint-every",
+    "0",
 ]
 
 

@@ -17,7 +17,8 @@ from alexnet_cifar.distributed import shard
 # 5 steps an epoch, 2 epochs
 # fmt: off
 ARGS = ["alexnet_thinner_4", "--batch-size", "32", "--limit-train", "160", "--limit-test", "60",
-        "--epochs", "2", "--device", "cpu", "--seed", "3", "--no-progress", "--no-verify"]
+        "--epochs", "2", "--device", "cpu", "--seed", "3", "--no-progress", "--no-verify",
+        "--checkpoint-every", "0"]
 # fmt: on
 
 

@@ -6,7 +6,8 @@ import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
-from alexnet_cifar.engine import Engine, EngineOptions, EpochSums, plain_step
+from alexnet_cifar.engine import Engine, EngineOptions, EpochSums
+from alexnet_cifar.optim import plain_step
 from alexnet_cifar.errors import SettingError
 from alexnet_cifar.optim import make_optimizer, set_learning_rate
 from alexnet_cifar.recipe import Recipe
@@ -126,7 +127,7 @@ def test_preparation_leaves_no_trace():
     engine.begin_epoch(0, (perm, dy, dx, flip), start_step=1, resumed=EpochSums(2.5, 3, 16))
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
-    engine._prepare(bs)
+    engine.ladder.prepare(bs)
     assert engine.setup_seconds > 0
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)
@@ -183,13 +184,14 @@ def test_weight_average_follows_its_definition():
 
 
 def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):
-    with pytest.raises(SettingError, match="bf16"):
+    # bf16 runs on any CPU; CUDA graphs need CUDA, refused before any training
+    with pytest.raises(SettingError, match="CUDA graphs"):
         train(
             TrainOptions(
                 model="alexnet",
                 out=tmp_path / "r",
                 device="cpu",
-                engine=EngineOptions(precision="bf16"),
+                engine=EngineOptions(cuda_graphs=True),
             ),
             data=_fake_data(),
         )

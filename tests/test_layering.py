@@ -14,7 +14,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "alexnet_cifar"
 LAYERS = {
     "base": ["_version", "errors", "files"],
     "domain": ["models", "safe_pickle", "data", "augment", "recipe", "optim", "distributed"],
-    "compute": ["engine_options", "engine", "evaluate"],
+    "compute": [
+        "engine_options",
+        "engine_ema",
+        "engine_step",
+        "engine_epoch",
+        "engine_capture",
+        "engine",
+        "evaluate",
+    ],
     "storage": ["checkpoint", "runlog"],
     "workflows": [
         "resume",

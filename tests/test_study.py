@@ -445,6 +445,7 @@ def test_ray_study_equals_the_sequential_one_and_retries_a_killed_worker(
             resume=True,
             quiet=True,
             progress=False,
+            checkpoint_every=0,  # the killed worker's retry resumes from epoch 1's checkpoint
         )
 
     lines: list[str] = []

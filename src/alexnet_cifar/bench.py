@@ -1,6 +1,6 @@
 """``alexnet-cifar bench``: the engine against a plain eager fp32 step, measured in one process.
 
-For each model: (a) the textbook step (``engine.plain_step``: eager, fp32, NCHW,
+For each model: (a) the textbook step (``optim.plain_step``: eager, fp32, NCHW,
 ``torch.optim.SGD``, a normalised batch already on the device) and (b) the engine's step as
 ``train`` runs it (gather from the uint8 data set, normalise, shift and flip on the device,
 forward, loss, backward, Keras SGD, device-side metrics). Both run on random images, after
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from .augment import normalize
-from .engine import Engine, EngineOptions, plain_step
-from .engine_options import cpu_has_native_bf16
+from .engine import Engine, EngineOptions
+from .engine_options import cpu_has_native_bf16, set_process_flags
+from .optim import plain_step
 from .models import AlexNet, get_config, layer_table
 from .recipe import Recipe
 from .runlog import versions
@@ -127,7 +128,8 @@ def bench_model(name: str, s: BenchSettings) -> dict:
     engine.begin_epoch(0, engine.draw_epoch(g))
     model.train()
     _reset_peak(dev)
-    _time_block(engine.step, 0, max(s.warmup, 1), dev)  # compiles and captures here
+    engine.prepare()  # compile, capture and self-check, timed apart as set-up
+    _time_block(engine.step, 0, max(s.warmup, 1), dev)
 
     plain_times, engine_times = [], []
     start = max(s.warmup, 1)
@@ -155,7 +157,11 @@ def bench_model(name: str, s: BenchSettings) -> dict:
         "setup_seconds": round(engine.setup_seconds, 2),
         "peak_memory_mb_plain": peak_plain,
         "peak_memory_mb_engine": peak_engine,
-        "engine": engine.options.to_dict(),
+        # the rung of the ladder that ran, the resolved request, each fallback and why
+        "engine": engine.used_options.to_dict(),
+        "engine_requested": engine.engine_record()["requested"],
+        "engine_used": engine.used_options.to_dict(),
+        "engine_fallbacks": engine.engine_record()["fallbacks"],
     }
     _reset_peak(dev)
     return result
@@ -207,6 +213,7 @@ def environment(device: torch.device) -> dict:
 
 def run_bench(settings: BenchSettings, report=print) -> dict:
     s = settings.resolved()
+    set_process_flags(s.device)  # before either side runs: both are measured alike
     out = {
         **environment(s.device),
         "batch_size": s.batch_size,

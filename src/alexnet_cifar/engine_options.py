@@ -9,18 +9,40 @@ are the fast configuration for the device:
   (docs/performance.md);
 - any other CPU: fp32, where bf16 would be emulated and slower.
 
-Fused SGD is on everywhere. ``precision="bf16"`` is accepted on any CPU.
+Fused SGD is on everywhere, and CUDA graphs need it: PyTorch's other SGD reads a tensor learning
+rate back to the host, which a capture forbids. ``precision="bf16"`` is accepted on any CPU.
+
+The fields of :class:`EngineOptions` are the one list of engine settings: the command-line flags
+(``engine_flag_specs``) and the kinds config.json is checked against on resume
+(``engine_setting_kinds``) are derived from them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
 from .errors import SettingError, param
 
-__all__ = ["EngineOptions", "cpu_has_native_bf16"]
+__all__ = [
+    "COMPILE_MODES",
+    "EngineOptions",
+    "cpu_has_native_bf16",
+    "engine_flag_specs",
+    "engine_setting_kinds",
+    "set_process_flags",
+]
+
+#: torch.compile modes, and what each becomes inside our own CUDA graph: a mode that captures
+#: graphs itself would nest a second capture inside ours.
+COMPILE_MODES = {
+    None: None,
+    "default": None,
+    "reduce-overhead": None,
+    "max-autotune": "max-autotune-no-cudagraphs",
+    "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
+}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -37,21 +59,62 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def _opt(default, kind: str, flag: str | None, help: str, choices=None):
+    """A field of EngineOptions with what the command line and config.json need of it."""
+    meta = {"kind": kind, "flag": flag, "help": help, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """How a step is run. ``None`` / ``"auto"`` means: the fast choice for the device."""
 
-    # "fp32", "bf16" (autocast), "auto": bf16 on CUDA and on a CPU with native bf16, else fp32
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool | None = None  # torch.compile the model (auto: on CUDA)
-    compile_mode: str | None = None  # torch.compile mode (None: default)
-    compile_backend: str = "inductor"
-    cuda_graphs: bool | None = None  # one CUDA graph per step (auto: on CUDA)
-    fused_optimizer: bool | None = None  # torch's fused SGD kernel (auto: on)
+    precision: str = _opt(
+        "auto",
+        "str",
+        "precision",
+        "bf16 autocast, or fp32: the exact, Keras-faithful computation; auto (default): bf16 "
+        "on CUDA and on a CPU with native bf16 (AVX512-BF16 or AMX, where it trains 2-5x "
+        "faster), else fp32 (where bf16 would be emulated and slower)",
+        ["auto", "fp32", "bf16"],
+    )
+    channels_last: bool | None = _opt(
+        None, "bool?", "channels-last", "channels_last memory format (auto: on CUDA, and on the CPU with bf16)"
+    )
+    compile: bool | None = _opt(
+        None, "bool?", "compile", "torch.compile of the model (auto: on CUDA)"
+    )
+    compile_mode: str | None = _opt(
+        None,
+        "str?",
+        "compile-mode",
+        "torch.compile mode; inside CUDA graphs the modes that capture graphs themselves are "
+        "mapped to their variants without (reduce-overhead -> default, max-autotune -> "
+        "max-autotune-no-cudagraphs)",
+        [m for m in COMPILE_MODES if m],
+    )
+    compile_backend: str = _opt("inductor", "str", "compile-backend", "torch.compile backend")
+    cuda_graphs: bool | None = _opt(
+        None, "bool?", "cuda-graphs", "one CUDA graph per step (auto: on CUDA, one process)"
+    )
+    fused_optimizer: bool | None = _opt(
+        None, "bool?", "fused-optimizer", "fused SGD kernel of torch (auto: on; graphs need it)"
+    )
+    strict_engine: bool = _opt(
+        False,
+        "bool",
+        "strict-engine",
+        "a fallback of the engine (compile or CUDA graphs failing at set-up) is an error, not a "
+        "warning: for benchmarks",
+    )
 
-    def resolve(self, device: torch.device, world_size: int = 1) -> EngineOptions:
+    def resolve(
+        self, device: torch.device, world_size: int = 1, graphs_available: bool | None = None
+    ) -> EngineOptions:
+        """Every auto made concrete for ``device``; a combination that cannot run is refused.
+        ``graphs_available``: whether step graphs can be captured (default: on CUDA)."""
         cuda = device.type == "cuda"
+        graphs_ok = cuda if graphs_available is None else graphs_available
         precision = self.precision
         if precision == "auto":
             precision = "bf16" if cuda or cpu_has_native_bf16() else "fp32"
@@ -59,14 +122,28 @@ class EngineOptions:
             raise SettingError(
                 f"{param('precision')} must be auto, fp32 or bf16, not {precision!r}"
             )
-        graphs = self.cuda_graphs if self.cuda_graphs is not None else cuda and world_size == 1
-        if graphs and not cuda:
+        graphs = self.cuda_graphs
+        if graphs is None:  # auto: where they can run, and not against an explicit non-fused SGD
+            graphs = graphs_ok and world_size == 1 and self.fused_optimizer is not False
+        if graphs and not graphs_ok:
             raise SettingError(f"CUDA graphs need a CUDA device: use {param('cuda_graphs', False)}")
         if graphs and world_size > 1:
             raise SettingError(
                 "CUDA graphs are not used with data-parallel training; use "
                 f"{param('cuda_graphs', False)}"
             )
+        if graphs and self.fused_optimizer is False:
+            raise SettingError(
+                f"CUDA graphs need the fused SGD kernel (the other one reads the learning rate "
+                f"back to the host, which a capture forbids): drop "
+                f"{param('fused_optimizer', False)} or add {param('cuda_graphs', False)}"
+            )
+        if self.compile_mode not in COMPILE_MODES:
+            modes = ", ".join(m for m in COMPILE_MODES if m)
+            raise SettingError(
+                f"{param('compile_mode')} must be one of {modes}, not {self.compile_mode!r}"
+            )
+        mode = COMPILE_MODES[self.compile_mode] if graphs else self.compile_mode
         channels_last = self.channels_last
         if channels_last is None:
             # On the CPU channels_last pays with bf16 (oneDNN's bf16 kernels are NHWC), not
@@ -77,20 +154,29 @@ class EngineOptions:
             precision=precision,
             channels_last=channels_last,
             compile=self.compile if self.compile is not None else cuda,
+            compile_mode=mode,
             cuda_graphs=graphs,
-            fused_optimizer=self.fused_optimizer if self.fused_optimizer is not None else True,
+            fused_optimizer=True if graphs else (self.fused_optimizer is not False),
         )
 
+    def compile_kwargs(self) -> dict:
+        """torch.compile's arguments. Under our CUDA graphs, inductor is told not to capture
+        graphs of its own (a nested capture), whatever its global configuration says."""
+        args: dict = {"backend": self.compile_backend, "dynamic": False}
+        if self.cuda_graphs and self.compile_backend == "inductor":
+            args["options"] = {"triton.cudagraphs": False}
+            if self.compile_mode == "max-autotune-no-cudagraphs":
+                args["options"]["max_autotune"] = True
+        elif self.compile_mode:
+            args["mode"] = self.compile_mode
+        return args
+
     def describe(self) -> str:
-        """A resolved configuration in words, e.g. "bf16 autocast, channels_last, fused SGD"."""
-        parts = ["bf16 autocast" if self.precision == "bf16" else "fp32"]
-        parts.append("channels_last" if self.channels_last else "NCHW")
-        if self.compile:
-            parts.append(f"torch.compile ({self.compile_mode or 'default'})")
-        if self.cuda_graphs:
-            parts.append("CUDA graphs")
+        """One line: ``bf16, channels_last, compile + CUDA graphs, fused SGD``."""
+        parts = [self.precision, "channels_last" if self.channels_last else "contiguous"]
+        parts.append(rung_name(bool(self.compile), bool(self.cuda_graphs)))
         parts.append("fused SGD" if self.fused_optimizer else "foreach SGD")
-        return ", ".join(parts)
+        return ", ".join(str(p) for p in parts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,3 +185,39 @@ class EngineOptions:
     def from_dict(cls, d: dict) -> EngineOptions:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def rung_name(compile: bool, graphs: bool) -> str:
+    """A rung of the ladder by what it uses: ``compile + CUDA graphs`` ... ``eager``."""
+    names = ["compile"] * compile + ["CUDA graphs"] * graphs
+    return " + ".join(names) or "eager"
+
+
+def engine_flag_specs() -> list[dict]:
+    """Each engine setting a command-line flag sets: name, flag, kind, help, choices."""
+    return [{"name": f.name, **f.metadata} for f in fields(EngineOptions) if f.metadata["flag"]]
+
+
+def engine_setting_kinds() -> dict[str, str]:
+    """The kind of each engine setting, as config.json holds it (files.check_fields)."""
+    return {f.name: f.metadata["kind"] for f in fields(EngineOptions)}
+
+
+def set_process_flags(device: torch.device) -> None:
+    """The process-wide settings the engine relies on, set once at the start of a command
+    (never by an engine, which would change the steps measured before it existed).
+
+    fp32 means fp32: no TF32 in matmuls or convolutions, through the float32-precision API
+    alone where this PyTorch has it (mixing it with the older ``allow_tf32`` flags makes
+    ``torch.get_float32_matmul_precision()`` raise); cuDNN picks its fastest kernels.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv"):
+        matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+    else:  # an older PyTorch: the older flags, and only them
+        matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False

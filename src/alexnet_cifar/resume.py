@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
+from .engine_options import engine_setting_kinds
 from .errors import AlexnetCifarError, CheckpointError, RunSetupError, SettingError, param
 from .files import (
     CHECKPOINT,
@@ -44,13 +45,7 @@ RUN_SETTINGS = {
     "num_classes": "int",
     "engine_requested": "dict",
 }
-ENGINE_SETTINGS = {
-    "precision": "str",
-    "channels_last": "bool?",
-    "compile": "bool?",
-    "cuda_graphs": "bool?",
-    "fused_optimizer": "bool?",
-}
+ENGINE_SETTINGS = engine_setting_kinds()  # the fields of EngineOptions and their kinds
 
 #: Changes a resume accepts with ``force``: they extend the run without changing its past.
 SAFE_CHANGES = {"recipe.epochs"}

@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
 from .data import CIFAR10, load_cifar10
 from .distributed import DistContext, init_distributed, resolve_device
 from .engine import Engine, EngineOptions, EpochSums
+from .engine_options import set_process_flags
 from .errors import (
     CheckpointError,
     NonFiniteLossError,
@@ -86,6 +88,9 @@ class TrainOptions:
     quiet: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
     tensorboard: bool = True
+    # seconds between checkpoints at most (0: every epoch); one is always written at the end
+    # and on a signal, so a kill -9 loses at most this much training
+    checkpoint_every: float = 60.0
 
     def run_identity(self) -> dict:
         """The fields that define what is computed: a resume must match them."""
@@ -156,13 +161,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         opts, dev = self.opts, self.device
+        set_process_flags(dev)  # once, before any step is run or measured
+        said: list[str] = []  # the engine's line comes first, then what the resume found
         state, recipe = load_resume_state(
             self.out,
             opts.recipe,
             lambda r: replace(opts, recipe=r).run_identity(),
             opts.resume,
             opts.force,
-            self.say,
+            said.append,
             self.warn,
         )
         self.opts = opts = replace(opts, recipe=recipe)  # the caller's options stay as they were
@@ -177,7 +184,9 @@ class Trainer:
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(opts.seed)
         self.model = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
-        self.engine = Engine(self.model, recipe, dev, opts.engine, x_train, y_train, self.dist)
+        self.engine = Engine(
+            self.model, recipe, dev, opts.engine, x_train, y_train, self.dist, warn=self.warn
+        )
         self.data_gen = torch.Generator().manual_seed(opts.seed + 1)
         self.start_epoch, self.start_step, self.resumed_sums = 0, 0, EpochSums()
         if state is not None:
@@ -187,6 +196,12 @@ class Trainer:
                 # describe the shorter run (the checkpoint holds its weights).
                 for name in (RESULT_FILE, MODEL_FILE):
                     (self.out / name).unlink(missing_ok=True)
+        self.saved_epoch = self.start_epoch if state is not None else 0
+        if self.start_epoch < recipe.epochs:
+            self.engine.prepare()  # compile and capture now: the configuration used is known
+        self.say(_engine_line(self))
+        for line in said:
+            self.say(line)
         if state is None or not (self.out / "config.json").is_file():
             self.runlog.write_config(run_config(self))
 
@@ -233,7 +248,14 @@ class Trainer:
                 lock.release()
             self.dist.close(finished=sys.exc_info()[0] is None)
 
+    def _checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every`` seconds have passed since the last checkpoint (or
+        the start): copying the state to the host every epoch would cost as much as a fast
+        epoch's training."""
+        return time.monotonic() - self._last_save >= self.opts.checkpoint_every
+
     def _run(self) -> dict:
+        self._last_save = time.monotonic()
         self.runlog.open_tensorboard(self.start_epoch)
         for epoch in range(self.start_epoch, self.opts.recipe.epochs):
             row = self._train_epoch(epoch)
@@ -241,10 +263,12 @@ class Trainer:
             if self.opts.val_split is not None:
                 self.best.offer(row, self.engine)
             self.runlog.log_epoch(self.history)
-            self._save(epoch + 1, 0, self.data_gen.get_state(), None)
+            stop = self._stop_requested(0, last=True)
+            if stop or epoch + 1 == self.opts.recipe.epochs or self._checkpoint_due():
+                self._save(epoch + 1, 0, self.data_gen.get_state(), None)
             recent = [r["seconds"] for r in self.history[-5:]]
             self.say(epoch_line(row, self.opts.recipe.epochs, recent))
-            if self._stop_requested(0, last=True):
+            if stop:
                 self.dist.barrier()  # the checkpoint is on disk before any rank leaves
                 self._interrupted(f"after epoch {epoch + 1}")
         return self._finish()
@@ -339,6 +363,9 @@ class Trainer:
         state = checkpoint_state(self, epoch, step, rng, epoch_so_far)
         # hashed and written in a thread while the next epoch trains
         save_checkpoint(self.out, state, writer=self.writer)
+        self._last_save = time.monotonic()
+        if step == 0:
+            self.saved_epoch = epoch
 
     def _interrupted(self, where: str) -> None:
         self.writer.wait()  # the checkpoint named below is on disk
@@ -351,8 +378,7 @@ class Trainer:
         )
 
     def _nonfinite(self, epoch: int, step: int | None) -> NonFiniteLossError:
-        last = self.history[-1]["epoch"] if self.history else 0
-        return _nonfinite_error(self.out, epoch, step, last)
+        return _nonfinite_error(self.out, epoch, step, self.saved_epoch)
 
     def _finish(self) -> dict:
         self.writer.wait()
@@ -375,6 +401,17 @@ class Trainer:
             save_final_model(self, result)
             self.runlog.write_result(result)
         return result
+
+
+def _engine_line(t: Trainer) -> str:
+    """The first line a run prints: the engine configuration used, and any fallback."""
+    used, rec = t.engine.used_options, t.engine.engine_record()
+    line = f"{t.opts.model} on {t.device}: engine {used.describe()}"
+    if rec["fallbacks"]:
+        asked = EngineOptions.from_dict(rec["requested"]).describe()
+        why = "; ".join(f"{f['from']}: {f['reason']}" for f in rec["fallbacks"])
+        line += f" (asked for {asked}; fell back: {why})"
+    return line
 
 
 def _on_device(data: CIFAR10, dev: torch.device) -> tuple[torch.Tensor, ...]:

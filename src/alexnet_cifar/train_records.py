@@ -13,7 +13,13 @@ from .evaluate import EvalResult
 from .files import MODEL_FILE
 from .runlog import METRIC_COLUMNS, versions
 
-__all__ = ["checkpoint_state", "run_config", "run_result", "save_final_model"]
+__all__ = [
+    "checkpoint_state",
+    "engine_fields",
+    "run_config",
+    "run_result",
+    "save_final_model",
+]
 
 
 def run_config(t) -> dict:
@@ -32,8 +38,8 @@ def run_config(t) -> dict:
         "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
         "verify": o.verify,
         "device": str(t.device),
-        "engine": t.engine.options.to_dict(),
-        "engine_requested": o.engine.to_dict(),
+        **engine_fields(t),
+        "checkpoint_every": o.checkpoint_every,
         "world_size": t.dist.world_size,
         "eval_batch_size": o.eval_batch_size,
         "n_train": int(t.engine.n),
@@ -41,6 +47,20 @@ def run_config(t) -> dict:
         "versions": versions(t.device),
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def engine_fields(t) -> dict:
+    """The engine as asked (``engine_requested``, the options given: what a resume reuses),
+    as used (``engine`` and ``engine_used``: the rung of the ladder that runs, every auto
+    resolved) and each fallback from the resolved request with its reason."""
+    record = t.engine.engine_record()
+    return {
+        "engine": record["used"],
+        "engine_requested": t.opts.engine.to_dict(),
+        "engine_resolved": record["requested"],
+        "engine_used": record["used"],
+        "engine_fallbacks": record["fallbacks"],
     }
 
 
@@ -64,6 +84,7 @@ def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
         "world_size": t.dist.world_size,
         "recipe": t.opts.recipe.name,
         "compile_seconds": round(t.engine.setup_seconds, 3),
+        **engine_fields(t),
         "model_file": str(t.out / MODEL_FILE),
         # the final model on the test set: what a report needs without the data
         "classes": ev.classes,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..distributed import DEVICES
-from ..engine import EngineOptions
+from ..engine_options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
 from ..recipe import RECIPES, Recipe, get_recipe
@@ -135,6 +135,19 @@ def positive_float(what: str):
     return parse
 
 
+def non_negative_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if not (v >= 0 and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
+        return v
+
+    return parse
+
+
 def device(text: str) -> str:
     t = text.strip().lower()
     if t in DEVICES or (t.startswith("cuda:") and t[5:].isdigit()):
@@ -180,45 +193,36 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    """The engine's speed-ups, each on by default where it helps and each switchable off."""
+    """The engine's settings, one flag per field of EngineOptions: each speed-up on by default
+    where it helps and each switchable off."""
     g = p.add_argument_group("engine (defaults: the fast configuration for the device)")
-    g.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        help="bf16 autocast, or fp32: the exact, Keras-faithful computation; auto (default): "
-        "bf16 on CUDA and on a CPU with native bf16 (AVX512-BF16 or AMX, where it trains "
-        "2-5x faster), else fp32 (where bf16 would be emulated and slower)",
-    )
-    for flag, dest, what, auto in [
-        (
-            "channels-last",
-            "channels_last",
-            "channels_last memory format",
-            "on CUDA, and on the CPU with bf16",
-        ),
-        ("compile", "compile", "torch.compile of the model", "on CUDA"),
-        ("cuda-graphs", "cuda_graphs", "CUDA graph per step", "on CUDA"),
-        ("fused-optimizer", "fused_optimizer", "fused SGD kernel of torch", "on"),
-    ]:
-        g.add_argument(
-            f"--{flag}", dest=dest, action="store_true", default=None, help=f"{what} (auto: {auto})"
-        )
-        g.add_argument(f"--no-{flag}", dest=dest, action="store_false", help=f"no {what}")
+    for spec in engine_flag_specs():
+        flag, dest, what = spec["flag"], spec["name"], spec["help"]
+        if spec["kind"] == "bool":
+            g.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=what)
+        elif spec["kind"] == "bool?":
+            g.add_argument(
+                f"--{flag}", dest=dest, action="store_true", default=None, help=what
+            )
+            g.add_argument(f"--no-{flag}", dest=dest, action="store_false", help=f"no {flag}")
+        else:
+            g.add_argument(f"--{flag}", dest=dest, choices=spec["choices"], help=what)
 
 
-ENGINE_FLAGS = ("precision", "channels_last", "compile", "cuda_graphs", "fused_optimizer")
+#: The engine's settings (the fields of EngineOptions), in the order of their flags.
+ENGINE_FLAGS = tuple(spec["name"] for spec in engine_flag_specs())
 
 
 def engine_options(args, prev: dict | None = None) -> EngineOptions:
     """The engine flags given, the run's own settings for those left out (on resume), else
-    auto."""
+    the defaults (auto)."""
     prev = prev or {}
     chosen = {}
     for name in ENGINE_FLAGS:
-        value = getattr(args, name)
-        chosen[name] = value if value is not None else prev.get(name)
-    if chosen["precision"] is None:
-        chosen["precision"] = "auto"
+        value = getattr(args, name, None)
+        value = value if value is not None else prev.get(name)
+        if value is not None:
+            chosen[name] = value
     return EngineOptions(**chosen)
 
 
@@ -269,6 +273,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    p.add_argument(
+        "--checkpoint-every",
+        type=non_negative_float("--checkpoint-every"),
+        metavar="SECONDS",
+        help="write the checkpoint at most this often (default 60; 0: every epoch); always at "
+        "the end and on Ctrl-C or SIGTERM, so a hard kill loses at most that much training",
+    )
     add_engine_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -319,4 +330,5 @@ def train_options(args, model: str, out: Path, prev: dict, resume: bool) -> Trai
         quiet=args.quiet or getattr(args, "json", False),
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,
+        checkpoint_every=60.0 if args.checkpoint_every is None else args.checkpoint_every,
     )
