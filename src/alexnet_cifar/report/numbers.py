@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..models import PUBLISHED_PARAMS, AlexNetConfig, layer_table
+from ..models import PRESETS, AlexNetConfig, layer_table
 from .runs import RunData
 
 __all__ = [
@@ -102,7 +102,8 @@ def run_summary(run: RunData) -> dict:
     lowest_at = _argbest(metrics["val_loss"], lambda a, b: a < b)
     overfitting, note, rise = _overfitting(metrics["val_loss"], lowest_at)
     final_test, final_train = metrics["val_accuracy"][-1], metrics["accuracy"][-1]
-    published_params = PUBLISHED_PARAMS.get(run.model)
+    preset = PRESETS.get(run.model)
+    published_params = preset.published_params if preset is not None else None
     published_acc = PUBLISHED_ACCURACY.get(run.model)
     best_acc = metrics["val_accuracy"][best_at]
     recipe = config["recipe"]
