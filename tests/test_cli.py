@@ -288,3 +288,38 @@ def test_absurd_limits_never_trace_back(tmp_path_factory, limit, which):
     )
     _clean_failure(code, err)
     assert f"--limit-{which} must lie between 1 and" in err
+
+
+@pytest.mark.parametrize(
+    "argv, python_words, flag_words",
+    [
+        (
+            ["train", "alexnet", "--force"],
+            "force only changes the epochs of a run being resumed: add resume",
+            "--force only changes the epochs of a run being resumed: add --resume",
+        ),
+        (
+            ["study", "--address", "auto"],
+            "address is for executor='ray'",
+            "--address is for --executor ray",
+        ),
+        (
+            ["study", "--gpus-per-run", "0.5"],
+            "gpus_per_run is for executor='ray'",
+            "--gpus-per-run is for --executor ray",
+        ),
+    ],
+)
+def test_command_errors_name_parameters_not_typed_flags(argv, python_words, flag_words, tmp_path):
+    # The commands raise errors that name parameters (errors.param); the command line renders
+    # them as its flags, so no message carries a hand-typed flag.
+    from alexnet_cifar.cli import build_parser
+    from alexnet_cifar.cli.flags import flag_name
+    from alexnet_cifar.errors import SettingError
+
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path / "out")])
+    with pytest.raises(SettingError) as e:
+        args.func(args)
+    assert str(e.value).startswith(python_words)
+    assert e.value.render(flag_name).startswith(flag_words)
+    assert not (tmp_path / "out").exists()

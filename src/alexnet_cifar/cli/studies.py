@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import SettingError
+from ..errors import SettingError, param
 from ..executors import EXECUTORS, RayExecutor
 from ..models import PRESETS, parse_model_list
 from ..report import build_report
@@ -131,7 +131,7 @@ def _executor(args):
     if args.executor != "ray":
         for name in ("address", "gpus_per_run"):
             if getattr(args, name) is not None:
-                raise SettingError(f"--{name.replace('_', '-')} is for --executor ray")
+                raise SettingError(f"{param(name)} is for {param('executor', 'ray')}")
         return None
     gpus = 1.0 if args.gpus_per_run is None else args.gpus_per_run
     return RayExecutor(address=args.address, gpus_per_run=gpus)

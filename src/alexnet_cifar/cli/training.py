@@ -12,7 +12,7 @@ from ..bench import BenchSettings, format_row, run_bench
 from ..checkpoint import load_model
 from ..data import load_cifar10
 from ..distributed import resolve_device
-from ..errors import SettingError
+from ..errors import SettingError, param
 from ..evaluate import evaluate_model, evaluate_with_tta
 from ..resume import run_settings
 from ..train import train
@@ -138,8 +138,8 @@ def cmd_train(args) -> int:
     out = args.out if args.out is not None else Path("runs") / args.model
     if args.force and not args.resume:
         raise SettingError(
-            "--force only changes the epochs of a run being resumed: add --resume (or leave "
-            "--force out to start a new run)"
+            f"{param('force')} only changes the epochs of a run being resumed: add "
+            f"{param('resume')} (or leave {param('force')} out to start a new run)"
         )
     prev = run_settings(out, warn=_warn) if args.resume else {}
     result = train(train_options(args, args.model, out, prev, args.resume))
