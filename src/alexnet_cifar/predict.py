@@ -16,23 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import evaluate, runlog
 from .augment import SEED_MEAN
-from .errors import ImageError
-from .evaluate import evaluate_with_tta, logits_in_batches
+from .errors import ImageError, moved_names
+from .evaluate import logits_in_batches
 from .models import probabilities
-from .runlog import class_names
 
-# evaluate_with_tta and class_names live in evaluate and runlog; named here too, where code
-# imported them from.
-__all__ = [
-    "ImageError",
-    "LoadedImage",
-    "Prediction",
-    "class_names",
-    "evaluate_with_tta",
-    "load_image",
-    "predict_images",
-]
+__all__ = ["ImageError", "LoadedImage", "Prediction", "load_image", "predict_images"]
+
+# Flip-TTA lives in evaluate and the class names in runlog; importing them from here still
+# works, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, {"evaluate_with_tta": evaluate, "class_names": runlog})
 
 IMAGE_SIZE = 32
 
