@@ -40,7 +40,7 @@ class Recipe:
     loss_clip_eps: float = 1e-7
     label_smoothing: float = 0.0
     augment: bool = True
-    max_shift: float = 4.0  # pixels, uniform in [-max_shift, max_shift] per axis
+    max_shift: float = 4.0  # pixels (Keras' shift range 0.125 x 32), U(-max_shift, max_shift)
     flip_p: float = 0.5
     # Weight averaging: an exponential moving average of the weights, updated every step,
     # is what gets evaluated and saved (0 = off).
