@@ -323,3 +323,20 @@ def test_command_errors_name_parameters_not_typed_flags(argv, python_words, flag
     assert str(e.value).startswith(python_words)
     assert e.value.render(flag_name).startswith(flag_words)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_help_does_not_promise_the_seed_recipe_whatever_recipe_is_chosen(command, capsys):
+    # Under --recipe fast neither command trains with the seed recipe: the help says that the
+    # recipe is --recipe's choice, the seed's only by default.
+    from alexnet_cifar.recipe import get_recipe
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with the seed recipe" not in text
+    assert "with the recipe --recipe names" in text
+    fast = get_recipe("fast")
+    assert f"seed 300, fast {fast.epochs}" in text and f"fast {fast.batch_size}" in text
+    if command == "train":  # the seed's numbers, as the recipe has them
+        assert "SGD 0.01, Nesterov 0.9, drops x0.1" in text and "batch 64" in text

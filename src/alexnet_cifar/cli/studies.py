@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import SettingError, param
 from ..executors import EXECUTORS, RayExecutor
 from ..models import PRESETS, parse_model_list
-from ..report import build_report
+from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
 from ..study import plan_runs, read_study_settings, run_study, study_seeds
 from .flags import add_train_flags, folder, int_at_least, model_list, print_json, train_options
 
@@ -20,9 +20,9 @@ def add_parsers(sub) -> None:
     s = sub.add_parser(
         "study",
         help="train the variants in turn and write the comparison report",
-        description="Train each chosen variant with the seed recipe into OUT/runs/NAME (with "
-        "several --seeds: OUT/NAME/seed-N), one after another or on Ray (finished runs are "
-        "skipped, unfinished ones resumed), then write the comparison report into OUT: "
+        description="Train each chosen variant with the recipe --recipe names (default: the "
+        "seed's) into OUT/runs/NAME (with several --seeds: OUT/NAME/seed-N), one after another "
+        "or on Ray (finished runs are skipped, unfinished ones resumed), then write the comparison report into OUT: "
         "report.md, report.html, summary.json and the figures. Flags left out are taken from "
         "the study's earlier invocation (OUT/study.json), so 'alexnet-cifar study --out OUT' "
         "continues an interrupted study.",
@@ -192,7 +192,7 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
     best = summary["best"]
     print(
         f"\nbest: {best['label']} ({_pct(best['best_test_accuracy'])} at epoch "
-        f"{best['best_epoch']}); the post's best: alexnet_slim_regular (~92%)"
+        f"{best['best_epoch']}); the post's best: {POST_BEST} ({PUBLISHED_ACCURACY[POST_BEST][1]})"
     )
     _print_seeds(summary)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")

@@ -27,6 +27,7 @@ from .flags import (
     model_list,
     model_name,
     print_json,
+    seed_recipe_text,
     train_options,
 )
 
@@ -36,11 +37,10 @@ __all__ = ["add_parsers"]
 def add_parsers(sub) -> None:
     t = sub.add_parser(
         "train",
-        help="train one variant with the seed recipe",
-        description="Train one variant with the seed recipe (SGD 0.01, Nesterov 0.9, drops x0.1 "
-        "at 1/3 and 2/3 of the epochs, batch 64, shifts of up to 4 pixels and flips). The run "
-        "folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every epoch) "
-        "and model.pt (the final weights).",
+        help="train one variant (the seed recipe unless --recipe says otherwise)",
+        description=f"Train one variant with the recipe --recipe names: {seed_recipe_text()}. "
+        "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every "
+        "epoch) and model.pt (the final weights).",
     )
     t.add_argument("model", type=model_name, metavar="MODEL", help="variant (see 'models')")
     add_train_flags(t)

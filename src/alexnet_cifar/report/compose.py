@@ -12,6 +12,7 @@ from .._version import __version__
 from ..errors import ReportError
 from ..files import atomic_write_json, atomic_write_text, json_safe
 from ..models import PRESETS
+from ..recipe import Recipe
 from ..runlog import format_duration
 from .aggregate import aggregate
 from .document import Column, Document, code, literal
@@ -19,6 +20,7 @@ from .figures import CURVES, draw_figures, remove_stale_figures, train_vs_test_f
 from .numbers import (
     OVERFIT_RISE,
     POST_BEST,
+    POST_BEST_ACCURACY,
     SEED_BATCH,
     SEED_EPOCHS,
     SEED_TEST,
@@ -175,21 +177,21 @@ def _verdict(summaries: list[dict], best: dict) -> list[str]:
     runs_of_post_best = [s for s in summaries if s["model"] == POST_BEST]
     if best["model"] == POST_BEST:
         lines.append(
-            f"This agrees with the post, whose best is `{POST_BEST}` at about 92%; the difference "
-            f"is {_points(best['test_accuracy_difference'])}."
+            f"This agrees with the post, whose best is `{POST_BEST}` at {POST_BEST_ACCURACY}; "
+            f"the difference is {_points(best['test_accuracy_difference'])}."
         )
     elif runs_of_post_best and best["best_test_accuracy"] is not None:
         post_acc = max(_accuracy(s) for s in runs_of_post_best)
         lines.append(
-            f"This differs from the post, whose best is `{POST_BEST}` at about 92%: here it "
-            f"reached {_percent(post_acc)}, "
+            f"This differs from the post, whose best is `{POST_BEST}` at {POST_BEST_ACCURACY}: "
+            f"here it reached {_percent(post_acc)}, "
             f"{100 * (best['best_test_accuracy'] - post_acc):.2f} points below "
             f"{code(best['label'])}."
         )
     else:
         lines.append(
-            f"The post's best, `{POST_BEST}` (about 92%), is not among these runs, so its verdict "
-            "cannot be checked here."
+            f"The post's best, `{POST_BEST}` ({POST_BEST_ACCURACY}), is not among these runs, so "
+            "its verdict cannot be checked here."
         )
     return lines
 
@@ -319,10 +321,10 @@ def _training_text(summaries: list[dict]) -> str:
     recipes = sorted({s["recipe"] for s in summaries})
     lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
     if recipes == ["seed"]:
-        decays = sorted({s.get("lr_decay", 0.1) for s in summaries})
+        decays = sorted({s["lr_decay"] for s in summaries})
         drop = (
-            "divided by 10"
-            if decays == [0.1]
+            f"divided by {1 / Recipe.lr_decay:g}"
+            if decays == [Recipe.lr_decay]
             else "multiplied by " + " / ".join(f"{d:g}" for d in decays)
         )
         return (
@@ -368,7 +370,7 @@ def _against_the_post_section(doc: Document, content: ReportContent) -> None:
     doc.table(POST_COLUMNS, content.summaries)
     doc.paragraph(
         'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
-        "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "
+        f"for `alexnet_slim` (compared here as 90%) and {POST_BEST_ACCURACY} for `{POST_BEST}`; "
         "for the others it gives curves but no number (–). Differences are ours minus the post's, "
         "in percentage points (pts) for accuracy."
     )
