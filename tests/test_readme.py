@@ -33,6 +33,105 @@ def test_every_block_says_what_it_is():
     assert kinds <= {"sh", "python", "text"}, kinds
 
 
+# ---------------------------------------------------------------------- the command summary
+
+#: Words of a synopsis that stand for a family of flags, and how to list that family.
+FAMILIES = {
+    "engine flags as in train": "engine",
+    "training flags": "train",
+    "the training flags of train": "train",
+}
+
+
+def _synopses() -> dict[str, list[str]]:
+    """Each command's synopses in the README's ``text`` blocks: one string per synopsis, its
+    continuation lines joined."""
+    out: dict[str, list[str]] = {}
+    for kind, code, _ in _blocks():
+        if kind != "text":
+            continue
+        command = None
+        for line in code.splitlines():
+            m = re.match(r"alexnet-cifar ([a-z-]+)(.*)", line)
+            if m:
+                command = m.group(1)
+                out.setdefault(command, []).append(m.group(2))
+            elif command and re.match(r"\s+[\[-]", line):
+                out[command][-1] += " " + line
+            else:
+                command = None
+    return {name: [" ".join(t.split()) for t in texts] for name, texts in out.items()}
+
+
+def _flag_families() -> dict[str, set[str]]:
+    import argparse
+
+    from alexnet_cifar.cli.flags import add_engine_flags, add_train_flags
+
+    families = {}
+    for name, add in (("engine", add_engine_flags), ("train", add_train_flags)):
+        p = argparse.ArgumentParser()
+        add(p)
+        families[name] = {s for a in p._actions for s in a.option_strings if s.startswith("--")}
+    families["train"].discard("--help")
+    families["engine"].discard("--help")
+    return families
+
+
+def _flags_written(text: str) -> set[str]:
+    """The flags a synopsis names; ``--[no-]compile`` names --compile and --no-compile."""
+    flags = set()
+    for no, rest in re.findall(r"--(\[no-\])?([a-z][a-z0-9-]*)", text):
+        flags.add("--" + rest)
+        if no:
+            flags.add("--no-" + rest)
+    return flags
+
+
+def test_the_command_summary_matches_the_parser():
+    """The README's synopses name every command, its positional arguments, every flag and
+    every choice argparse has for it, and no flag it lacks; a new flag needs a README line."""
+    import argparse
+
+    from alexnet_cifar.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    synopses, families = _synopses(), _flag_families()
+    assert set(synopses) == set(commands.choices)
+    problems: list[str] = []
+    for name, sub in commands.choices.items():
+        text = " ".join(synopses[name])
+        written, by_family = _flags_written(text), set()
+        for family, kind in FAMILIES.items():
+            if f"[{family}]" in text:
+                by_family |= families[kind] - written
+        written |= by_family
+        positionals = {a.metavar or a.dest.upper() for a in sub._actions if not a.option_strings}
+        for synopsis in synopses[name]:  # the words before the first flag name arguments
+            for word in re.findall(r"[A-Z][A-Z_]*", re.split(r"[\[-]", synopsis, maxsplit=1)[0]):
+                if word not in positionals:
+                    problems.append(f"{name}: {word} is not an argument of it")
+        known = set()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.option_strings:
+                metavar = action.metavar or action.dest.upper()
+                if not re.search(rf"\b{re.escape(metavar)}\b", text):
+                    problems.append(f"{name}: the argument {metavar}")
+                continue
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            known.update(longs)
+            if not set(longs) & written:
+                problems.append(f"{name}: {longs[0]} is missing")
+            for choice in () if set(longs) <= by_family else action.choices or ():
+                if not re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", text):
+                    problems.append(f"{name}: {longs[0]}'s choice {choice} is missing")
+        problems += [f"{name}: {flag} is not a flag of it" for flag in sorted(written - known)]
+    assert not problems, problems
+
+
 def test_the_opening_commands_are_real_make_targets():
     kind, code, _ = _blocks()[0]
     assert kind == "sh"
