@@ -195,3 +195,18 @@ def test_the_reliability_notes_cite_tests_that_exist():
                 assert token[1] in defined[current], f"{current}::{token[1]} does not exist"
                 cited += 1
     assert cited >= 40
+
+
+def test_the_docs_name_every_module():
+    """docs/architecture.md places every module of the package in its layers, and the report
+    package's docstring names each of its modules."""
+    import alexnet_cifar.report as report
+
+    package = REPO / "src" / "alexnet_cifar"
+    layout = (REPO / "docs" / "architecture.md").read_text().split("## Errors")[0]
+    top = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
+    missing = [m for m in sorted(top) if not re.search(rf"(?<![\w/]){m}\b", layout)]
+    assert not missing, f"docs/architecture.md does not place {missing}"
+    parts = {p.stem for p in (package / "report").glob("*.py")} - {"__init__"}
+    missing = [m for m in sorted(parts) if f"``{m}``" not in report.__doc__]
+    assert not missing, f"report/__init__'s docstring does not name {missing}"

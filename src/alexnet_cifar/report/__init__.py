@@ -15,7 +15,10 @@ on); a run overfits when its test loss ends more than ``OVERFIT_RISE`` above its
 
 The modules, each one job: ``runs`` reads run folders, ``numbers`` holds each run's numbers and
 the post's figures, ``figures`` draws, ``document`` renders Markdown and HTML, and ``compose``
-puts the report together and writes it.
+puts the report together and writes it. With several seeds per variant, ``aggregate`` groups
+the runs and tests the post's claims with the statistics of ``stats``, ``seed_sections`` writes
+their sections (and the one on model selection by a validation split) and ``seed_figures``
+draws their curves.
 """
 
 from ..errors import ReportError
