@@ -142,6 +142,90 @@ def test_the_opening_commands_are_real_make_targets():
     assert "pytest" in p.stdout and "alexnet-cifar train" in p.stdout
 
 
+def _json_of(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _result(run: Path, epochs: int = 1, **config) -> dict:
+    """A finished run's result.json, after checking its config.json holds ``config``."""
+    recorded = _json_of(run / "config.json")
+    for key, value in config.items():
+        assert recorded[key] == value, (run, key, recorded[key])
+    result = _json_of(run / "result.json")
+    assert result["epochs"] == epochs and (run / "model.pt").is_file()
+    return result
+
+
+def _check_ddp(folder: Path, out: str) -> None:
+    result = _result(folder / "runs" / "ddp", limit_train=256, limit_test=100)
+    assert result["world_size"] == 2
+    assert f"test accuracy {result['test_accuracy']:.4f}" in out and "run folder runs/ddp" in out
+
+
+def _check_study(folder: Path, out: str) -> None:
+    for model in ("alexnet", "alexnet_thinner_4"):
+        _result(folder / "study-demo" / "runs" / model, limit_train=500, limit_test=200)
+    assert (folder / "study-demo" / "report.md").is_file()
+    assert "report: study-demo/report.md and study-demo/report.html" in out
+
+
+def _check_seeds(folder: Path, out: str) -> None:
+    for model in ("alexnet", "alexnet_thinner_4"):
+        for seed in range(3):
+            run = folder / "study-seeds" / model / f"seed-{seed}"
+            _result(run, seed=seed, val_split=500, limit_test=200)
+    assert "across seeds" in out
+    assert "Across seeds" in (folder / "study-seeds" / "report.md").read_text()
+
+
+def _check_ray(folder: Path, out: str) -> None:
+    for seed in range(2):
+        _result(folder / "study-ray" / "alexnet_thinner_4" / f"seed-{seed}", seed=seed)
+    assert "report: study-ray/report.md" in out
+
+
+def _check_tour(folder: Path, out: str) -> None:
+    result = _result(folder / "runs" / "tour", limit_train=500, limit_test=200)
+    assert f"test accuracy {result['test_accuracy']:.4f}" in out
+    assert (folder / "tour.onnx").stat().st_size > 1_000_000  # the weights are in it
+
+
+def _check_onnx(folder: Path, out: str) -> None:
+    classes = re.fullmatch(r"\[([\d\s]+)\]", out.strip())
+    assert classes and len(classes.group(1).split()) == 8, out  # 8 class indices
+    assert all(0 <= int(c) <= 9 for c in classes.group(1).split())
+
+
+def _check_keras(folder: Path, out: str) -> None:
+    assert (folder / "tour.h5").is_file()
+    assert "as alexnet_thinner_4" in out and "into runs/keras-tour" in out
+    imported = folder / "runs" / "keras-tour"
+    assert (imported / "model.pt").is_file()
+    assert "alexnet_thinner_4 on 500 test images: loss" in out
+    assert "flip-averaged (--tta): loss" in out and "per-class accuracy" in out
+
+
+#: What each block of the tour must print or write, by a phrase of the block.
+TOUR = {
+    "torchrun --nproc-per-node 2": _check_ddp,
+    "--out study-demo": _check_study,
+    "--out study-seeds": _check_seeds,
+    "--out study-ray": _check_ray,
+    "--out runs/tour --quiet": _check_tour,
+    'ort.InferenceSession("tour.onnx")': _check_onnx,
+    "import-keras tour.h5": _check_keras,
+}
+
+
+def test_every_tour_block_has_its_check():
+    blocks = [code for kind, code, _ in _blocks()[1:] if kind in ("sh", "python")]
+    for code in blocks:
+        assert [k for k in TOUR if k in code].__len__() == 1, code
+    assert len(blocks) == len(TOUR)
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_the_tour_runs_as_written(cifar10_dir, tmp_path):
@@ -164,8 +248,10 @@ def test_the_tour_runs_as_written(cifar10_dir, tmp_path):
         stdout, stderr = out.read_text(), err.read_text()
         assert p.returncode == 0, f"README.md line {line}:\n{code}\n{stdout[-2000:]}\n{stderr}"
         assert "Traceback" not in stderr, f"README.md line {line}: {stderr}"
+        (check,) = [c for phrase, c in TOUR.items() if phrase in code]
+        check(tmp_path, stdout)  # what the block printed and wrote, not only its exit code
         ran += 1
-    assert ran >= 5
+    assert ran == len(TOUR)
 
 
 def test_the_reliability_notes_cite_tests_that_exist():
