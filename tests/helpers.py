@@ -153,7 +153,8 @@ def confident_model(name: str | AlexNetConfig, seed: int = 0) -> AlexNet:
     with torch.no_grad():
         for layer in model.convs() + model.denses():
             layer.bias.normal_(0.0, 0.05)
-        x = torch.randn(16, 3, 32, 32)
+        side = model.config.image_size
+        x = torch.randn(16, 3, side, side)
         h = model.layers[:-1](x).double()
         fc3 = model.layers.fc3
         logits = h @ fc3.weight.double().T

@@ -163,3 +163,15 @@ def test_bad_shapes_are_refused():
         translate(torch.zeros(2, 3, 4), torch.zeros(2), torch.zeros(2))
     with pytest.raises(ValueError):
         translate(torch.zeros(2, 3, 4, 4), torch.zeros(3), torch.zeros(2))
+
+
+def test_the_draws_default_to_the_seed_recipe():
+    # The shift and flip defaults are the seed recipe's fields, not numbers of augment's own.
+    import inspect
+
+    from alexnet_cifar.recipe import Recipe
+
+    assert not hasattr(augment, "SEED_MAX_SHIFT") and not hasattr(augment, "SEED_FLIP_P")
+    defaults = inspect.signature(draw_seed_augmentation).parameters
+    assert defaults["max_shift"].default == Recipe().max_shift
+    assert defaults["flip_p"].default == Recipe().flip_p

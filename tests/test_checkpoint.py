@@ -148,3 +148,25 @@ def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
     holder.kill()
     holder.wait()
     RunLock(tmp_path).acquire().release()
+
+
+def test_checkpoints_and_model_files_are_sealed_by_one_function(tmp_path, monkeypatch):
+    # One function writes the digest read_state checks, for both kinds of file (a second copy
+    # of it inside save_checkpoint could drift).
+    import alexnet_cifar.checkpoint as ckpt
+
+    sealed = []
+    real = ckpt._seal
+
+    def spy(body):
+        sealed.append(body["format"])
+        return real(body)
+
+    monkeypatch.setattr(ckpt, "_seal", spy)
+    model = build_model("alexnet_thinner_4")
+    ckpt.save_checkpoint(tmp_path, {"epoch": 1, "model": model.state_dict()})
+    ckpt.save_model_file(tmp_path / "model.pt", model.config.to_dict(), model.state_dict(), {})
+    assert sealed == [ckpt.CHECKPOINT_FORMAT, ckpt.MODEL_FORMAT]
+    # read_state checks the digest each was sealed with
+    assert read_state(tmp_path / "checkpoint.pt")["format"] == ckpt.CHECKPOINT_FORMAT
+    assert read_state(tmp_path / "model.pt")["format"] == ckpt.MODEL_FORMAT

@@ -288,3 +288,55 @@ def test_absurd_limits_never_trace_back(tmp_path_factory, limit, which):
     )
     _clean_failure(code, err)
     assert f"--limit-{which} must lie between 1 and" in err
+
+
+@pytest.mark.parametrize(
+    "argv, python_words, flag_words",
+    [
+        (
+            ["train", "alexnet", "--force"],
+            "force only changes the epochs of a run being resumed: add resume",
+            "--force only changes the epochs of a run being resumed: add --resume",
+        ),
+        (
+            ["study", "--address", "auto"],
+            "address is for executor='ray'",
+            "--address is for --executor ray",
+        ),
+        (
+            ["study", "--gpus-per-run", "0.5"],
+            "gpus_per_run is for executor='ray'",
+            "--gpus-per-run is for --executor ray",
+        ),
+    ],
+)
+def test_command_errors_name_parameters_not_typed_flags(argv, python_words, flag_words, tmp_path):
+    # The commands raise errors that name parameters (errors.param); the command line renders
+    # them as its flags, so no message carries a hand-typed flag.
+    from alexnet_cifar.cli import build_parser
+    from alexnet_cifar.cli.flags import flag_name
+    from alexnet_cifar.errors import SettingError
+
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path / "out")])
+    with pytest.raises(SettingError) as e:
+        args.func(args)
+    assert str(e.value).startswith(python_words)
+    assert e.value.render(flag_name).startswith(flag_words)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_help_does_not_promise_the_seed_recipe_whatever_recipe_is_chosen(command, capsys):
+    # Under --recipe fast neither command trains with the seed recipe: the help says that the
+    # recipe is --recipe's choice, the seed's only by default.
+    from alexnet_cifar.recipe import get_recipe
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with the seed recipe" not in text
+    assert "with the recipe --recipe names" in text
+    fast = get_recipe("fast")
+    assert f"seed 300, fast {fast.epochs}" in text and f"fast {fast.batch_size}" in text
+    if command == "train":  # the seed's numbers, as the recipe has them
+        assert "SGD 0.01, Nesterov 0.9, drops x0.1" in text and "batch 64" in text

@@ -19,6 +19,8 @@ from alexnet_cifar.data import (
     DataNotFoundError,
     balanced_subset,
 )
+from alexnet_cifar.cli.flags import flag_name
+from alexnet_cifar.errors import SettingError
 
 from .helpers import write_binary_folder
 
@@ -365,8 +367,12 @@ def test_balanced_subset_is_balanced_and_fixed_by_seed():
     assert counts.max() - counts.min() <= 1 and counts.sum() == 1005
     assert np.array_equal(a, balanced_subset(labels, 1005, seed=3))
     assert not np.array_equal(a, balanced_subset(labels, 1005, seed=4))
-    with pytest.raises(ValueError):
-        balanced_subset(labels, 0, seed=0)
+    with pytest.raises(SettingError) as e:
+        balanced_subset(labels, 0, seed=0, name="limit_train")
+    assert e.value.render(flag_name).startswith("--limit-train must lie between 1 and 5000")
+    with pytest.raises(SettingError) as e:  # a class too small for its share
+        balanced_subset(np.repeat(np.arange(10), [5] + [500] * 9), 1000, seed=0, name="val_split")
+    assert "balanced subset of --val-split 1000" in e.value.render(flag_name)
 
 
 # ---------------------------------------------------------------------- the validation split

@@ -54,9 +54,21 @@ def test_tta_is_the_mean_of_image_and_mirror_softmax(tiny_model):
     assert tta_s.cross_entropy == pytest.approx(plain_s.cross_entropy, rel=1e-5)
 
 
-def test_evaluate_tta_command(tiny_run, tmp_path, capsys):
+def test_evaluate_tta_command(tiny_run, tiny_model, tmp_path, capsys):
     data = tmp_path / "data"
-    write_binary_folder(data, n_per_file=12)
+    labels, pixels = write_binary_folder(data, n_per_file=12)["test_batch.bin"]
+    # The test images as the model sees them (NHWC), and their prediction computed here: the
+    # mean of the softmax of each image and of its mirror image.
+    x = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    plain_p = probs_of(tiny_model, x)
+    tta_p = (plain_p + probs_of(tiny_model, x[:, :, ::-1])) / 2
+
+    def expected(p):
+        picked = np.clip(p[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)  # Keras' clip
+        confusion = np.zeros((10, 10), dtype=int)
+        np.add.at(confusion, (labels, p.argmax(1)), 1)
+        return float(np.mean(-np.log(picked))), float(np.mean(p.argmax(1) == labels)), confusion
+
     args = ["evaluate", str(tiny_run), "--data-dir", str(data), "--no-verify", "--device", "cpu"]
     assert main([*args, "--json"]) == 0
     plain_only = json.loads(capsys.readouterr().out)
@@ -65,9 +77,18 @@ def test_evaluate_tta_command(tiny_run, tmp_path, capsys):
     both = json.loads(capsys.readouterr().out)
     for key in ("loss", "accuracy", "per_class_accuracy", "confusion_matrix", "n", "classes"):
         assert both[key] == plain_only[key], key  # the plain report is unchanged
-        assert key in both["tta"]
-    assert both["tta_accuracy"] == both["tta"]["accuracy"]
-    assert both["tta"]["n"] == 12 and both["tta"]["loss"] != both["loss"]
+    for report, p in ((both, plain_p), (both["tta"], tta_p)):
+        loss, accuracy, confusion = expected(p)  # the model has no L2 term
+        assert report["n"] == 12
+        assert report["loss"] == pytest.approx(loss, rel=1e-5)
+        assert report["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+        assert np.array_equal(report["confusion_matrix"], confusion)
+    assert both["tta_loss"] == pytest.approx(expected(tta_p)[0], rel=1e-5)
+    assert both["tta_accuracy"] == pytest.approx(expected(tta_p)[1], abs=1e-12)
     assert main([*args, "--tta"]) == 0
     text = capsys.readouterr().out
-    assert "flip-averaged" in text and f"{both['tta']['accuracy']:.4f}" in text
+    tta_accuracy, plain_accuracy = expected(tta_p)[1], expected(plain_p)[1]
+    assert (
+        f"flip-averaged (--tta): loss {expected(tta_p)[0]:.4f}  accuracy {tta_accuracy:.4f}  "
+        f"({tta_accuracy - plain_accuracy:+.4f} against the plain prediction)"
+    ) in text

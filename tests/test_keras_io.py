@@ -390,3 +390,11 @@ def test_export_keras_round_trip(tmp_path, capsys):
             assert torch.equal(state[k], v), (suffix, k)
     assert main(["export-keras", str(run), "--out", str(tmp_path / "w.txt")]) == 2
     assert ".h5" in capsys.readouterr().err
+
+
+def test_read_keras_weights_takes_only_the_file():
+    # Its size limit was never used: keras_io checks every shape against the preset before it
+    # reads an array (open_keras_weights), so the parameter went.
+    import inspect
+
+    assert list(inspect.signature(read_keras_weights).parameters) == ["path"]

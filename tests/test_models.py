@@ -8,9 +8,11 @@ from scipy import stats
 
 from alexnet_cifar import build_model
 from alexnet_cifar.cli import main
+from alexnet_cifar.cli.flags import flag_name
+from alexnet_cifar.errors import SettingError
 from alexnet_cifar.models import (
     PRESETS,
-    PUBLISHED_PARAMS,
+    AlexNetConfig,
     Conv2dSame,
     MaxPool2dSame,
     UnknownModelError,
@@ -31,7 +33,55 @@ PUBLISHED = {
 def test_published_parameter_counts(name):
     model = build_model(name)
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
-    assert layer_table(name).params == PUBLISHED[name] == PUBLISHED_PARAMS[name]
+    assert layer_table(name).params == PUBLISHED[name] == PRESETS[name].published_params
+
+
+def test_a_preset_without_a_published_count(monkeypatch, capsys):
+    # A preset the post does not show: `models` lists it with no published count (it raised
+    # KeyError when the counts lived in a table of their own).
+    tiny = AlexNetConfig("tiny_test", widths=(8, 8, 8, 8, 8), dense=(16, 16))
+    assert tiny.published_params is None
+    monkeypatch.setitem(PRESETS, "tiny_test", tiny)
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["tiny_test"]["published_params"] is None
+    assert rows["tiny_test"]["params"] == layer_table("tiny_test").params
+    assert rows["alexnet"]["published_params"] == PUBLISHED["alexnet"]
+    assert main(["models"]) == 0
+    assert "tiny_test" in capsys.readouterr().out
+
+
+def test_published_count_is_not_part_of_the_shape():
+    # config.json and model files record the shape; the post's count is the preset's own.
+    cfg = PRESETS["alexnet"]
+    assert "published_params" not in cfg.to_dict()
+    assert AlexNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_no_unused_module_constants():
+    import alexnet_cifar.models as models
+
+    assert not hasattr(models, "_FULL")  # an unused copy of the default widths
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        ({"stem": "vgg"}, "stem"),
+        ({"conv_init": "zeros"}, "conv_init"),
+        ({"widths": (1, 2, 3)}, "widths"),
+        ({"dense": (4,)}, "dense"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"l2": -1.0}, "l2"),
+    ],
+)
+def test_config_errors_name_the_parameter(changes, name):
+    with pytest.raises(SettingError) as e:
+        AlexNetConfig(**changes)
+    # the command line renders the parameter with its own flag names
+    assert e.value.render(flag_name).startswith("--" + name.replace("_", "-"))
+    assert str(e.value).startswith(name)
 
 
 def test_models_cli_json(capsys):

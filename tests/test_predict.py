@@ -140,3 +140,29 @@ def test_top_k_and_class_names(tiny_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(run), str(tmp_path / "x.png"), "--top-k", "0"])
     assert main(["predict", str(tmp_path / "norun"), str(tmp_path / "x.png")]) == 2
+
+
+def test_images_are_resized_to_the_models_input_side(tmp_path, capsys):
+    # The side comes from the model (config.image_size), not from a constant of its own: a
+    # model built for 48x48 inputs gets 48x48 pictures, and a 48x48 file is not resized.
+    from dataclasses import replace
+
+    from .helpers import TINY, confident_model
+
+    model = confident_model(replace(TINY, image_size=48), seed=3)
+    run = make_run(tmp_path / "run48", model)
+    pixels = np.random.default_rng(4).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "same.png")
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "small.png")
+    assert load_image(tmp_path / "same.png", 48).pixels.shape == (48, 48, 3)
+    assert not load_image(tmp_path / "same.png", 48).resized
+    assert load_image(tmp_path / "same.png").pixels.shape == (32, 32, 3)  # the presets' side
+    rc, out, err = predict_json(run, tmp_path / "same.png", tmp_path / "small.png", capsys=capsys)
+    assert rc == 0, err
+    same, small = out
+    assert same["resized"] is False and small["resized"] is True
+    assert "small.png resized from 32x32 to 48x48" in err
+    got = {t["index"]: t["probability"] for t in same["top_k"]}
+    want = probs_of(model, pixels[None])[0]
+    for i, p in got.items():
+        assert p == pytest.approx(want[i], abs=1e-5)

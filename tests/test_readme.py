@@ -33,6 +33,105 @@ def test_every_block_says_what_it_is():
     assert kinds <= {"sh", "python", "text"}, kinds
 
 
+# ---------------------------------------------------------------------- the command summary
+
+#: Words of a synopsis that stand for a family of flags, and how to list that family.
+FAMILIES = {
+    "engine flags as in train": "engine",
+    "training flags": "train",
+    "the training flags of train": "train",
+}
+
+
+def _synopses() -> dict[str, list[str]]:
+    """Each command's synopses in the README's ``text`` blocks: one string per synopsis, its
+    continuation lines joined."""
+    out: dict[str, list[str]] = {}
+    for kind, code, _ in _blocks():
+        if kind != "text":
+            continue
+        command = None
+        for line in code.splitlines():
+            m = re.match(r"alexnet-cifar ([a-z-]+)(.*)", line)
+            if m:
+                command = m.group(1)
+                out.setdefault(command, []).append(m.group(2))
+            elif command and re.match(r"\s+[\[-]", line):
+                out[command][-1] += " " + line
+            else:
+                command = None
+    return {name: [" ".join(t.split()) for t in texts] for name, texts in out.items()}
+
+
+def _flag_families() -> dict[str, set[str]]:
+    import argparse
+
+    from alexnet_cifar.cli.flags import add_engine_flags, add_train_flags
+
+    families = {}
+    for name, add in (("engine", add_engine_flags), ("train", add_train_flags)):
+        p = argparse.ArgumentParser()
+        add(p)
+        families[name] = {s for a in p._actions for s in a.option_strings if s.startswith("--")}
+    families["train"].discard("--help")
+    families["engine"].discard("--help")
+    return families
+
+
+def _flags_written(text: str) -> set[str]:
+    """The flags a synopsis names; ``--[no-]compile`` names --compile and --no-compile."""
+    flags = set()
+    for no, rest in re.findall(r"--(\[no-\])?([a-z][a-z0-9-]*)", text):
+        flags.add("--" + rest)
+        if no:
+            flags.add("--no-" + rest)
+    return flags
+
+
+def test_the_command_summary_matches_the_parser():
+    """The README's synopses name every command, its positional arguments, every flag and
+    every choice argparse has for it, and no flag it lacks; a new flag needs a README line."""
+    import argparse
+
+    from alexnet_cifar.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    synopses, families = _synopses(), _flag_families()
+    assert set(synopses) == set(commands.choices)
+    problems: list[str] = []
+    for name, sub in commands.choices.items():
+        text = " ".join(synopses[name])
+        written, by_family = _flags_written(text), set()
+        for family, kind in FAMILIES.items():
+            if f"[{family}]" in text:
+                by_family |= families[kind] - written
+        written |= by_family
+        positionals = {a.metavar or a.dest.upper() for a in sub._actions if not a.option_strings}
+        for synopsis in synopses[name]:  # the words before the first flag name arguments
+            for word in re.findall(r"[A-Z][A-Z_]*", re.split(r"[\[-]", synopsis, maxsplit=1)[0]):
+                if word not in positionals:
+                    problems.append(f"{name}: {word} is not an argument of it")
+        known = set()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.option_strings:
+                metavar = action.metavar or action.dest.upper()
+                if not re.search(rf"\b{re.escape(metavar)}\b", text):
+                    problems.append(f"{name}: the argument {metavar}")
+                continue
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            known.update(longs)
+            if not set(longs) & written:
+                problems.append(f"{name}: {longs[0]} is missing")
+            for choice in () if set(longs) <= by_family else action.choices or ():
+                if not re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", text):
+                    problems.append(f"{name}: {longs[0]}'s choice {choice} is missing")
+        problems += [f"{name}: {flag} is not a flag of it" for flag in sorted(written - known)]
+    assert not problems, problems
+
+
 def test_the_opening_commands_are_real_make_targets():
     kind, code, _ = _blocks()[0]
     assert kind == "sh"
@@ -41,6 +140,90 @@ def test_the_opening_commands_are_real_make_targets():
     p = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "pytest" in p.stdout and "alexnet-cifar train" in p.stdout
+
+
+def _json_of(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _result(run: Path, epochs: int = 1, **config) -> dict:
+    """A finished run's result.json, after checking its config.json holds ``config``."""
+    recorded = _json_of(run / "config.json")
+    for key, value in config.items():
+        assert recorded[key] == value, (run, key, recorded[key])
+    result = _json_of(run / "result.json")
+    assert result["epochs"] == epochs and (run / "model.pt").is_file()
+    return result
+
+
+def _check_ddp(folder: Path, out: str) -> None:
+    result = _result(folder / "runs" / "ddp", limit_train=256, limit_test=100)
+    assert result["world_size"] == 2
+    assert f"test accuracy {result['test_accuracy']:.4f}" in out and "run folder runs/ddp" in out
+
+
+def _check_study(folder: Path, out: str) -> None:
+    for model in ("alexnet", "alexnet_thinner_4"):
+        _result(folder / "study-demo" / "runs" / model, limit_train=500, limit_test=200)
+    assert (folder / "study-demo" / "report.md").is_file()
+    assert "report: study-demo/report.md and study-demo/report.html" in out
+
+
+def _check_seeds(folder: Path, out: str) -> None:
+    for model in ("alexnet", "alexnet_thinner_4"):
+        for seed in range(3):
+            run = folder / "study-seeds" / model / f"seed-{seed}"
+            _result(run, seed=seed, val_split=500, limit_test=200)
+    assert "across seeds" in out
+    assert "Across seeds" in (folder / "study-seeds" / "report.md").read_text()
+
+
+def _check_ray(folder: Path, out: str) -> None:
+    for seed in range(2):
+        _result(folder / "study-ray" / "alexnet_thinner_4" / f"seed-{seed}", seed=seed)
+    assert "report: study-ray/report.md" in out
+
+
+def _check_tour(folder: Path, out: str) -> None:
+    result = _result(folder / "runs" / "tour", limit_train=500, limit_test=200)
+    assert f"test accuracy {result['test_accuracy']:.4f}" in out
+    assert (folder / "tour.onnx").stat().st_size > 1_000_000  # the weights are in it
+
+
+def _check_onnx(folder: Path, out: str) -> None:
+    classes = re.fullmatch(r"\[([\d\s]+)\]", out.strip())
+    assert classes and len(classes.group(1).split()) == 8, out  # 8 class indices
+    assert all(0 <= int(c) <= 9 for c in classes.group(1).split())
+
+
+def _check_keras(folder: Path, out: str) -> None:
+    assert (folder / "tour.h5").is_file()
+    assert "as alexnet_thinner_4" in out and "into runs/keras-tour" in out
+    imported = folder / "runs" / "keras-tour"
+    assert (imported / "model.pt").is_file()
+    assert "alexnet_thinner_4 on 500 test images: loss" in out
+    assert "flip-averaged (--tta): loss" in out and "per-class accuracy" in out
+
+
+#: What each block of the tour must print or write, by a phrase of the block.
+TOUR = {
+    "torchrun --nproc-per-node 2": _check_ddp,
+    "--out study-demo": _check_study,
+    "--out study-seeds": _check_seeds,
+    "--out study-ray": _check_ray,
+    "--out runs/tour --quiet": _check_tour,
+    'ort.InferenceSession("tour.onnx")': _check_onnx,
+    "import-keras tour.h5": _check_keras,
+}
+
+
+def test_every_tour_block_has_its_check():
+    blocks = [code for kind, code, _ in _blocks()[1:] if kind in ("sh", "python")]
+    for code in blocks:
+        assert [k for k in TOUR if k in code].__len__() == 1, code
+    assert len(blocks) == len(TOUR)
 
 
 @pytest.mark.slow
@@ -65,8 +248,10 @@ def test_the_tour_runs_as_written(cifar10_dir, tmp_path):
         stdout, stderr = out.read_text(), err.read_text()
         assert p.returncode == 0, f"README.md line {line}:\n{code}\n{stdout[-2000:]}\n{stderr}"
         assert "Traceback" not in stderr, f"README.md line {line}: {stderr}"
+        (check,) = [c for phrase, c in TOUR.items() if phrase in code]
+        check(tmp_path, stdout)  # what the block printed and wrote, not only its exit code
         ran += 1
-    assert ran >= 5
+    assert ran == len(TOUR)
 
 
 def test_the_reliability_notes_cite_tests_that_exist():
@@ -96,3 +281,18 @@ def test_the_reliability_notes_cite_tests_that_exist():
                 assert token[1] in defined[current], f"{current}::{token[1]} does not exist"
                 cited += 1
     assert cited >= 40
+
+
+def test_the_docs_name_every_module():
+    """docs/architecture.md places every module of the package in its layers, and the report
+    package's docstring names each of its modules."""
+    import alexnet_cifar.report as report
+
+    package = REPO / "src" / "alexnet_cifar"
+    layout = (REPO / "docs" / "architecture.md").read_text().split("## Errors")[0]
+    top = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
+    missing = [m for m in sorted(top) if not re.search(rf"(?<![\w/]){m}\b", layout)]
+    assert not missing, f"docs/architecture.md does not place {missing}"
+    parts = {p.stem for p in (package / "report").glob("*.py")} - {"__init__"}
+    missing = [m for m in sorted(parts) if f"``{m}``" not in report.__doc__]
+    assert not missing, f"report/__init__'s docstring does not name {missing}"

@@ -1,11 +1,15 @@
 """recipe: the fast recipe's named fields and its schedule; it learns and resumes exactly."""
 
+import ast
+import inspect
 import json
 
 import pytest
 
 from alexnet_cifar.cli import main
-from alexnet_cifar.recipe import Recipe, get_recipe
+from alexnet_cifar.cli.flags import flag_name
+from alexnet_cifar.errors import SettingError
+from alexnet_cifar.recipe import Recipe, fast_recipe, get_recipe
 from alexnet_cifar.train import TrainingInterrupted, train
 
 from .helpers import interrupt_at, metric_rows, train_options
@@ -23,6 +27,49 @@ def test_fast_recipe_is_named_fields_with_linear_lr_scaling():
         get_recipe("slow")
     with pytest.raises(ValueError, match="loss_clip_eps=0"):
         Recipe(label_smoothing=0.1)
+
+
+def test_fast_recipe_rate_is_the_seed_rate_scaled():
+    # The fast recipe's rate is the seed's per-image rate times its batch: one fact, no
+    # separate default that the scaling always overwrites.
+    seed = Recipe()
+    for batch in (64, 256, 512, 1000):
+        assert get_recipe("fast", batch_size=batch).lr == pytest.approx(
+            seed.lr * batch / seed.batch_size
+        )
+    # ... and the code writes neither a rate nor the seed's batch of its own
+    tree = ast.parse(inspect.getsource(fast_recipe))
+    numbers = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+    assert not numbers & {0.08, 0.01, 64}, numbers
+
+
+@pytest.mark.parametrize(
+    "changes, flag",
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr": -1.0}, "--lr"),
+        ({"momentum": 1.0}, "--momentum"),
+        ({"ema_decay": 1.0}, "--ema-decay"),
+        ({"label_smoothing": 1.5}, "--label-smoothing"),
+        ({"lr_schedule": "cosine"}, "--lr-schedule"),
+        ({"momentum_form": "adam"}, "--momentum-form"),
+    ],
+)
+def test_recipe_errors_name_the_parameter(changes, flag):
+    with pytest.raises(SettingError) as e:
+        Recipe(**changes)
+    assert e.value.render(flag_name).startswith(flag)
+    with pytest.raises(SettingError) as e:
+        get_recipe("seed", **changes)
+    assert e.value.render(flag_name).startswith(flag)
+
+
+def test_unknown_recipe_names_the_parameter():
+    with pytest.raises(SettingError) as e:
+        get_recipe("slow")
+    assert "--recipe 'slow'" in e.value.render(flag_name)
+    assert "recipe 'slow'" in str(e.value)
 
 
 def test_warmup_linear_schedule():
@@ -94,13 +141,20 @@ def test_fast_recipe_learns_on_a_subset(cifar10_dir, tmp_path, capsys):
     assert result["recipe"] == "fast"
     assert result["test_accuracy"] > 0.18, result
     config = json.loads((out / "config.json").read_text())
-    for field in (
-        "lr_schedule",
-        "lr_warmup_epochs",
-        "label_smoothing",
-        "ema_decay",
-        "tta_flip",
-        "momentum_form",
-    ):
-        assert field in config["recipe"]
-    assert config["recipe"]["lr"] == pytest.approx(0.01)
+    # The recorded recipe is the fast one with the flags given, field by field: the values,
+    # not just the names (every recipe has every field).
+    recorded = config["recipe"]
+    assert recorded == get_recipe("fast", epochs=3, batch_size=64).to_dict()
+    fast_fields = {
+        "lr_schedule": "warmup_linear",
+        "lr_warmup_epochs": 2.0,
+        "label_smoothing": 0.1,
+        "ema_decay": 0.999,
+        "tta_flip": True,
+        "momentum_form": "torch",
+        "loss_clip_eps": 0.0,
+    }
+    seed = Recipe().to_dict()
+    for field, value in fast_fields.items():
+        assert recorded[field] == value != seed[field], field
+    assert recorded["lr"] == pytest.approx(0.01)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from alexnet_cifar.cli import main
-from alexnet_cifar.models import PRESETS, PUBLISHED_PARAMS, layer_table
+from alexnet_cifar.models import PRESETS, layer_table
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.report import OVERFIT_RISE, build_report
 
@@ -225,7 +225,7 @@ def test_table_numbers_equal_the_metrics(mixed):
             "lowest_test_loss_epoch": il + 1,
             "total_seconds": sum(m["seconds"]),
             "epochs": len(m["epoch"]),
-            "params": PUBLISHED_PARAMS[model],
+            "params": PRESETS[model].published_params,
             "macs": layer_table(model).macs,
         }
         for k, v in expect.items():
@@ -239,7 +239,7 @@ def test_table_numbers_equal_the_metrics(mixed):
         assert row["gap"] == f"{100 * expect['generalisation_gap']:+.2f} pts"
         assert row["lowest test loss: epoch"] == str(il + 1)
         assert row["s / epoch"] == f"{np.mean(m['seconds']):.1f}"
-        assert row["params"] == f"{PUBLISHED_PARAMS[model]:,}"
+        assert row["params"] == f"{PRESETS[model].published_params:,}"
         assert row["MACs / image"] == f"{layer_table(model).macs / 1e9:.3f} G"
         if (folder / "model.pt").exists():
             size = (folder / "model.pt").stat().st_size
@@ -269,9 +269,9 @@ def test_published_figures_and_differences(mixed):
         assert s[name]["published_test_accuracy"] is None
         assert post[name]["test accuracy: post"] == "–"
     for name, r in s.items():
-        assert r["published_params"] == PUBLISHED_PARAMS[name]
+        assert r["published_params"] == PRESETS[name].published_params
         assert r["params_difference"] == 0
-        assert post[name]["params: post"] == f"{PUBLISHED_PARAMS[name]:,}"
+        assert post[name]["params: post"] == f"{PRESETS[name].published_params:,}"
 
 
 def test_verdict_and_overfitting(mixed):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .recipe import Recipe
+
 __all__ = [
     "SEED_MEAN",
     "SEED_STD",
@@ -28,8 +30,6 @@ __all__ = [
 # The seed's per-channel statistics on the 0..255 scale (the training set's own).
 SEED_MEAN = (125.307, 122.95, 113.865)
 SEED_STD = (62.9932, 62.0887, 66.7048)
-SEED_MAX_SHIFT = 4.0  # 0.125 x 32 pixels
-SEED_FLIP_P = 0.5
 
 
 def normalize(
@@ -148,10 +148,11 @@ def draw_seed_augmentation(
     n: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    max_shift: float = SEED_MAX_SHIFT,
-    flip_p: float = SEED_FLIP_P,
+    max_shift: float = Recipe.max_shift,
+    flip_p: float = Recipe.flip_p,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The seed's random draws for ``n`` images: dy, dx ~ U(-max_shift, max_shift), flip ~ B(p).
+    The defaults are the seed recipe's (``Recipe.max_shift``, ``Recipe.flip_p``).
 
     Drawn on the generator's device (CPU by default) and moved to ``device``: the same seed
     gives the same draws whatever device trains.

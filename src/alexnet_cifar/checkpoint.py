@@ -20,26 +20,12 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, RunLockedError, param
-from .files import (  # file names and atomic writes: named here too, where code imported them
-    CHECKPOINT,
-    LOCK_FILE,
-    MODEL_FILE,
-    PREV_CHECKPOINT,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-)
+from . import files
+from .errors import CheckpointError, RunLockedError, moved_names, param
+from .files import CHECKPOINT, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
 from .models import AlexNet, AlexNetConfig, meta_model
 
 __all__ = [
-    "CHECKPOINT",
-    "MODEL_FILE",
-    "PREV_CHECKPOINT",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
     "BackgroundWriter",
     "RunLock",
     "load_checkpoint",
@@ -49,6 +35,12 @@ __all__ = [
     "save_checkpoint",
     "save_model_file",
 ]
+
+# The atomic writes live in files; importing them from here still works, with a
+# DeprecationWarning.
+__getattr__ = moved_names(
+    __name__, dict.fromkeys(("atomic_write_bytes", "atomic_write_json", "atomic_write_text"), files)
+)
 
 CHECKPOINT_FORMAT = "alexnet-cifar-checkpoint"
 MODEL_FORMAT = "alexnet-cifar-model"
@@ -131,8 +123,13 @@ def content_digest(obj: Any) -> str:
     return f"crc32:{crc:08x}"
 
 
-def _sealed(kind: str, state: dict) -> dict:
-    body = to_cpu({"format": kind, "version": FORMAT_VERSION, **state})
+def _unsealed(kind: str, state: dict) -> dict:
+    """What a checkpoint or model file holds, as a CPU snapshot, before its digest."""
+    return to_cpu({"format": kind, "version": FORMAT_VERSION, **state})
+
+
+def _seal(body: dict) -> dict:
+    """``body`` with the digest that :func:`read_state` checks."""
     body["digest"] = content_digest(body)
     return body
 
@@ -145,10 +142,10 @@ def save_checkpoint(run_dir: Path, state: dict, writer: BackgroundWriter | None 
     """
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
-    body = to_cpu({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, **state})
+    body = _unsealed(CHECKPOINT_FORMAT, state)
 
     def write() -> None:
-        body["digest"] = content_digest(body)
+        _seal(body)
         atomic_write(
             path,
             lambda f: torch.save(body, f),
@@ -166,7 +163,8 @@ def save_checkpoint(run_dir: Path, state: dict, writer: BackgroundWriter | None 
 
 def save_model_file(path: Path, model_config: dict, state_dict: dict, meta: dict) -> None:
     """The final weights, with what it takes to rebuild the model."""
-    obj = _sealed(MODEL_FORMAT, {"model_config": model_config, "model": state_dict, "meta": meta})
+    state = {"model_config": model_config, "model": state_dict, "meta": meta}
+    obj = _seal(_unsealed(MODEL_FORMAT, state))
     atomic_write(Path(path), lambda f: torch.save(obj, f), what="the model file")
 
 

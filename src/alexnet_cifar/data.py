@@ -111,7 +111,7 @@ class CIFAR10:
                 f"{param('val_split')} must lie between 1 and {total - 1} (the training images "
                 f"less at least one to train on), not {n}"
             )
-        held = balanced_subset(self.y_train, n, seed, stream=3)
+        held = balanced_subset(self.y_train, n, seed, stream=3, name="val_split")
         rest = np.setdiff1d(np.arange(total), held, assume_unique=True)
         return replace(
             self,
@@ -132,10 +132,10 @@ class CIFAR10:
                 )
         out = self
         if limit_train is not None and limit_train < len(self.y_train):
-            i = balanced_subset(self.y_train, limit_train, seed, stream=1)
+            i = balanced_subset(self.y_train, limit_train, seed, stream=1, name="limit_train")
             out = replace(out, x_train=self.x_train[i], y_train=self.y_train[i])
         if limit_test is not None and limit_test < len(self.y_test):
-            i = balanced_subset(self.y_test, limit_test, seed, stream=2)
+            i = balanced_subset(self.y_test, limit_test, seed, stream=2, name="limit_test")
             out = replace(out, x_test=self.x_test[i], y_test=self.y_test[i])
         return out
 
@@ -149,25 +149,28 @@ class CIFAR10:
             )
 
 
-def balanced_subset(labels: np.ndarray, n: int, seed: int, stream: int = 0) -> np.ndarray:
+def balanced_subset(
+    labels: np.ndarray, n: int, seed: int, stream: int = 0, name: str = "n"
+) -> np.ndarray:
     """Sorted indices of ``n`` samples, as evenly spread over the classes as ``n`` allows.
 
     Each class gives ``n // k`` samples (the first ``n % k`` classes one more), drawn at random
-    by a generator fixed by (seed, stream).
+    by a generator fixed by (seed, stream). ``name``: the setting ``n`` came from, named in a
+    SettingError when it cannot be met.
     """
     classes = np.unique(labels)
     k = len(classes)
     if not 1 <= n <= len(labels):
-        raise ValueError(f"a subset of {n} samples needs 1 <= n <= {len(labels)}")
+        raise SettingError(f"{param(name)} must lie between 1 and {len(labels)}, not {n}")
     rng = np.random.default_rng([seed, stream])
     picked = []
     for rank, c in enumerate(classes):
         members = np.flatnonzero(labels == c)
         want = n // k + (1 if rank < n % k else 0)
         if want > len(members):
-            raise ValueError(
+            raise SettingError(
                 f"class {c} has only {len(members)} samples; cannot take {want} for a balanced "
-                f"subset of {n}"
+                f"subset of {param(name)} {n}"
             )
         picked.append(rng.choice(members, size=want, replace=False))
     return np.sort(np.concatenate(picked))

@@ -228,17 +228,10 @@ def open_keras_weights(path: str | Path) -> Iterator[KerasWeights]:
         yield _read_h5(f, path)
 
 
-def read_keras_weights(path: str | Path, max_elements: int | None = None) -> KerasWeights:
-    """:func:`open_keras_weights` with every array read; an array that declares more than
-    ``max_elements`` values is refused before it is read."""
+def read_keras_weights(path: str | Path) -> KerasWeights:
+    """:func:`open_keras_weights` with every array read."""
     with open_keras_weights(path) as weights:
         for layer in weights.layers:
-            for a in layer.arrays:
-                if max_elements is not None and a.size > max_elements:
-                    raise KerasFileError(
-                        f"{path}: layer {layer.name!r} declares an array of shape {a.shape}, "
-                        f"more than the {max_elements:,} values any layer here can hold"
-                    )
             layer.arrays = [np.asarray(a) for a in layer.arrays]
         return weights
 

@@ -31,7 +31,6 @@ __all__ = [
     "AlexNetConfig",
     "KERAS_LAYER_KINDS",
     "PRESETS",
-    "PUBLISHED_PARAMS",
     "UnknownModelError",
     "build_model",
     "final_map",
@@ -56,6 +55,10 @@ class AlexNetConfig:
 
     stem: ``"imagenet"`` is conv 11x11 stride 4 followed by max-pool 3/2 (the original AlexNet);
     ``"slim"`` is one conv 3x3 stride 1 and no pool (the post's change for 32x32 inputs).
+
+    published_params: the total the seed post prints for the variant (Keras
+    ``model.summary()``), or None for a shape the post does not show. It is a fact about the
+    preset, not part of its shape: not compared, and not recorded by :meth:`to_dict`.
     """
 
     name: str = "custom"
@@ -68,21 +71,33 @@ class AlexNetConfig:
     num_classes: int = 10
     image_size: int = 32
     in_channels: int = 3
+    published_params: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.stem not in ("imagenet", "slim"):
-            raise ValueError(f"stem must be 'imagenet' or 'slim', not {self.stem!r}")
+            raise SettingError(f"{param('stem')} must be 'imagenet' or 'slim', not {self.stem!r}")
         if self.conv_init not in ("uniform", "he_normal"):
-            raise ValueError(f"conv_init must be 'uniform' or 'he_normal', not {self.conv_init!r}")
-        if len(self.widths) != 5 or len(self.dense) != 2:
-            raise ValueError("widths needs 5 conv widths and dense 2 hidden widths")
-        if min(self.widths) < 1 or min(self.dense) < 1 or self.num_classes < 2:
-            raise ValueError("widths and dense sizes must be positive and num_classes >= 2")
-        if not 0.0 <= self.dropout < 1.0 or self.l2 < 0:
-            raise ValueError("dropout must lie in [0, 1) and l2 must be >= 0")
+            raise SettingError(
+                f"{param('conv_init')} must be 'uniform' or 'he_normal', not {self.conv_init!r}"
+            )
+        if len(self.widths) != 5:
+            raise SettingError(f"{param('widths')} needs 5 conv widths, not {len(self.widths)}")
+        if len(self.dense) != 2:
+            raise SettingError(f"{param('dense')} needs 2 hidden widths, not {len(self.dense)}")
+        if min(self.widths) < 1 or min(self.dense) < 1:
+            raise SettingError(f"{param('widths')} and {param('dense')} must be positive")
+        if self.num_classes < 2:
+            raise SettingError(f"{param('num_classes')} must be at least 2, not {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SettingError(f"{param('dropout')} must lie in [0, 1), not {self.dropout}")
+        if self.l2 < 0:
+            raise SettingError(f"{param('l2')} must be >= 0, not {self.l2}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The shape, as config.json and model files record it."""
+        d = asdict(self)
+        del d["published_params"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "the model config") -> AlexNetConfig:
@@ -102,17 +117,23 @@ class AlexNetConfig:
         d["dense"] = tuple(d.get("dense", cls.dense))
         try:
             return cls(**d)
-        except ValueError as e:
+        except SettingError as e:
             raise SettingError(f"{where}: {e}") from None
 
 
-_FULL = (96, 256, 384, 384, 256)
 PRESETS: dict[str, AlexNetConfig] = {
     c.name: c
     for c in [
-        AlexNetConfig("alexnet", stem="imagenet", conv_init="uniform"),
-        AlexNetConfig("alexnet_slim", stem="slim", conv_init="uniform"),
-        AlexNetConfig("alexnet_slim_regular", stem="slim", conv_init="he_normal", l2=1e-4),
+        # published_params: the totals the seed post prints (Keras ``model.summary()``).
+        AlexNetConfig("alexnet", stem="imagenet", conv_init="uniform", published_params=21_622_154),
+        AlexNetConfig("alexnet_slim", conv_init="uniform", published_params=87_650_186),
+        AlexNetConfig(
+            "alexnet_slim_regular",
+            stem="slim",
+            conv_init="he_normal",
+            l2=1e-4,
+            published_params=87_650_186,
+        ),
         # The post says "halve every width"; its published count, 6,074,250, is reproduced
         # exactly (and only) by these widths: the last conv at 64 and the dense layers at 1024.
         AlexNetConfig(
@@ -121,6 +142,7 @@ PRESETS: dict[str, AlexNetConfig] = {
             dense=(1024, 1024),
             conv_init="he_normal",
             l2=1e-4,
+            published_params=6_074_250,
         ),
         AlexNetConfig(
             "alexnet_thinner_4",
@@ -128,17 +150,9 @@ PRESETS: dict[str, AlexNetConfig] = {
             dense=(1024, 1024),
             conv_init="he_normal",
             l2=1e-4,
+            published_params=5_488_106,
         ),
     ]
-}
-
-#: Total parameters the seed post prints for each variant (Keras ``model.summary()``).
-PUBLISHED_PARAMS: dict[str, int] = {
-    "alexnet": 21_622_154,
-    "alexnet_slim": 87_650_186,
-    "alexnet_slim_regular": 87_650_186,
-    "alexnet_thinner_2": 6_074_250,
-    "alexnet_thinner_4": 5_488_106,
 }
 
 

@@ -16,36 +16,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import evaluate, runlog
 from .augment import SEED_MEAN
-from .errors import ImageError
-from .evaluate import evaluate_with_tta, logits_in_batches
-from .models import probabilities
-from .runlog import class_names
+from .errors import ImageError, moved_names
+from .evaluate import logits_in_batches
+from .models import AlexNetConfig, probabilities
 
-# evaluate_with_tta and class_names live in evaluate and runlog; named here too, where code
-# imported them from.
-__all__ = [
-    "ImageError",
-    "LoadedImage",
-    "Prediction",
-    "class_names",
-    "evaluate_with_tta",
-    "load_image",
-    "predict_images",
-]
+__all__ = ["ImageError", "LoadedImage", "Prediction", "load_image", "predict_images"]
 
-IMAGE_SIZE = 32
+# Flip-TTA lives in evaluate and the class names in runlog; importing them from here still
+# works, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, {"evaluate_with_tta": evaluate, "class_names": runlog})
 
 
 @dataclass
 class LoadedImage:
-    pixels: np.ndarray  # uint8 (32, 32, 3)
+    pixels: np.ndarray  # uint8 (size, size, 3): the model's input side
     original_size: tuple[int, int]  # (width, height)
     mode: str
 
     @property
     def resized(self) -> bool:
-        return self.original_size != (IMAGE_SIZE, IMAGE_SIZE)
+        height, width = self.pixels.shape[:2]
+        return self.original_size != (width, height)
 
 
 def _to_rgb(img):
@@ -74,8 +67,9 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """A picture file as uint8 32x32x3 RGB; ImageError when it is not an image."""
+def load_image(path: str | Path, size: int = AlexNetConfig.image_size) -> LoadedImage:
+    """A picture file as uint8 RGB of ``size`` x ``size`` (the model's ``config.image_size``,
+    32 for every preset); ImageError when it is not an image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -86,7 +80,7 @@ def load_image(path: str | Path) -> LoadedImage:
             img.load()
             mode = img.mode
             img = ImageOps.exif_transpose(img) or img
-            size = img.size
+            original_size = img.size
             rgb = _to_rgb(img)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
@@ -98,9 +92,9 @@ def load_image(path: str | Path) -> LoadedImage:
         ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: damaged or unreadable image ({e})") from None
-    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-    return LoadedImage(np.asarray(rgb, dtype=np.uint8).copy(), size, mode)
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+    return LoadedImage(np.asarray(rgb, dtype=np.uint8).copy(), original_size, mode)
 
 
 @dataclass

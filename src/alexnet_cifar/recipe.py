@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import SettingError
+from .errors import SettingError, param
 from .files import check_fields
 
 __all__ = ["Recipe", "seed_recipe", "RECIPES", "get_recipe"]
@@ -40,7 +40,7 @@ class Recipe:
     loss_clip_eps: float = 1e-7
     label_smoothing: float = 0.0
     augment: bool = True
-    max_shift: float = 4.0  # pixels, uniform in [-max_shift, max_shift] per axis
+    max_shift: float = 4.0  # pixels (Keras' shift range 0.125 x 32), U(-max_shift, max_shift)
     flip_p: float = 0.5
     # Weight averaging: an exponential moving average of the weights, updated every step,
     # is what gets evaluated and saved (0 = off).
@@ -51,27 +51,30 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("step", "warmup_linear"):
-            raise ValueError(
-                f"lr_schedule must be 'step' or 'warmup_linear', not {self.lr_schedule!r}"
+            raise SettingError(
+                f"{param('lr_schedule')} must be 'step' or 'warmup_linear', "
+                f"not {self.lr_schedule!r}"
             )
         if self.momentum_form not in ("keras", "torch"):
-            raise ValueError(
-                f"momentum_form must be 'keras' or 'torch', not {self.momentum_form!r}"
+            raise SettingError(
+                f"{param('momentum_form')} must be 'keras' or 'torch', not {self.momentum_form!r}"
             )
-        if not 0 <= self.ema_decay < 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("ema_decay and label_smoothing must lie in [0, 1)")
+        for name in ("ema_decay", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SettingError(f"{param(name)} must lie in [0, 1), not {getattr(self, name)}")
         if self.label_smoothing > 0 and self.loss_clip_eps > 0:
-            raise ValueError(
-                "label smoothing uses the unclipped cross-entropy: set loss_clip_eps=0"
+            raise SettingError(
+                f"{param('label_smoothing')} uses the unclipped cross-entropy: set "
+                f"{param('loss_clip_eps', 0)}"
             )
         if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, not {self.epochs}")
+            raise SettingError(f"{param('epochs')} must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, not {self.batch_size}")
+            raise SettingError(f"{param('batch_size')} must be at least 1, not {self.batch_size}")
         if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, not {self.lr}")
+            raise SettingError(f"{param('lr')} must be positive, not {self.lr}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), not {self.momentum}")
+            raise SettingError(f"{param('momentum')} must lie in [0, 1), not {self.momentum}")
         if self.lr_milestones is not None:
             object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
 
@@ -127,7 +130,7 @@ class Recipe:
             d["lr_milestones"] = tuple(d["lr_milestones"])
         try:
             return cls(**d)
-        except ValueError as e:
+        except SettingError as e:
             raise SettingError(f"{where}: {e}") from None
 
     def with_(self, **changes) -> Recipe:
@@ -161,14 +164,14 @@ def fast_recipe(**changes) -> Recipe:
     an exponential moving average of the weights; flip test-time augmentation. The model's
     own L2 and the seed's shift-and-flip augmentation stay.
     """
-    # Linear scaling: 0.01 per 64 images, the seed's rate, unless a rate is given.
-    if changes.get("lr") is None:
-        changes["lr"] = 0.01 * (changes.get("batch_size") or 512) / 64
+    batch_size = changes.get("batch_size") or 512
+    # Linear scaling of the seed's rate (0.01 per 64 images), unless a rate is given.
+    seed = Recipe()
     base = Recipe(
         name="fast",
         epochs=40,
-        batch_size=512,
-        lr=0.08,
+        batch_size=batch_size,
+        lr=seed.lr * batch_size / seed.batch_size,
         lr_schedule="warmup_linear",
         lr_warmup_epochs=2.0,
         lr_final_fraction=0.0,
@@ -187,5 +190,5 @@ RECIPES = {"seed": seed_recipe, "fast": fast_recipe}
 def get_recipe(name: str, **changes) -> Recipe:
     """The named recipe with ``changes`` applied (None values leave a field alone)."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        raise SettingError(f"unknown {param('recipe')} {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name](**{k: v for k, v in changes.items() if v is not None})

@@ -26,20 +26,19 @@ from .data import CIFAR10, load_cifar10
 from .distributed import DistContext, init_distributed, resolve_device
 from .engine import Engine, EngineOptions, EpochSums
 from .engine_options import set_process_flags
+from . import files
 from .errors import (
     CheckpointError,
     NonFiniteLossError,
     RunSetupError,
     TrainingInterrupted,
+    moved_names,
     param,
 )
 from .evaluate import EvalResult
-from .files import (  # the file names are named here too, where code imported them from
+from .files import (
     CHECKPOINT,
-    CONFIG_FILE,
-    METRICS_FILE,
     MODEL_FILE,
-    RESULT_FILE,
     prepare_run_folder,
     remove_empty_run_folder,
     remove_stale_temp_files,
@@ -52,10 +51,7 @@ from .selection import BestEpoch
 from .train_records import checkpoint_state, run_config, run_result, save_final_model
 
 __all__ = [
-    "CONFIG_FILE",
-    "METRICS_FILE",
     "METRIC_COLUMNS",
-    "RESULT_FILE",
     "NonFiniteLossError",
     "RunSetupError",
     "TrainOptions",
@@ -64,6 +60,12 @@ __all__ = [
     "resolve_device",
     "train",
 ]
+
+# The run folder's file names live in files; importing them from here still works, with a
+# DeprecationWarning.
+__getattr__ = moved_names(
+    __name__, dict.fromkeys(("CONFIG_FILE", "METRICS_FILE", "RESULT_FILE"), files)
+)
 
 
 @dataclass
@@ -194,7 +196,7 @@ class Trainer:
             if self.start_epoch < recipe.epochs and self.dist.is_main:
                 # A finished run extended with more epochs: its result and final model
                 # describe the shorter run (the checkpoint holds its weights).
-                for name in (RESULT_FILE, MODEL_FILE):
+                for name in (files.RESULT_FILE, MODEL_FILE):
                     (self.out / name).unlink(missing_ok=True)
         self.saved_epoch = self.start_epoch if state is not None else 0
         if self.start_epoch < recipe.epochs:

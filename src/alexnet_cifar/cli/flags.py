@@ -33,6 +33,7 @@ __all__ = [
     "model_name",
     "positive_float",
     "print_json",
+    "seed_recipe_text",
     "train_options",
 ]
 
@@ -226,6 +227,17 @@ def engine_options(args, prev: dict | None = None) -> EngineOptions:
     return EngineOptions(**chosen)
 
 
+def seed_recipe_text() -> str:
+    """The recipes in a few words, the seed's numbers taken from the recipe itself."""
+    seed = Recipe()
+    return (
+        f"seed (default), the post's: SGD {seed.lr:g}, Nesterov {seed.momentum:g}, drops "
+        f"x{seed.lr_decay:g} at 1/3 and 2/3 of the epochs, batch {seed.batch_size}, shifts of up "
+        f"to {seed.max_shift:g} pixels and flips; fast: the same networks trained for the time to "
+        "reach the seed's accuracy (docs/performance.md)"
+    )
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """The training flags shared by ``train`` and ``study`` (all but MODEL, --out, --resume,
     --force and --json)."""
@@ -236,9 +248,23 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         "to reach the seed's accuracy (batch 512, warm-up and linear decay, label smoothing, "
         "weight averaging, flip test-time augmentation; docs/performance.md)",
     )
-    p.add_argument("--epochs", type=int_at_least(1, "--epochs"), help="seed 300, fast 40")
-    p.add_argument("--batch-size", type=int_at_least(1, "--batch-size"), help="seed 64, fast 512")
-    p.add_argument("--lr", type=positive_float("--lr"), help="peak learning rate (0.01, 0.08)")
+    seed, fast = get_recipe("seed"), get_recipe("fast")
+    p.add_argument(
+        "--epochs",
+        type=int_at_least(1, "--epochs"),
+        help=f"seed {seed.epochs}, fast {fast.epochs}",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int_at_least(1, "--batch-size"),
+        help=f"seed {seed.batch_size}, fast {fast.batch_size}",
+    )
+    p.add_argument(
+        "--lr",
+        type=positive_float("--lr"),
+        help=f"peak learning rate (seed {seed.lr:g}, fast {fast.lr:g}: "
+        f"{seed.lr:g} per {seed.batch_size} images of the batch)",
+    )
     p.add_argument("--seed", type=int_at_least(0, "--seed"), help="default 0")
     p.add_argument(
         "--data-dir",

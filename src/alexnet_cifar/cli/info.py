@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import PRESETS, PUBLISHED_PARAMS, layer_table
+from ..models import PRESETS, layer_table
 from .flags import model_name, print_json
 
 __all__ = ["add_parsers"]
@@ -27,7 +27,7 @@ def cmd_models(args) -> int:
             {
                 "name": name,
                 "params": t.params,
-                "published_params": PUBLISHED_PARAMS[name],
+                "published_params": cfg.published_params,
                 "macs": t.macs,
                 "size_mb": round(t.size_mb, 2),
                 "stem": cfg.stem,

@@ -113,10 +113,11 @@ def _model_and_classes(path, dev="cpu"):
 def cmd_predict(args) -> int:
     model, classes = _model_and_classes(args.path, resolve_device(args.device))
     k = min(args.top_k, len(classes))
+    side = model.config.image_size  # every image is resized to the model's input
     loaded, errors = [], {}
     for i, f in enumerate(args.images):
         try:
-            loaded.append((i, f, load_image(f)))
+            loaded.append((i, f, load_image(f, side)))
         except ImageError as e:
             errors[i] = str(e)
             print(f"error: {e}", file=sys.stderr)
@@ -139,14 +140,14 @@ def cmd_predict(args) -> int:
         for r in records:
             if r.get("resized"):
                 w, h = r["original_size"]
-                print(f"note: {r['file']} resized from {w}x{h} to 32x32", file=sys.stderr)
+                print(f"note: {r['file']} resized from {w}x{h} to {side}x{side}", file=sys.stderr)
         print_json(records)
     else:
         for r in records:
             if "error" in r:
                 continue
             w, h = r["original_size"]
-            note = f"  (resized from {w}x{h} to 32x32)" if r["resized"] else ""
+            note = f"  (resized from {w}x{h} to {side}x{side})" if r["resized"] else ""
             print(f"{r['file']}: {r['predicted']}{note}")
             for t in r["top_k"]:
                 print(f"  {t['class']:<12}{t['probability']:.4f}")

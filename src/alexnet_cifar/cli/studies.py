@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import SettingError
+from ..errors import SettingError, param
 from ..executors import EXECUTORS, RayExecutor
 from ..models import PRESETS, parse_model_list
-from ..report import build_report
+from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
 from ..study import plan_runs, read_study_settings, run_study, study_seeds
 from .flags import add_train_flags, folder, int_at_least, model_list, print_json, train_options
 
@@ -20,9 +20,9 @@ def add_parsers(sub) -> None:
     s = sub.add_parser(
         "study",
         help="train the variants in turn and write the comparison report",
-        description="Train each chosen variant with the seed recipe into OUT/runs/NAME (with "
-        "several --seeds: OUT/NAME/seed-N), one after another or on Ray (finished runs are "
-        "skipped, unfinished ones resumed), then write the comparison report into OUT: "
+        description="Train each chosen variant with the recipe --recipe names (default: the "
+        "seed's) into OUT/runs/NAME (with several --seeds: OUT/NAME/seed-N), one after another "
+        "or on Ray (finished runs are skipped, unfinished ones resumed), then write the comparison report into OUT: "
         "report.md, report.html, summary.json and the figures. Flags left out are taken from "
         "the study's earlier invocation (OUT/study.json), so 'alexnet-cifar study --out OUT' "
         "continues an interrupted study.",
@@ -131,7 +131,7 @@ def _executor(args):
     if args.executor != "ray":
         for name in ("address", "gpus_per_run"):
             if getattr(args, name) is not None:
-                raise SettingError(f"--{name.replace('_', '-')} is for --executor ray")
+                raise SettingError(f"{param(name)} is for {param('executor', 'ray')}")
         return None
     gpus = 1.0 if args.gpus_per_run is None else args.gpus_per_run
     return RayExecutor(address=args.address, gpus_per_run=gpus)
@@ -220,7 +220,7 @@ def _print_best(summary: dict) -> None:
     else:
         print(f"\nbest variant by its mean {v['measure_name']}: {v['label']}, {_variant_text(v)}")
         print(f"its best run: {best['label']}: {run}")
-    print("the post's best: alexnet_slim_regular (~92%)")
+    print(f"the post's best: {POST_BEST} ({PUBLISHED_ACCURACY[POST_BEST][1]})")
 
 
 def _variant_text(v: dict) -> str:

@@ -12,7 +12,7 @@ from ..bench import BenchSettings, describe_device, format_row, run_bench
 from ..checkpoint import load_model
 from ..data import load_cifar10
 from ..distributed import resolve_device
-from ..errors import SettingError
+from ..errors import SettingError, param
 from ..evaluate import evaluate_model, evaluate_with_tta
 from ..resume import run_settings
 from ..train import train
@@ -28,6 +28,7 @@ from .flags import (
     model_list,
     model_name,
     print_json,
+    seed_recipe_text,
     train_options,
 )
 
@@ -37,11 +38,10 @@ __all__ = ["add_parsers"]
 def add_parsers(sub) -> None:
     t = sub.add_parser(
         "train",
-        help="train one variant with the seed recipe",
-        description="Train one variant with the seed recipe (SGD 0.01, Nesterov 0.9, drops x0.1 "
-        "at 1/3 and 2/3 of the epochs, batch 64, shifts of up to 4 pixels and flips). The run "
-        "folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every epoch) "
-        "and model.pt (the final weights).",
+        help="train one variant (the seed recipe unless --recipe says otherwise)",
+        description=f"Train one variant with the recipe --recipe names: {seed_recipe_text()}. "
+        "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every "
+        "epoch) and model.pt (the final weights).",
     )
     t.add_argument("model", type=model_name, metavar="MODEL", help="variant (see 'models')")
     add_train_flags(t)
@@ -139,8 +139,8 @@ def cmd_train(args) -> int:
     out = args.out if args.out is not None else Path("runs") / args.model
     if args.force and not args.resume:
         raise SettingError(
-            "--force only changes the epochs of a run being resumed: add --resume (or leave "
-            "--force out to start a new run)"
+            f"{param('force')} only changes the epochs of a run being resumed: add "
+            f"{param('resume')} (or leave {param('force')} out to start a new run)"
         )
     prev = run_settings(out, warn=_warn) if args.resume else {}
     result = train(train_options(args, args.model, out, prev, args.resume))

@@ -18,7 +18,10 @@ The modules, each one job: ``runs`` reads run folders, ``numbers`` holds each ru
 the post's figures, ``figures`` draws, ``document`` writes Markdown and renders it as HTML
 (python-markdown), ``cells`` formats every number, ``columns`` specifies the tables,
 ``verdict`` says which run or variant is best, ``sections`` writes each part, and ``compose``
-puts the report together and writes it.
+puts the report together and writes it. With several seeds per variant, ``aggregate`` groups
+the runs and tests the post's claims with the statistics of ``stats``, ``seed_sections`` writes
+their sections (and the one on model selection by a validation split) and ``seed_figures``
+draws their curves.
 """
 
 from ..errors import ReportError

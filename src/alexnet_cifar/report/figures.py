@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ReportError
 from ..files import atomic_write_bytes, read_json_object
+from ..recipe import Recipe
 from .numbers import held_out
 from .runs import RunData, label_slug
 
@@ -248,10 +249,11 @@ def _lr_drops(ax, run: RunData) -> None:
 
 
 def _lr_drop_label(recipe: dict) -> str:
-    """``lr x0.1``: the factor of the recipe's drops (``lr_decay``, 0.1 where it has none)."""
+    """``lr x0.1``: the factor of the recipe's drops (``lr_decay``, the seed's where it has
+    none)."""
     decay = recipe.get("lr_decay")
     if decay is None:
-        decay = 0.1
+        decay = Recipe.lr_decay
     if isinstance(decay, bool) or not isinstance(decay, (int, float)):
         return "lr drop"  # a damaged config.json: still mark the drop
     return f"lr x{decay:g}"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 
-from ..models import PUBLISHED_PARAMS, AlexNetConfig, layer_table
+from ..models import PRESETS, AlexNetConfig, layer_table
+from ..recipe import Recipe
 from .runs import RunData
 
 __all__ = [
     "OVERFIT_RISE",
     "POST_BEST",
+    "POST_BEST_ACCURACY",
     "POST_OVERFITTING",
     "PUBLISHED_ACCURACY",
     "SEED_BATCH",
@@ -31,8 +33,9 @@ PUBLISHED_ACCURACY: dict[str, tuple[float, str]] = {
     "alexnet_slim": (0.90, "90%+"),
     "alexnet_slim_regular": (0.92, "~92%"),
 }
-#: The post's verdict: the variant with the highest accuracy.
+#: The post's verdict: the variant with the highest accuracy, and that accuracy in words.
 POST_BEST = "alexnet_slim_regular"
+POST_BEST_ACCURACY = f"about {PUBLISHED_ACCURACY[POST_BEST][0]:.0%}"
 #: What the post says about each variant's overfitting.
 POST_OVERFITTING: dict[str, str] = {
     "alexnet": 'heavy: test loss falls, then climbs (the "Nike swoosh")',
@@ -41,10 +44,9 @@ POST_OVERFITTING: dict[str, str] = {
     "alexnet_thinner_2": "somewhat: test loss rises late",
     "alexnet_thinner_4": "none: test loss does not rise",
 }
-# The post's setting: epochs, train and test images, batch size.
-SEED_EPOCHS = 300
+# The post's setting: its recipe's epochs and batch size, all train and test images.
+SEED_EPOCHS, SEED_BATCH = Recipe().epochs, Recipe().batch_size
 SEED_TRAIN, SEED_TEST = 50_000, 10_000
-SEED_BATCH = 64
 #: A run overfits when its final test loss exceeds its lowest test loss by more than this share.
 OVERFIT_RISE = 0.05
 
@@ -123,7 +125,8 @@ def run_summary(run: RunData) -> dict:
     held = "validation" if config.get("val_split") else "test"
     overfitting, verdict, note, rise = _overfitting(metrics["val_loss"], lowest_at, held)
     final_test, final_train = metrics["val_accuracy"][-1], metrics["accuracy"][-1]
-    published_params = PUBLISHED_PARAMS.get(run.model)
+    preset = PRESETS.get(run.model)
+    published_params = preset.published_params if preset is not None else None
     published_acc = PUBLISHED_ACCURACY.get(run.model)
     best_acc = metrics["val_accuracy"][best_at]
     recipe = config["recipe"]
@@ -163,7 +166,7 @@ def run_summary(run: RunData) -> dict:
         "recipe": recipe.get("name", "seed"),
         "batch_size": recipe.get("batch_size"),
         "lr": recipe.get("lr"),
-        "lr_decay": recipe.get("lr_decay", 0.1),
+        "lr_decay": recipe.get("lr_decay", Recipe.lr_decay),  # the seed's, where none is recorded
         "lr_milestones": recipe.get("lr_milestones"),
         "n_train": config.get("n_train"),
         "n_test": config.get("n_test"),

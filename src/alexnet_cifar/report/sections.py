@@ -15,7 +15,17 @@ from . import cells
 from .columns import post_columns, result_columns
 from .document import Document, code, literal
 from .figures import CURVES, curve_labels
-from .numbers import SEED_BATCH, SEED_EPOCHS, SEED_TEST, SEED_TRAIN, held_out, held_out_of
+from ..recipe import Recipe
+from .numbers import (
+    POST_BEST,
+    POST_BEST_ACCURACY,
+    SEED_BATCH,
+    SEED_EPOCHS,
+    SEED_TEST,
+    SEED_TRAIN,
+    held_out,
+    held_out_of,
+)
 from .runs import RunData
 from .verdict import run_best_text, verdict
 
@@ -72,10 +82,10 @@ def _training_text(summaries: list[dict]) -> str:
     recipes = sorted({s["recipe"] for s in summaries})
     lrs = " / ".join(f"{lr:g}" for lr in sorted({s["lr"] for s in summaries}))
     if recipes == ["seed"]:
-        decays = sorted({s.get("lr_decay", 0.1) for s in summaries})
+        decays = sorted({s.get("lr_decay", Recipe.lr_decay) for s in summaries})
         drop = (
-            "divided by 10"
-            if decays == [0.1]
+            f"divided by {1 / Recipe.lr_decay:g}"
+            if decays == [Recipe.lr_decay]
             else "multiplied by " + " / ".join(f"{d:g}" for d in decays)
         )
         return (
@@ -166,7 +176,7 @@ def against_the_post_section(doc: Document, content: ReportContent) -> None:
     doc.table(post_columns(content.held), content.summaries)
     doc.paragraph(
         'The post publishes the parameter counts of all five variants, "90%+" test accuracy '
-        "for `alexnet_slim` (compared here as 90%) and about 92% for `alexnet_slim_regular`; "
+        f"for `alexnet_slim` (compared here as 90%) and {POST_BEST_ACCURACY} for `{POST_BEST}`; "
         "for the others it gives curves but no number (–). Differences are ours minus the "
         "post's, in percentage points (pts) for accuracy."
     )

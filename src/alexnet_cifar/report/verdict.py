@@ -12,7 +12,7 @@ import math
 
 from . import cells
 from .document import code
-from .numbers import POST_BEST, held_out, held_out_of
+from .numbers import POST_BEST, POST_BEST_ACCURACY, held_out, held_out_of
 from .stats import CONFIDENCE, SIGNIFICANCE
 
 __all__ = ["CHANCE", "accuracy", "chance_note", "interval_text",
@@ -143,18 +143,18 @@ def _run_lines(summaries: list[dict], best: dict) -> list[str]:
 def _post_line(summaries: list[dict], model: str, label: str, value) -> str:
     """Whether the best (a run or a variant) agrees with the post's best."""
     if model == POST_BEST:
-        return f"This agrees with the post, whose best is `{POST_BEST}` at about 92%."
+        return f"This agrees with the post, whose best is `{POST_BEST}` at {POST_BEST_ACCURACY}."
     of_post_best = [s for s in summaries if s["model"] == POST_BEST]
     if of_post_best and value is not None:
         post_acc = max(accuracy(s) for s in of_post_best)
         return (
-            f"This differs from the post, whose best is `{POST_BEST}` at about 92%: here its "
-            f"best run reached {cells.percent(post_acc)}, below {code(label)} "
+            f"This differs from the post, whose best is `{POST_BEST}` at {POST_BEST_ACCURACY}: "
+            f"here its best run reached {cells.percent(post_acc)}, below {code(label)} "
             f"({cells.percent(value)})."
         )
     return (
-        f"The post's best, `{POST_BEST}` (about 92%), is not among these runs, so its verdict "
-        "cannot be checked here."
+        f"The post's best, `{POST_BEST}` ({POST_BEST_ACCURACY}), is not among these runs, so "
+        "its verdict cannot be checked here."
     )
 
 

@@ -1,0 +1,154 @@
+"""runlog: the run folder's metrics, log and result files, read back as written; the lines and
+durations people read; the class names a run is known by."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from alexnet_cifar.data import CLASSES
+from alexnet_cifar.errors import ReportError
+from alexnet_cifar.runlog import (
+    METRIC_COLUMNS,
+    RunLog,
+    class_names,
+    epoch_line,
+    format_duration,
+    progress_bar,
+    read_metrics,
+    versions,
+)
+
+
+def _history(n: int) -> list[dict]:
+    return [
+        {
+            "epoch": e,
+            "loss": 2.0 / e,
+            "accuracy": 0.1 * e,
+            "val_loss": 2.5 / e,
+            "val_accuracy": 0.09 * e + 1e-9,
+            "lr": 0.01 if e < 3 else 0.001,
+            "seconds": 1.25 * e,
+        }
+        for e in range(1, n + 1)
+    ]
+
+
+def test_metrics_are_read_back_as_written(tmp_path):
+    log = RunLog(tmp_path, tensorboard=False)
+    history = _history(4)
+    for n in range(1, 5):  # rewritten whole after each epoch
+        log.log_epoch(history[:n])
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == ",".join(METRIC_COLUMNS)
+    cols = read_metrics(tmp_path)
+    assert cols["epoch"] == [1, 2, 3, 4] and all(type(e) is int for e in cols["epoch"])
+    for c in METRIC_COLUMNS[1:]:
+        assert cols[c] == [row[c] for row in history], c  # floats survive exactly
+
+
+def test_config_and_result_are_json_and_lines_go_to_train_log(tmp_path):
+    printed = []
+    log = RunLog(tmp_path, tensorboard=False, print_line=printed.append)
+    log.write_config({"model": "alexnet", "seed": 3})
+    log.write_result({"test_accuracy": 0.5})
+    log.say("epoch 1/2 ...")
+    quiet = RunLog(tmp_path, tensorboard=False, quiet=True, print_line=printed.append)
+    quiet.say("said quietly")
+    assert json.loads((tmp_path / "config.json").read_text()) == {"model": "alexnet", "seed": 3}
+    assert json.loads((tmp_path / "result.json").read_text()) == {"test_accuracy": 0.5}
+    assert printed == ["epoch 1/2 ..."]  # quiet: kept in the log, not printed
+    assert (tmp_path / "train.log").read_text() == "epoch 1/2 ...\nsaid quietly\n"
+
+
+def test_a_disabled_log_writes_nothing(tmp_path, capsys):
+    # The ranks other than 0 of a data-parallel run.
+    log = RunLog(tmp_path, enabled=False, tensorboard=True)
+    log.write_config({"a": 1})
+    log.log_epoch(_history(1))
+    log.write_result({"b": 2})
+    log.say("x")
+    log.warn("y")
+    log.open_tensorboard(0)
+    log.close()
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr() == ("", "")
+
+
+def test_tensorboard_events_hold_the_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = RunLog(tmp_path, tensorboard=True)
+    log.open_tensorboard(0)
+    history = _history(2)
+    for n in (1, 2):
+        log.log_epoch(history[:n])
+    log.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == set(METRIC_COLUMNS[1:])
+    got = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
+    assert got == [(r["epoch"], pytest.approx(r["val_accuracy"], rel=1e-6)) for r in history]
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (None, "has no metrics.csv: no epoch of this run has finished"),
+        ("epoch,loss\n1,2\n", "lacks the column(s) accuracy, val_loss, val_accuracy, lr, seconds"),
+        (",".join(METRIC_COLUMNS) + "\n1,0.5,0.1,0.6,0.1,0.01,abc\n", "line 2: seconds is 'abc'"),
+        (",".join(METRIC_COLUMNS) + "\n1.5,0.5,0.1,0.6,0.1,0.01,1\n", "epoch is '1.5'"),
+        (",".join(METRIC_COLUMNS) + "\n", "holds no finished epoch"),
+        (",".join(METRIC_COLUMNS) + "\n2,0.5,0.1,0.6,0.1,0.01,1\n", "epochs are not 1, 2, 3"),
+    ],
+)
+def test_a_damaged_metrics_file_is_named(tmp_path, text, says):
+    if text is not None:
+        (tmp_path / "metrics.csv").write_text(text)
+    with pytest.raises(ReportError) as e:  # the caller's error class
+        read_metrics(tmp_path, error=ReportError)
+    assert says in str(e.value)
+
+
+def test_durations_as_people_read_them():
+    assert format_duration(42.04) == "42.0 s"
+    assert format_duration(185) == "3m05s"
+    assert format_duration(2 * 3600 + 7 * 60 + 29) == "2h07m"
+    assert format_duration(None) == format_duration(math.nan) == "–"
+
+
+def test_epoch_line_gives_the_time_left_at_the_recent_pace():
+    row = _history(2)[-1]
+    line = epoch_line(row, 5, [10.0, 20.0])
+    assert line.startswith("epoch 2/5  loss 1.0000  accuracy 0.2000  val_loss 1.2500")
+    assert "lr 0.01  2.5s" in line
+    assert line.endswith("ETA 45.0 s")  # 3 epochs left at 15 s each
+    assert "ETA" not in epoch_line(_history(5)[-1], 5, [10.0])
+
+
+def test_class_names_come_from_the_run_first(tmp_path):
+    names = [f"c{i}" for i in range(10)]
+    assert class_names(tmp_path, 10) == list(CLASSES)  # nothing recorded: CIFAR-10's
+    assert class_names(tmp_path, 3) == ["0", "1", "2"]
+    assert class_names(tmp_path, 10, {"classes": names}) == names  # a model file's meta
+    (tmp_path / "config.json").write_text(json.dumps({"classes": ["k"] * 10}))
+    assert class_names(tmp_path / "model.pt", 10, {"classes": names}) == ["k"] * 10
+    (tmp_path / "result.json").write_text(json.dumps({"classes": ["r"] * 10}))
+    assert class_names(tmp_path, 10) == ["r"] * 10
+    (tmp_path / "result.json").write_text(json.dumps({"classes": ["r"] * 4}))  # wrong count
+    assert class_names(tmp_path, 10) == ["k"] * 10
+    (tmp_path / "config.json").write_text("{not json")  # damaged: passed over
+    assert class_names(tmp_path, 10) == list(CLASSES)
+
+
+def test_versions_and_a_disabled_progress_bar():
+    v = versions(torch.device("cpu"))
+    assert v["torch"] == torch.__version__ and "cuda" not in v and "gpu" not in v
+    assert set(v) == {"alexnet_cifar", "torch", "numpy", "python"}
+    with progress_bar(10, "x", enabled=False) as bar:
+        bar.update(3)
+        bar.set_postfix(loss=1.0)
+    assert not hasattr(bar, "n")  # no tqdm was made
