@@ -19,7 +19,7 @@ __all__ = ["CHANCE", "accuracy", "chance_note", "interval_text",
     "measure_name", "run_best_text", "verdict"]
 
 #: The accuracy of guessing among CIFAR-10's ten classes.
-CHANCE = 0.10
+CHANCE = 1 / 10
 #: An accuracy below this is called near chance.
 NEAR_CHANCE = 0.20
 
