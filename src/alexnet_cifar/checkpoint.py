@@ -73,7 +73,14 @@ def to_cpu(obj: Any) -> Any:
 class BackgroundWriter:
     """Writes one file at a time in a thread, so training goes on while a checkpoint is hashed
     and written. A new write first waits for the one before; an error surfaces at that wait
-    (or at ``wait()``), never silently."""
+    (or at ``wait()``), never silently.
+
+    A signal's exception (a second Ctrl-C) may arrive at any point of ``submit`` or ``wait``:
+    the writer only records a thread once it has started, so ``wait()`` never joins a thread
+    that did not (which raises "cannot join thread before it is started"). A thread whose
+    start was interrupted after it was made still writes its file to the end: it is not a
+    daemon, so the interpreter waits for it before it exits.
+    """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -81,8 +88,9 @@ class BackgroundWriter:
 
     def submit(self, job) -> None:
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(job,), daemon=False)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, args=(job,), daemon=False)
+        thread.start()
+        self._thread = thread  # only a started thread: wait() may join it
 
     def _run(self, job) -> None:
         try:
@@ -93,8 +101,9 @@ class BackgroundWriter:
     def wait(self, quietly: bool = False, warn=None) -> None:
         """Wait for the write on its way; raise its error, or with ``quietly`` (another
         error is already on its way) report it through ``warn`` beside that one."""
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None:
+            thread.join()  # interrupted by a signal: the thread stays recorded, to join later
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
