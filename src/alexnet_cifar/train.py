@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from .files import (  # the file names are named here too, where code imported t
 )
 from .models import AlexNet, get_config
 from .recipe import Recipe
-from .resume import load_resume_state, run_identity
+from .resume import load_resume_state, record_data_folder, run_identity
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
 from .selection import BestEpoch
 from .train_records import checkpoint_state, run_config, run_result, save_final_model
@@ -86,6 +87,7 @@ class TrainOptions:
     quiet: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
     tensorboard: bool = True
+    command: list[str] | None = None  # what config.json records as the command; None: sys.argv
 
     def run_identity(self) -> dict:
         """The fields that define what is computed: a resume must match them."""
@@ -101,11 +103,14 @@ class TrainOptions:
 
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked at safe points; a second signal stops at once."""
+    """Turns SIGINT/SIGTERM into a flag checked at safe points; a second signal stops at once,
+    except inside ``held()``, which it leaves first."""
 
     def __init__(self):
         self.signum: int | None = None
         self._old: dict[int, object] = {}
+        self._held = False
+        self._pending: int | None = None  # a second signal that came while held
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -115,12 +120,32 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.signum is not None:  # second signal: the user means it
-            raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped at once", signum)
+            if self._held:
+                self._pending = signum
+                return
+            raise _stopped_at_once(signum)
         self.signum = signum
+
+    @contextmanager
+    def held(self):
+        """A step that must not be cut in two (handing a checkpoint to its writer thread): a
+        second signal during it stops the run as soon as it is done."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise _stopped_at_once(signum)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def _stopped_at_once(signum: int) -> TrainingInterrupted:
+    return TrainingInterrupted(f"{signal.Signals(signum).name}: stopped at once", signum)
 
 
 class _EvaluationStopped(Exception):
@@ -187,8 +212,10 @@ class Trainer:
                 # describe the shorter run (the checkpoint holds its weights).
                 for name in (RESULT_FILE, MODEL_FILE):
                     (self.out / name).unlink(missing_ok=True)
-        if state is None or not (self.out / "config.json").is_file():
+        if state is None or not (self.out / CONFIG_FILE).is_file():
             self.runlog.write_config(run_config(self))
+        elif self.dist.is_main and opts.verify:  # the md5-checked files: the same data
+            record_data_folder(self.out, opts.data_dir)
 
     def _restore(self, st: dict) -> None:
         try:
@@ -337,8 +364,9 @@ class Trainer:
             return
         rng = _rng_state(data_state, self.device)
         state = checkpoint_state(self, epoch, step, rng, epoch_so_far)
-        # hashed and written in a thread while the next epoch trains
-        save_checkpoint(self.out, state, writer=self.writer)
+        self.writer.wait()  # the previous write (a second Ctrl-C may cut this wait short)
+        with self.signals.held():  # hashed and written in a thread while the next epoch trains
+            save_checkpoint(self.out, state, writer=self.writer)
 
     def _interrupted(self, where: str) -> None:
         self.writer.wait()  # the checkpoint named below is on disk

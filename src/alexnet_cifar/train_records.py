@@ -4,13 +4,13 @@ contents, result.json (its final and best accuracy, time, device, classes) and m
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 from .checkpoint import save_model_file
 from .evaluate import EvalResult
 from .files import MODEL_FILE
+from .resume import kept_settings_of
 from .runlog import METRIC_COLUMNS, versions
 
 __all__ = ["checkpoint_state", "run_config", "run_result", "save_final_model"]
@@ -29,17 +29,15 @@ def run_config(t) -> dict:
         **({"val_split": o.val_split, "n_val": int(len(t.y_val))} if o.val_split else {}),
         "num_classes": o.num_classes,
         "classes": list(t.classes),
-        "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
-        "verify": o.verify,
+        **kept_settings_of(o),
         "device": str(t.device),
         "engine": t.engine.options.to_dict(),
         "engine_requested": o.engine.to_dict(),
         "world_size": t.dist.world_size,
-        "eval_batch_size": o.eval_batch_size,
         "n_train": int(t.engine.n),
         "n_test": int(len(t.y_test)),
         "versions": versions(t.device),
-        "command": sys.argv,
+        "command": list(sys.argv if o.command is None else o.command),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -98,6 +96,7 @@ def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | N
         "partial": epoch_so_far,  # the interrupted epoch's totals (EpochSums), or None
         "history": t.history,
         "engine_requested": t.opts.engine.to_dict(),
+        "settings": kept_settings_of(t.opts),  # for a resume when config.json is gone
     }
     if t.best.state is not None:
         state["best_val"] = t.best.state

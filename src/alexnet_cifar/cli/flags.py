@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..distributed import DEVICES
+from ..distributed import is_device_name
 from ..engine import EngineOptions
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
 from ..recipe import RECIPES, Recipe, get_recipe
+from ..resume import KEPT_SETTINGS, kept_settings, settings_on_resume
 from ..train import TrainOptions
 
 __all__ = [
@@ -136,9 +137,8 @@ def positive_float(what: str):
 
 
 def device(text: str) -> str:
-    t = text.strip().lower()
-    if t in DEVICES or (t.startswith("cuda:") and t[5:].isdigit()):
-        return t
+    if is_device_name(text):
+        return text.strip().lower()
     raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (or cuda:N)")
 
 
@@ -173,7 +173,8 @@ def add_run_path(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    # None when left out (auto), so that a resumed run can keep its own device
+    p.add_argument("--device", type=device, help="auto (default), cpu, cuda")
 
 
 # ---------------------------------------------------------------------- training flags
@@ -260,7 +261,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         type=int_at_least(1, "--eval-batch-size"),
         help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
     )
-    p.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        default=None,
+        help="skip the md5 check of the data",
+    )
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     add_engine_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -285,27 +292,32 @@ def _recipe(args, prev_recipe: dict) -> Recipe:
         raise SettingError(f"the recipe cannot be used: {e}") from None
 
 
-def train_options(args, model: str, out: Path, prev: dict, resume: bool) -> TrainOptions:
+def train_options(
+    args, model: str, out: Path, prev: dict, resume: bool, where=None
+) -> TrainOptions:
     """TrainOptions from the shared training flags; a flag left out takes its value from
-    ``prev`` (the settings of an earlier run or study: recipe, seed, limits, engine), else the
-    default."""
+    ``prev`` (the settings of an earlier run or study ``where``: recipe, seed, limits, engine,
+    device, data folder, md5 check, evaluation batch), else the default. A device, md5 check
+    or evaluation batch given that differs from ``prev``'s is refused."""
 
     def given_or_prev(name: str, default=None):
         value = getattr(args, name)
         return value if value is not None else prev.get(name, default)
 
+    given = {name: getattr(args, name) for name in KEPT_SETTINGS}
+    kept = settings_on_resume(kept_settings(prev), given, where or out) if prev else given
     return TrainOptions(
         model=model,
         out=out,
         recipe=_recipe(args, prev.get("recipe") or {}),
         seed=given_or_prev("seed", 0),
-        device=args.device,
-        data_dir=args.data_dir,
-        verify=not args.no_verify,
+        device=kept["device"] or "auto",
+        data_dir=kept["data_dir"],
+        verify=kept["verify"] is not False,
         limit_train=given_or_prev("limit_train"),
         limit_test=given_or_prev("limit_test"),
         val_split=given_or_prev("val_split"),
-        eval_batch_size=args.eval_batch_size,
+        eval_batch_size=kept["eval_batch_size"],
         engine=engine_options(args, prev.get("engine_requested")),
         resume=resume,
         force=getattr(args, "force", False),
