@@ -25,7 +25,7 @@ from .numbers import (
     SEED_TRAIN,
     run_summary,
 )
-from .runs import RunData, label_slug, load_runs
+from .runs import RunData, load_runs, tensorboard_command
 from .seed_figures import draw_seed_curves
 from .seed_sections import SEED_DEFINITIONS, seeds_section, seeds_summary, selection_section
 
@@ -470,10 +470,9 @@ def _tensorboard_section(doc: Document, content: ReportContent) -> None:
             "`val_accuracy`, `lr`, `seconds`)."
         )
     else:
-        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in content.summaries)
+        runs = [(s["label"], s["run_dir"]) for s in content.summaries]
         doc.paragraph(
-            f"From this folder, {code('tensorboard --logdir_spec ' + spec)} shows all runs side "
-            "by side."
+            f"From this folder, {code(tensorboard_command(runs))} shows all runs side by side."
         )
 
 
