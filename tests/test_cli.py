@@ -174,7 +174,7 @@ def test_limit_beyond_the_data_is_refused(capsys, cifar10_dir, tmp_path, monkeyp
         str(tmp_path / "r"),
         "--no-verify",
     )
-    _fails_cleanly(p, "--limit-train must lie between 1 and 50000")
+    _fails_cleanly(p, "--limit-train must lie between 1 and 50,000 (the training set's size)")
 
 
 # ---------------------------------------------------------------------- bad data files
@@ -288,3 +288,37 @@ def test_absurd_limits_never_trace_back(tmp_path_factory, limit, which):
     )
     _clean_failure(code, err)
     assert f"--limit-{which} must lie between 1 and" in err
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["train", "alexnet", "--epcohs", "1"],
+            "alexnet-cifar train: error: unrecognized arguments: --epcohs 1; did you mean "
+            "--epochs?",
+        ),
+        (["evaluate", "x", "--limt-test=3"], "did you mean --limit-test?"),
+        (["study", "--no-verfy"], "did you mean --no-verify?"),
+        (["models", "--jsn"], "did you mean --json?"),
+    ],
+)
+def test_a_mistyped_flag_gets_the_nearest_flag_of_its_command(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_a_flag_far_from_every_flag_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "alexnet", "--zzzzzz"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_evaluate_names_the_test_sets_size(cifar10_dir, tiny_run, capsys):
+    argv = ["evaluate", str(tiny_run), "--data-dir", str(cifar10_dir), "--no-verify"]
+    code = main([*argv, "--limit-test", "20000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--limit-test must lie between 1 and 10,000 (the test set's size)" in err

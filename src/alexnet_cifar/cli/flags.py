@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import shutil
@@ -41,10 +42,35 @@ PROG = "alexnet-cifar"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line and a pointer to --help, not the usage block."""
+    """argparse, but a mistake is one line and a pointer to --help, not the usage block; an
+    unknown flag gets the nearest of this command's flags as a suggestion."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = self._command_parser(parsed)
+            command.error(f"unrecognized arguments: {' '.join(unknown)}{command.nearest(unknown)}")
+        return parsed
+
+    def _command_parser(self, parsed) -> Parser:
+        """The parser of the command ``parsed`` holds (this one if it has none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(parsed, action.dest, None), self)
+        return self
+
+    def nearest(self, unknown: list[str]) -> str:
+        """'; did you mean --epochs?' for the first unknown flag close to one of ours."""
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        for text in unknown:
+            if text.startswith("-"):
+                close = difflib.get_close_matches(text.split("=")[0], flags, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
 
 
 def make_parser():
