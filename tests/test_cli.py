@@ -322,3 +322,62 @@ def test_evaluate_names_the_test_sets_size(cifar10_dir, tiny_run, capsys):
     code = main([*argv, "--limit-test", "20000"])
     err = capsys.readouterr().err
     assert code == 2 and "--limit-test must lie between 1 and 10,000 (the test set's size)" in err
+
+
+def test_evaluate_on_a_run_before_its_first_checkpoint_says_it_has_no_finished_epoch(
+    tmp_path, capsys
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what a run writes as it starts
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no finished epoch yet (still training" in err and "not a run folder" not in err
+
+
+@pytest.mark.real_data
+def test_evaluate_on_an_unfinished_run_says_how_far_it_is(cifar10_dir, interrupted_run, capsys):
+    import json
+
+    argv = ["evaluate", str(interrupted_run), "--data-dir", str(cifar10_dir), "--no-verify"]
+    argv += ["--limit-test", "100"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(unfinished run: epoch 1 of 3, 3 steps into the next)" in out.splitlines()[0]
+    assert main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["unfinished"]
+    assert got["epoch"] == 1 and got["epochs"] == 3 and got["note"].startswith("unfinished run")
+
+
+@pytest.mark.real_data
+def test_evaluate_shows_a_progress_bar_on_a_terminal(cifar10_dir, tiny_run):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()  # 120 columns wide: the bar is drawn
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", "evaluate", str(tiny_run), "--no-verify"],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=dict(os.environ, CIFAR10_DIR=str(cifar10_dir)),
+    )
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the terminal's other end closed: the process ended
+                    break
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert b"evaluate:" in seen and b"img" in seen, seen[-300:]

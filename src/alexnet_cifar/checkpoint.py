@@ -23,6 +23,7 @@ import torch
 from .errors import CheckpointError, RunLockedError, param
 from .files import (  # file names and atomic writes: named here too, where code imported them
     CHECKPOINT,
+    CONFIG_FILE,
     LOCK_FILE,
     MODEL_FILE,
     PREV_CHECKPOINT,
@@ -44,6 +45,7 @@ __all__ = [
     "RunLock",
     "load_checkpoint",
     "load_model",
+    "load_model_and_progress",
     "read_state",
     "resolve_weights_file",
     "save_checkpoint",
@@ -339,6 +341,11 @@ def resolve_weights_file(path: str | Path) -> Path:
         for name in (MODEL_FILE, CHECKPOINT, PREV_CHECKPOINT):
             if (path / name).is_file():
                 return path / name
+        if (path / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"{path} is a run with no finished epoch yet (still training, or stopped "
+                "before its first checkpoint): nothing to evaluate until its first checkpoint"
+            )
         raise CheckpointError(
             f"{path} holds no {MODEL_FILE} or {CHECKPOINT}: not a run folder of alexnet-cifar"
         )
@@ -349,8 +356,31 @@ def resolve_weights_file(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
     """The trained model (eval mode) from a run folder, a checkpoint or a final model file."""
+    return load_model_and_progress(path, device)[0]
+
+
+def load_model_and_progress(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[AlexNet, dict | None]:
+    """:func:`load_model`, and where an unfinished run stands when the weights are those of
+    a training checkpoint: ``{"epoch": k, "epochs": n, "step": s}`` (k epochs of n finished,
+    s steps into the next); None for a final model or a finished run's checkpoint."""
     file = resolve_weights_file(path)
     state = read_state(file)
+    return _model_of(file, state, device), _progress_of(state)
+
+
+def _progress_of(state: dict) -> dict | None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        return None
+    epochs = (state.get("run_identity") or {}).get("recipe.epochs")
+    epoch, step = state.get("epoch"), state.get("step", 0)
+    if not isinstance(epochs, int) or not isinstance(epoch, int) or epoch >= epochs:
+        return None
+    return {"epoch": epoch, "epochs": epochs, "step": step if isinstance(step, int) else 0}
+
+
+def _model_of(file: Path, state: dict, device) -> AlexNet:
     try:
         config = AlexNetConfig.from_dict(state["model_config"])
         model = AlexNet(config)
