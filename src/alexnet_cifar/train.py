@@ -48,7 +48,13 @@ from .recipe import Recipe
 from .resume import load_resume_state, record_data_folder, run_identity
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
 from .selection import BestEpoch
-from .train_records import checkpoint_state, run_config, run_result, save_final_model
+from .train_records import (
+    RunState,
+    checkpoint_state,
+    run_config,
+    run_result,
+    save_final_model,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -213,7 +219,7 @@ class Trainer:
                 for name in (RESULT_FILE, MODEL_FILE):
                     (self.out / name).unlink(missing_ok=True)
         if state is None or not (self.out / CONFIG_FILE).is_file():
-            self.runlog.write_config(run_config(self))
+            self.runlog.write_config(run_config(self.state()))
         elif self.dist.is_main and opts.verify:  # the md5-checked files: the same data
             record_data_folder(self.out, opts.data_dir)
 
@@ -359,11 +365,27 @@ class Trainer:
         self._interrupted(f"in epoch {epoch + 1} {where}")
 
     # ------------------------------------------------------------------ checkpoints, logs
+    def state(self) -> RunState:
+        """The run as its records (config.json, checkpoint, result.json, model.pt) see it."""
+        return RunState(
+            opts=self.opts,
+            out=self.out,
+            model=self.model,
+            device=self.device,
+            dist=self.dist,
+            engine=self.engine,
+            classes=list(self.classes),
+            history=self.history,
+            best=self.best,
+            y_test=self.y_test,
+            y_val=self.y_val,
+        )
+
     def _save(self, epoch: int, step: int, data_state: torch.Tensor, epoch_so_far: dict | None):
         if not self.dist.is_main:
             return
         rng = _rng_state(data_state, self.device)
-        state = checkpoint_state(self, epoch, step, rng, epoch_so_far)
+        state = checkpoint_state(self.state(), epoch, step, rng, epoch_so_far)
         self.writer.wait()  # the previous write (a second Ctrl-C may cut this wait short)
         with self.signals.held():  # hashed and written in a thread while the next epoch trains
             save_checkpoint(self.out, state, writer=self.writer)
@@ -398,9 +420,9 @@ class Trainer:
                 )
         except _EvaluationStopped:
             self._interrupted("before the final evaluation")
-        result = run_result(self, ev, best_ev)
+        result = run_result(self.state(), ev, best_ev)
         if self.dist.is_main:
-            save_final_model(self, result)
+            save_final_model(self.state(), result)
             self.runlog.write_result(result)
         return result
 

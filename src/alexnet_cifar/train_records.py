@@ -6,17 +6,43 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from .checkpoint import save_model_file
+from .distributed import DistContext
+from .engine import Engine
 from .evaluate import EvalResult
 from .files import MODEL_FILE
+from .models import AlexNet
 from .resume import kept_settings_of
-from .runlog import METRIC_COLUMNS, versions
+from .runlog import METRIC_COLUMNS, code_source, versions
+from .selection import BestEpoch
 
-__all__ = ["checkpoint_state", "run_config", "run_result", "save_final_model"]
+__all__ = ["RunState", "checkpoint_state", "run_config", "run_result", "save_final_model"]
 
 
-def run_config(t) -> dict:
+@dataclass(frozen=True)
+class RunState:
+    """What a run's records are built from: the trainer's state as it stands, typed."""
+
+    opts: Any  # the run's train.TrainOptions (train imports this module, not the reverse)
+    out: Path
+    model: AlexNet
+    device: torch.device
+    dist: DistContext
+    engine: Engine
+    classes: list[str]
+    history: list[dict]
+    best: BestEpoch
+    y_test: torch.Tensor
+    y_val: torch.Tensor
+
+
+def run_config(t: RunState) -> dict:
     """config.json: everything needed to rerun the run and to know what it was."""
     o = t.opts
     return {
@@ -37,12 +63,13 @@ def run_config(t) -> dict:
         "n_train": int(t.engine.n),
         "n_test": int(len(t.y_test)),
         "versions": versions(t.device),
+        "code": code_source(),  # the version, and the git commit or a digest of the files
         "command": list(sys.argv if o.command is None else o.command),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
+def run_result(t: RunState, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
     """result.json: the final and best test accuracy, time, device, per-class results; with a
     split, the test set on the final weights (``ev``) and on the best epoch's (``best_ev``)."""
     final = t.history[-1]
@@ -82,7 +109,7 @@ def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
     return result
 
 
-def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | None) -> dict:
+def checkpoint_state(t: RunState, epoch: int, step: int, rng: dict, epoch_so_far: dict | None) -> dict:
     """Everything a resume needs: weights, optimiser, random states, where the run is (epoch,
     step, the epoch's totals so far), its history, identity and engine settings."""
     state = {
@@ -103,7 +130,7 @@ def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | N
     return state
 
 
-def save_final_model(t, result: dict) -> None:
+def save_final_model(t: RunState, result: dict) -> None:
     """model.pt: the weights that were evaluated (the weight average, where the recipe keeps
     one), with what it takes to rebuild the model."""
     with t.engine.evaluated_weights():
