@@ -381,3 +381,19 @@ def test_evaluate_shows_a_progress_bar_on_a_terminal(cifar10_dir, tiny_run):
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert b"evaluate:" in seen and b"img" in seen, seen[-300:]
+
+
+def test_a_ctrl_c_while_the_resume_command_is_printed_still_exits_130(monkeypatch, capsys):
+    from alexnet_cifar.cli import training
+    from alexnet_cifar.errors import TrainingInterrupted
+
+    def stopped(args):
+        raise TrainingInterrupted("SIGINT: stopped", signal.SIGINT, run_dir="r", model="alexnet")
+
+    def another_ctrl_c(args, e):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "cmd_train", stopped)
+    monkeypatch.setattr(training, "_resume_train", another_ctrl_c)
+    assert main(["train", "alexnet"]) == 130
+    assert "SIGINT: stopped" in capsys.readouterr().err

@@ -46,8 +46,16 @@ __all__ = [
     "settings_on_resume",
 ]
 
-#: The run's identity outside its recipe: what config.json and the checkpoint record of it.
-IDENTITY_FIELDS = ("model", "num_classes", "seed", "limit_train", "limit_test")
+#: The run's identity outside its recipe (what config.json and the checkpoint record of it),
+#: and the kind of each.
+IDENTITY_KINDS = {
+    "model": "str",
+    "num_classes": "int",
+    "seed": "int",
+    "limit_train": "int?",
+    "limit_test": "int?",
+}
+IDENTITY_FIELDS = tuple(IDENTITY_KINDS)
 
 #: The fields that record the settings a resume keeps beside the identity (config.json,
 #: study.json), and their kinds.
@@ -59,12 +67,8 @@ KEPT_FIELDS = {
 }
 #: The fields of config.json that a resumed run takes its settings from, and their kinds.
 RUN_SETTINGS = {
-    "model": "str",
+    **IDENTITY_KINDS,
     "recipe": "dict",
-    "seed": "int",
-    "limit_train": "int?",
-    "limit_test": "int?",
-    "num_classes": "int",
     "engine_requested": "dict",
     "device": "str?",
     **KEPT_FIELDS,
