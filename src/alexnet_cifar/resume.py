@@ -261,11 +261,13 @@ def kept_settings(config: dict) -> dict:
 
 def settings_on_resume(recorded: dict, given: dict, where) -> dict:
     """The kept settings for a continued run: ``given`` (None: the flag was left out) over
-    ``recorded`` (:func:`kept_settings`). Refuses a given value that would change what is
-    computed; accepts a new data folder when the data is md5-checked (the same files)."""
+    ``recorded`` (:func:`kept_settings`). Refuses a device or evaluation batch that would
+    change what is computed; accepts ``verify=False`` (it skips a check), and a new data
+    folder when the data is md5-checked (the same files)."""
     chosen = {k: given.get(k) if given.get(k) is not None else recorded.get(k) for k in given}
     refused = []
-    for name in ("device", "eval_batch_size", "verify"):
+    # --no-verify only skips a check: accepted (the md5 check is what a new data folder needs)
+    for name in ("device", "eval_batch_size"):
         have, asked = recorded.get(name), given.get(name)
         if asked is None or have == asked or (have is None and name != "eval_batch_size"):
             continue
@@ -289,8 +291,6 @@ def settings_on_resume(recorded: dict, given: dict, where) -> dict:
 
 
 def _refusal(name: str, have, asked) -> str:
-    if name == "verify":
-        return f"{param('verify', False)}: the run's data was md5-checked"
     shown = "the default" if have is None else param(name, have)
     return f"{param(name, asked)}: the run has {shown}"
 
