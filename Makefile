@@ -24,9 +24,12 @@ venv: $(STAMP)
 # Data: $CIFAR10_DIR, else the per-user cache (downloaded there if missing).
 demo: venv
 	$(BIN)/alexnet-cifar train alexnet --epochs 2 --batch-size 32 --limit-train 3000 \
-		--limit-test 1000 --device cpu --out runs/demo --resume
+		--limit-test 1000 --device cpu --out runs/demo \
+		$(if $(wildcard runs/demo/checkpoint*.pt),--resume)
 
 test: venv
+	@test -x /usr/bin/chromium || command -v chromium >/dev/null || echo "note: 3 checks of \
+	report.html need headless Chromium: sudo apt-get install chromium (as .ci/run does)"
 	$(BIN)/python -m pytest -q
 
 quick: venv

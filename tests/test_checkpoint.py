@@ -170,3 +170,88 @@ def test_checkpoints_and_model_files_are_sealed_by_one_function(tmp_path, monkey
     # read_state checks the digest each was sealed with
     assert read_state(tmp_path / "checkpoint.pt")["format"] == ckpt.CHECKPOINT_FORMAT
     assert read_state(tmp_path / "model.pt")["format"] == ckpt.MODEL_FORMAT
+
+
+class _Injected(BaseException):
+    """Stands for the exception a second Ctrl-C raises in the main thread."""
+
+
+def _interrupt_at_line(k: int):
+    """A trace function raising _Injected at the k-th stage of the writer's life: each line
+    of its own code, the call of Thread.start (the thread made, not started) and the wait
+    inside it (the thread started, start() not yet returned). A signal handler runs at such
+    points; deeper in the threading module's lock bookkeeping an exception would break
+    CPython itself, not the writer."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        code = frame.f_code
+        ours = code.co_filename.endswith("checkpoint.py")
+        in_start = (
+            code.co_filename.endswith("threading.py")
+            and event == "call"
+            and (code.co_name == "start" or frame.f_back.f_code.co_name == "start")
+        )
+        if (ours and event == "line") or in_start:
+            count += 1
+            if count == k:
+                raise _Injected
+        return trace if ours else None
+
+    return trace
+
+
+def test_a_signal_at_any_line_of_the_writers_life_never_joins_an_unstarted_thread():
+    """The second Ctrl-C race: an exception at each line of submit (thread made, being
+    started, started) and of wait; afterwards wait() as the trainer's cleanup calls it raises
+    no RuntimeError, and every write that began is finished."""
+    import threading
+
+    from alexnet_cifar.checkpoint import BackgroundWriter
+
+    k, cut_at_least_once = 1, False
+    while True:
+        writer, done = BackgroundWriter(), []
+        writer.submit(lambda: done.append("first"))
+        before = set(threading.enumerate())
+        sys.settrace(_interrupt_at_line(k))
+        try:
+            writer.submit(lambda: done.append("second"))
+            writer.wait()
+            interrupted = False
+        except _Injected:
+            interrupted = cut_at_least_once = True
+        finally:
+            sys.settrace(None)
+        writer.wait(quietly=True)  # the trainer's cleanup: never "cannot join thread ..."
+        for t in set(threading.enumerate()) - before:
+            if t._started.wait(2):  # made before start() was cut: it still runs to the end
+                t.join(5)
+        assert done[0] == "first" and done.count("second") <= 1, (k, done)
+        if not interrupted:
+            assert done == ["first", "second"]
+            break
+        k += 1
+    assert cut_at_least_once and k > 8  # the trace did reach into Thread.start
+
+
+def test_a_second_signal_while_held_stops_when_the_held_step_is_done():
+    import signal as signals
+
+    from alexnet_cifar.errors import TrainingInterrupted
+    from alexnet_cifar.train import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signals.SIGINT)
+        assert stop.signum == signals.SIGINT  # the first: a flag, checked at safe points
+        steps = []
+        with pytest.raises(TrainingInterrupted) as e:
+            with stop.held():
+                os.kill(os.getpid(), signals.SIGINT)
+                steps.append("the held step goes on")
+        assert steps == ["the held step goes on"] and e.value.exit_code == 130
+        with pytest.raises(TrainingInterrupted):  # outside held: at once
+            os.kill(os.getpid(), signals.SIGINT)
+            for _ in range(100):
+                pass

@@ -174,7 +174,7 @@ def test_limit_beyond_the_data_is_refused(capsys, cifar10_dir, tmp_path, monkeyp
         str(tmp_path / "r"),
         "--no-verify",
     )
-    _fails_cleanly(p, "--limit-train must lie between 1 and 50000")
+    _fails_cleanly(p, "--limit-train must lie between 1 and 50,000 (the training set's size)")
 
 
 # ---------------------------------------------------------------------- bad data files
@@ -340,3 +340,112 @@ def test_help_does_not_promise_the_seed_recipe_whatever_recipe_is_chosen(command
     assert f"seed 300, fast {fast.epochs}" in text and f"fast {fast.batch_size}" in text
     if command == "train":  # the seed's numbers, as the recipe has them
         assert "SGD 0.01, Nesterov 0.9, drops x0.1" in text and "batch 64" in text
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["train", "alexnet", "--epcohs", "1"],
+            "alexnet-cifar train: error: unrecognized arguments: --epcohs 1; did you mean "
+            "--epochs?",
+        ),
+        (["evaluate", "x", "--limt-test=3"], "did you mean --limit-test?"),
+        (["study", "--no-verfy"], "did you mean --no-verify?"),
+        (["models", "--jsn"], "did you mean --json?"),
+    ],
+)
+def test_a_mistyped_flag_gets_the_nearest_flag_of_its_command(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_a_flag_far_from_every_flag_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "alexnet", "--zzzzzz"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_evaluate_names_the_test_sets_size(cifar10_dir, tiny_run, capsys):
+    argv = ["evaluate", str(tiny_run), "--data-dir", str(cifar10_dir), "--no-verify"]
+    code = main([*argv, "--limit-test", "20000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--limit-test must lie between 1 and 10,000 (the test set's size)" in err
+
+
+def test_evaluate_on_a_run_before_its_first_checkpoint_says_it_has_no_finished_epoch(
+    tmp_path, capsys
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what a run writes as it starts
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no finished epoch yet (still training" in err and "not a run folder" not in err
+
+
+@pytest.mark.real_data
+def test_evaluate_on_an_unfinished_run_says_how_far_it_is(cifar10_dir, interrupted_run, capsys):
+    import json
+
+    argv = ["evaluate", str(interrupted_run), "--data-dir", str(cifar10_dir), "--no-verify"]
+    argv += ["--limit-test", "100"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(unfinished run: epoch 1 of 3, 3 steps into the next)" in out.splitlines()[0]
+    assert main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["unfinished"]
+    assert got["epoch"] == 1 and got["epochs"] == 3 and got["note"].startswith("unfinished run")
+
+
+@pytest.mark.real_data
+def test_evaluate_shows_a_progress_bar_on_a_terminal(cifar10_dir, tiny_run):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()  # 120 columns wide: the bar is drawn
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", "evaluate", str(tiny_run), "--no-verify"],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=dict(os.environ, CIFAR10_DIR=str(cifar10_dir)),
+    )
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the terminal's other end closed: the process ended
+                    break
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert b"evaluate:" in seen and b"img" in seen, seen[-300:]
+
+
+def test_a_ctrl_c_while_the_resume_command_is_printed_still_exits_130(monkeypatch, capsys):
+    from alexnet_cifar.cli import training
+    from alexnet_cifar.errors import TrainingInterrupted
+
+    def stopped(args):
+        raise TrainingInterrupted("SIGINT: stopped", signal.SIGINT, run_dir="r", model="alexnet")
+
+    def another_ctrl_c(args, e):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "cmd_train", stopped)
+    monkeypatch.setattr(training, "_resume_train", another_ctrl_c)
+    assert main(["train", "alexnet"]) == 130
+    assert "SIGINT: stopped" in capsys.readouterr().err

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
 import pytest
 import torch
 
@@ -92,7 +94,9 @@ def test_torchscript_matches_pytorch(tmp_path, cifar10, capsys):
     out = tmp_path / "model.ts"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
     assert "max |difference| to PyTorch" in capsys.readouterr().out
-    loaded = torch.jit.load(str(out))
+    with warnings.catch_warnings():  # TorchScript is deprecated; what it gives is checked
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(out))
     for x in (torch.randn(3, 3, 32, 32), normalize(torch.from_numpy(cifar10.x_test[:64]))):
         with torch.no_grad():
             got = loaded(x.contiguous()).numpy()

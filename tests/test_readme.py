@@ -296,3 +296,28 @@ def test_the_docs_name_every_module():
     parts = {p.stem for p in (package / "report").glob("*.py")} - {"__init__"}
     missing = [m for m in sorted(parts) if f"``{m}``" not in report.__doc__]
     assert not missing, f"report/__init__'s docstring does not name {missing}"
+
+
+def test_the_torchrun_example_sets_the_threads_so_torchrun_does_not_warn():
+    runnable = [code for kind, code, _ in _blocks() if kind == "sh" and "torchrun" in code]
+    assert runnable and all("OMP_NUM_THREADS=" in code for code in runnable)
+
+
+def test_make_demo_resumes_only_a_run_it_has_started(tmp_path):
+    """On a fresh folder it starts the run (no 'nothing to resume'); after, it resumes it."""
+    import shutil
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv").mkdir()
+
+    def demo() -> str:
+        p = subprocess.run(
+            ["make", "-n", "-o", "venv", "demo"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    assert "alexnet-cifar train" in demo() and "--resume" not in demo()
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "checkpoint.pt").write_bytes(b"")
+    assert "--resume" in demo()

@@ -659,3 +659,18 @@ def test_seeds_report_renders_in_chromium(seeds, chromium):
     assert page.console_errors == [] and page.failed_requests == [] and page.broken_images == []
     assert len(page.images) == len(summary["figures"]) + len(summary["runs"])
     assert page.scripts == 0
+
+
+def test_the_tensorboard_command_survives_a_shell_and_names_each_run_once():
+    import shlex
+
+    from alexnet_cifar.report.runs import tensorboard_command
+
+    folders = ["../$HOME/run a", "../it's here", '../"q"/r', "../x`y`", "../plain"]
+    runs = [("alexnet_thinner_4 [a b]", f) for f in folders]
+    argv = shlex.split(tensorboard_command(runs))  # what a shell hands TensorBoard
+    assert argv[:2] == ["tensorboard", "--logdir_spec"] and len(argv) == 3
+    pairs = [item.split(":", 1) for item in argv[2].split(",")]
+    assert [folder for _, folder in pairs] == folders
+    names = [name for name, _ in pairs]
+    assert len(set(names)) == 5 and names[0] == "alexnet_thinner_4_a_b", names

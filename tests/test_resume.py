@@ -109,3 +109,137 @@ def test_force_allows_more_epochs_and_keeps_the_drops(cifar10_dir, interrupted_r
     )
     assert p.returncode == 0, p.stderr
     assert "nothing to train" in p.stdout
+
+
+# ---------------------------------------------------------------------- settings kept on resume
+# A run's device, data folder, md5 check and evaluation batch: the printed resume command
+# restores each, with CIFAR10_DIR unset and an empty cache (so nothing falls back on them).
+
+TINY_ARGS = "alexnet_thinner_4 --epochs 2 --batch-size 32 --limit-train 64 --limit-test 100"
+TINY_ARGS = [*TINY_ARGS.split(), "--seed", "3", "--no-progress"]
+
+
+def _bare_env(tmp_path) -> dict:
+    """No CIFAR10_DIR, an empty home and cache."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CIFAR10_DIR"}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    return env
+
+
+def _interrupted_after_epoch_1(args: list[str], env: dict, cwd) -> str:
+    """Start ``train ARGS`` and Ctrl-C it after its first epoch: the printed resume command."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("epoch 1/2"), (line, proc.stderr.read() if not line else "")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    return re.search(r"^Resume with: (.*)$", err, re.M).group(1)
+
+
+def _unverifiable_copy(cifar10_dir, root):
+    """The real CIFAR-10 files, but with one pixel of the test batch changed: the md5 check
+    fails on it (only --no-verify reads it)."""
+    src = cifar10_dir / "cifar-10-batches-bin"
+    dst = root / "cifar-10-batches-bin"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name == "test_batch.bin":
+            data = bytearray(f.read_bytes())
+            data[-1] ^= 1
+            (dst / f.name).write_bytes(bytes(data))
+        else:
+            (dst / f.name).symlink_to(f)
+    return root
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_the_printed_resume_command_keeps_device_data_verify_and_eval_batch(
+    cifar10_dir, tmp_path
+):
+    """Started with --device cpu --data-dir D --no-verify --eval-batch-size 7 (D's test batch
+    fails the md5 check), stopped after epoch 1, resumed by the printed command alone: it
+    finds D, does not verify, evaluates in batches of 7, and ends as the uninterrupted run."""
+    import json
+    import subprocess
+
+    env = _bare_env(tmp_path)
+    data = _unverifiable_copy(cifar10_dir, tmp_path / "data")
+    kept = ["--device", "cpu", "--data-dir", "data", "--no-verify", "--eval-batch-size", "7"]
+    resume = _interrupted_after_epoch_1([*TINY_ARGS, *kept, "--out", "run"], env, tmp_path)
+    assert "--data-dir" not in resume and "--device" not in resume  # the run keeps them
+    p = subprocess.run(resume, shell=True, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, (resume, p.stderr)
+    whole = subprocess.run(
+        [*resume.split()[:-5], "train", *TINY_ARGS, *kept, "--out", "whole"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert whole.returncode == 0, whole.stderr
+    assert len(metric_rows(tmp_path / "run")) == 2
+    assert metric_rows(tmp_path / "run") == metric_rows(tmp_path / "whole")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["device_requested"] == "cpu" and config["eval_batch_size"] == 7
+    assert config["data_dir"] == str(data) and config["verify"] is False
+
+    # a flag given that differs is refused in one line, before anything trains
+    base = resume.split()[:-5]  # the command's interpreter and module
+    for flags, named in [
+        (["--device", "cuda"], "--device cuda: the run has --device cpu"),
+        (["--eval-batch-size", "9"], "--eval-batch-size 9: the run has --eval-batch-size 7"),
+        (["--data-dir", str(cifar10_dir)], f"--data-dir {cifar10_dir}: without the md5 check"),
+    ]:
+        p = subprocess.run(
+            [*base, "train", "alexnet_thinner_4", "--out", "run", "--resume", *flags],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and named in p.stderr, p.stderr
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_new_data_folder_with_the_same_checked_files_is_accepted_and_recorded(
+    cifar10_dir, tmp_path
+):
+    import json
+    import subprocess
+
+    env = _bare_env(tmp_path)
+    resume = _interrupted_after_epoch_1(
+        [*TINY_ARGS, "--data-dir", str(cifar10_dir), "--out", "run"], env, tmp_path
+    )
+    moved = tmp_path / "moved" / "cifar-10-batches-bin"
+    moved.mkdir(parents=True)
+    for f in (cifar10_dir / "cifar-10-batches-bin").iterdir():
+        (moved / f.name).symlink_to(f)
+    p = subprocess.run(
+        f"{resume} --data-dir moved", shell=True, env=env, cwd=tmp_path, capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data_dir"] == str(tmp_path / "moved")
+    assert config["changes"][-1]["data_dir"] == [str(cifar10_dir), str(tmp_path / "moved")]

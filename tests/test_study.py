@@ -513,10 +513,16 @@ def test_ray_study_stopped_and_started_again_finishes_identically(
 def test_seeds_flags(tmp_path, capsys):
     from alexnet_cifar.cli.studies import seed_list
 
-    assert (
-        seed_list("3") == [0, 1, 2] and seed_list("0,4,7") == [0, 4, 7] and seed_list("5,") == [5]
-    )
-    for bad, says in (("0", "at least 1"), ("1,1", "given twice"), ("a,b", "whole number")):
+    assert seed_list("3") == [0, 1, 2] and seed_list("0,4,7") == [0, 4, 7]
+    for bad, says in (
+        ("0", "at least 1"),
+        ("1,1", "given twice"),
+        ("a,b", "whole number"),
+        ("abc", "whole number"),
+        (",", "an empty seed"),
+        ("5,", "an empty seed"),
+        ("1,,2", "an empty seed"),
+    ):
         with pytest.raises(SystemExit):
             main(["study", "--seeds", bad, "--out", str(tmp_path)])
         assert says in capsys.readouterr().err
@@ -586,3 +592,139 @@ def test_study_json_records_seeds_and_split_and_a_continued_study_takes_them(tmp
     (out / "study.json").write_text(json.dumps({**settings, "seeds": [0, "x"]}))
     assert main(["study", "--out", str(out)]) == 2
     assert "the field 'seeds' should be a list of whole numbers" in capsys.readouterr().err
+
+
+def _written_study_json(out, argv: list[str]) -> dict:
+    """study.json as the writer writes it for ``study ARGV``."""
+    from alexnet_cifar.cli import build_parser
+    from alexnet_cifar.cli.flags import train_options
+    from alexnet_cifar.study import plan_runs, study_seeds, study_settings
+
+    args = build_parser().parse_args(["study", *argv, "--out", str(out)])
+    seeds = study_seeds(args.seeds, args.seed, {})
+    runs = plan_runs(out, args.models, seeds, lambda m, d: train_options(args, m, d, {}, True))
+    return study_settings(runs)
+
+
+def test_study_json_writer_and_reader_share_their_fields(tmp_path):
+    from alexnet_cifar.study import STUDY_FIELDS, read_study_settings
+
+    out = tmp_path / "s"
+    out.mkdir()
+    for argv in (
+        ["--models", "alexnet", "--seeds", "2", "--val-split", "50", "--device", "cpu"],
+        ["--models", "alexnet,alexnet_slim", "--data-dir", "d", "--eval-batch-size", "7"],
+    ):
+        written = _written_study_json(out, argv)
+        assert set(written) <= set(STUDY_FIELDS)
+        (out / "study.json").write_text(json.dumps(written))
+        assert read_study_settings(out) == written  # what is written is read back, unchanged
+    assert written["data_dir"] == os.path.abspath("d")  # absolute: found from anywhere
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"seeds": [0, 0]}, "'seeds' lists 0 twice"),
+        ({"seeds": [3]}, "'seeds' should list 2 or more"),
+        ({"seeds": []}, "'seeds' should list 2 or more"),
+        ({"seeds": "0,1"}, "'seeds' should be a list of whole numbers"),
+        ({"seeds": [0, -1]}, "'seeds' should list seeds 0 or above"),
+        ({"models": []}, "'models' should list one or more"),
+        ({"models": ["alexnet", "alexnet"]}, "'models' lists 'alexnet' twice"),
+        ({"models": ["alexnet_x"]}, "the field 'models': unknown model"),
+        ({"models": "alexnet"}, "'models' should be a list of strings"),
+        ({"limit_train": 0}, "'limit_train' should be at least 1"),
+        ({"limit_test": "100"}, "'limit_test' should be a whole number"),
+        ({"eval_batch_size": 0}, "'eval_batch_size' should be at least 1"),
+        ({"verify": "no"}, "'verify' should be true or false"),
+        ({"device_requested": "gpu"}, "'device_requested' should be auto, cpu or cuda"),
+        ({"recipe": {"lr": -1}}, "the field 'recipe'"),
+        ({"seed": 1}, "'seed' (one seed) or 'seeds' (several)"),
+        ({"colour": "red"}, "the field 'colour' is not one a study records"),
+    ],
+)
+def test_a_hand_edited_study_json_is_checked_field_by_field(tmp_path, capsys, change, field):
+    out = tmp_path / "s"
+    out.mkdir()
+    settings = _written_study_json(out, ["--models", "alexnet", "--seeds", "2"])
+    (out / "study.json").write_text(json.dumps({**settings, **change}))
+    assert main(["study", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out / "study.json") in err and field in err, err
+    assert not (out / "alexnet").exists()  # nothing trained
+
+
+def test_narrowing_models_or_seeds_on_a_study_folder_is_refused(tmp_path, capsys):
+    from alexnet_cifar.study import check_kept_runs
+
+    out = tmp_path / "s"
+    out.mkdir()
+    argv = ["--models", "alexnet,alexnet_thinner_4", "--seeds", "3"]
+    (out / "study.json").write_text(json.dumps(_written_study_json(out, argv)))
+    finished = out / "alexnet_thinner_4" / "seed-2"
+    finished.mkdir(parents=True)
+    (finished / "result.json").write_text("{}")  # a finished run the report shows
+    for narrower, says in (
+        (["--models", "alexnet"], "alexnet_thinner_4 seed 2"),
+        (["--seeds", "2"], "alexnet_thinner_4 seed 2"),
+    ):
+        assert main(["study", *narrower, "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "leaves out" in err and err.count("\n") == 1, err
+    # wider adds runs; leaving out a run that never started loses nothing
+    prev = json.loads((out / "study.json").read_text())
+    all_three = ["alexnet", "alexnet_thinner_4", "alexnet_slim"]
+    check_kept_runs(out, prev, all_three, [0, 1, 2, 3])
+    check_kept_runs(out, prev, ["alexnet_thinner_4"], [1, 2])
+
+
+def test_a_ray_address_that_does_not_answer_fails_in_seconds(tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    code = main(
+        ["study", "--executor", "ray", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - t0 < 15
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_continued_study_keeps_its_data_folder(cifar10_dir, tmp_path):
+    """Started with --data-dir, stopped, continued by the printed command with CIFAR10_DIR
+    unset and an empty cache: the study finds its data."""
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CIFAR10_DIR"}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    args = ["--models", "alexnet_thinner_4", "--epochs", "2", *SUBSET, "--device", "cpu"]
+    cmd = [sys.executable, "-m", "alexnet_cifar", "study", *args, "--no-progress"]
+    proc = subprocess.Popen(
+        [*cmd, "--data-dir", str(cifar10_dir), "--out", "s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    resume = re.search(r"^Resume with: (.*)$", err, re.M).group(1)
+    assert "--data-dir" not in resume
+    p = subprocess.run(resume, shell=True, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, (resume, p.stderr)
+    assert (tmp_path / "s" / "runs" / "alexnet_thinner_4" / "result.json").is_file()

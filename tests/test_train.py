@@ -354,3 +354,40 @@ def test_unwritable_out_fails_before_training(tmp_path):
     )
     assert p.returncode == 2
     assert "cannot write to the run folder" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_config_json_records_the_code_that_trained_it(tmp_path):
+    """In a git checkout: the version and the commit; elsewhere: a digest of the files."""
+    import shutil
+
+    import alexnet_cifar
+    from alexnet_cifar.runlog import code_source, source_of
+
+    here = code_source()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=Path(alexnet_cifar.__file__).parent,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert here["alexnet_cifar"] == alexnet_cifar.__version__
+    assert here["git_commit"] == head and isinstance(here["git_modified"], bool)
+
+    copy = tmp_path / "alexnet_cifar"
+    shutil.copytree(Path(alexnet_cifar.__file__).parent, copy)
+    installed = source_of(copy)  # as a wheel installs it: no checkout around it
+    assert "git_commit" not in installed and len(installed["files_sha256"]) == 64
+    (copy / "recipe.py").write_text((copy / "recipe.py").read_text() + "\n# changed\n")
+    assert source_of(copy)["files_sha256"] != installed["files_sha256"]
+
+
+@pytest.mark.real_data
+def test_config_json_records_the_command_given_in_the_options(cifar10, tmp_path):
+    from alexnet_cifar.recipe import Recipe
+
+    out = tmp_path / "run"
+    opts = train_options(out, recipe=Recipe(epochs=1, batch_size=32), command=["study", "x"])
+    train(opts, data=cifar10)
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == ["study", "x"]
+    assert config["code"]["alexnet_cifar"] and config["device_requested"] == "cpu"

@@ -21,8 +21,8 @@ import torch
 from .augment import normalize
 from .engine import Engine, EngineOptions
 from .engine_options import cpu_has_native_bf16, set_process_flags
-from .optim import plain_step
 from .models import AlexNet, get_config, layer_table
+from .optim import plain_step
 from .recipe import Recipe
 from .runlog import versions
 

@@ -22,7 +22,7 @@ import torch
 
 from . import files
 from .errors import CheckpointError, RunLockedError, moved_names, param
-from .files import CHECKPOINT, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
+from .files import CHECKPOINT, CONFIG_FILE, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
 from .models import AlexNet, AlexNetConfig, meta_model
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "RunLock",
     "load_checkpoint",
     "load_model",
+    "load_model_and_progress",
     "read_state",
     "resolve_weights_file",
     "save_checkpoint",
@@ -65,7 +66,14 @@ def to_cpu(obj: Any) -> Any:
 class BackgroundWriter:
     """Writes one file at a time in a thread, so training goes on while a checkpoint is hashed
     and written. A new write first waits for the one before; an error surfaces at that wait
-    (or at ``wait()``), never silently."""
+    (or at ``wait()``), never silently.
+
+    A signal's exception (a second Ctrl-C) may arrive at any point of ``submit`` or ``wait``:
+    the writer only records a thread once it has started, so ``wait()`` never joins a thread
+    that did not (which raises "cannot join thread before it is started"). A thread whose
+    start was interrupted after it was made still writes its file to the end: it is not a
+    daemon, so the interpreter waits for it before it exits.
+    """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -73,8 +81,9 @@ class BackgroundWriter:
 
     def submit(self, job) -> None:
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(job,), daemon=False)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, args=(job,), daemon=False)
+        thread.start()
+        self._thread = thread  # only a started thread: wait() may join it
 
     def _run(self, job) -> None:
         try:
@@ -85,8 +94,9 @@ class BackgroundWriter:
     def wait(self, quietly: bool = False, warn=None) -> None:
         """Wait for the write on its way; raise its error, or with ``quietly`` (another
         error is already on its way) report it through ``warn`` beside that one."""
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None:
+            thread.join()  # interrupted by a signal: the thread stays recorded, to join later
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
@@ -328,6 +338,11 @@ def resolve_weights_file(path: str | Path) -> Path:
         for name in (MODEL_FILE, CHECKPOINT, PREV_CHECKPOINT):
             if (path / name).is_file():
                 return path / name
+        if (path / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"{path} is a run with no finished epoch yet (still training, or stopped "
+                "before its first checkpoint): nothing to evaluate until its first checkpoint"
+            )
         raise CheckpointError(
             f"{path} holds no {MODEL_FILE} or {CHECKPOINT}: not a run folder of alexnet-cifar"
         )
@@ -338,8 +353,31 @@ def resolve_weights_file(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
     """The trained model (eval mode) from a run folder, a checkpoint or a final model file."""
+    return load_model_and_progress(path, device)[0]
+
+
+def load_model_and_progress(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[AlexNet, dict | None]:
+    """:func:`load_model`, and where an unfinished run stands when the weights are those of
+    a training checkpoint: ``{"epoch": k, "epochs": n, "step": s}`` (k epochs of n finished,
+    s steps into the next); None for a final model or a finished run's checkpoint."""
     file = resolve_weights_file(path)
     state = read_state(file)
+    return _model_of(file, state, device), _progress_of(state)
+
+
+def _progress_of(state: dict) -> dict | None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        return None
+    epochs = (state.get("run_identity") or {}).get("recipe.epochs")
+    epoch, step = state.get("epoch"), state.get("step", 0)
+    if not isinstance(epochs, int) or not isinstance(epoch, int) or epoch >= epochs:
+        return None
+    return {"epoch": epoch, "epochs": epochs, "step": step if isinstance(step, int) else 0}
+
+
+def _model_of(file: Path, state: dict, device) -> AlexNet:
     try:
         config = AlexNetConfig.from_dict(state["model_config"])
         model = AlexNet(config)

@@ -122,13 +122,14 @@ class CIFAR10:
         )
 
     def _limit(self, limit_train: int | None, limit_test: int | None, seed: int) -> CIFAR10:
-        for name, limit, n in (
-            ("limit_train", limit_train, len(self.y_train)),
-            ("limit_test", limit_test, len(self.y_test)),
+        for name, limit, n, what in (
+            ("limit_train", limit_train, len(self.y_train), "training"),
+            ("limit_test", limit_test, len(self.y_test), "test"),
         ):
             if limit is not None and not 1 <= limit <= n:
                 raise SettingError(
-                    f"{param(name)} must lie between 1 and {n} (the split's size), not {limit}"
+                    f"{param(name)} must lie between 1 and {n:,} (the {what} set's size), "
+                    f"not {limit:,}"
                 )
         out = self
         if limit_train is not None and limit_train < len(self.y_train):

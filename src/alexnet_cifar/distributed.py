@@ -17,9 +17,15 @@ import torch.distributed as dist
 
 from .errors import SettingError, param
 
-__all__ = ["DistContext", "init_distributed", "resolve_device", "shard"]
+__all__ = ["DistContext", "init_distributed", "is_device_name", "resolve_device", "shard"]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def is_device_name(text: str) -> bool:
+    """Whether ``text`` names a device: auto, cpu, cuda or cuda:N (any case, spaces around)."""
+    t = text.strip().lower()
+    return t in DEVICES or (t.startswith("cuda:") and t[5:].isdigit())
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
@@ -27,8 +33,7 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     text = (name or "auto").strip().lower()
-    known = text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit())
-    if not known:
+    if not is_device_name(text):
         raise SettingError(f"unknown {param('device')} {name!r}; use auto, cpu or cuda (or cuda:N)")
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

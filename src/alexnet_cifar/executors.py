@@ -27,11 +27,19 @@ from .data import load_cifar10
 from .distributed import resolve_device
 from .errors import AlexnetCifarError, ExecutorError, SettingError, TrainingInterrupted, param
 from .files import METRICS_FILE
-from .resume import has_checkpoint
+from .resume import data_folder, has_checkpoint
 from .train import TrainOptions, train
 from .train_records import best_words
 
-__all__ = ["EXECUTORS", "Job", "RayExecutor", "Sequential", "import_ray"]
+__all__ = [
+    "EXECUTORS",
+    "Job",
+    "RayExecutor",
+    "Sequential",
+    "check_ray_address",
+    "gpu_share",
+    "import_ray",
+]
 
 #: The executors by the name the command line gives them.
 EXECUTORS = ("sequential", "ray")
@@ -128,7 +136,7 @@ def _writable(data):
     return replace(data, **copies)
 
 
-def _train_task(options, data, threads, events, tag, on_step, argv) -> dict:
+def _train_task(options, data, threads, events, tag, on_step) -> dict:
     """One run on a Ray worker; a retry after the worker died resumes from the checkpoint.
     Errors a user can fix come back as a record (the driver raises them); bugs raise."""
     import ray
@@ -139,15 +147,12 @@ def _train_task(options, data, threads, events, tag, on_step, argv) -> dict:
     done = _epochs_done(options)
     start = f"resuming after epoch {done}" if done else "training"
     ray.get(events.put.remote(f"{tag}: started on {where}, {start} in {options.out}"))
-    worker_argv, sys.argv = sys.argv, list(argv)  # config.json records the study's command
     try:
         result = train(options, data=_writable(data), on_step=on_step)
     except AlexnetCifarError as e:
         record = {"type": type(e).__name__, "message": e.args[0] if e.args else str(e)}
         record.update(signum=getattr(e, "signum", None), run_dir=str(options.out))
         return {"where": where, "error": record}
-    finally:
-        sys.argv = worker_argv
     keep = ("test_accuracy", "best_test_accuracy", "best_epoch", "train_seconds", "device")
     keep += ("val_split", "best_val_accuracy", "test_accuracy_at_best_val")  # best_words()
     return {"where": where, "result": {k: result[k] for k in keep if k in result}}
@@ -184,6 +189,39 @@ def _error(record: dict, model: str) -> AlexnetCifarError:
     return cls(record["message"])
 
 
+def gpu_share(value) -> float:
+    """What a run may ask of the GPUs: a share of one (0 to 1) or a whole number of them."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise SettingError(f"{param('gpus_per_run')} must be a number, not {value!r}") from None
+    if not (0 < f < math.inf) or (f > 1 and f != int(f)):
+        raise SettingError(
+            f"{param('gpus_per_run')} must be a share of one GPU (0 to 1) or a whole "
+            f"number of them, not {value}"
+        )
+    return f
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """A Ray address HOST:PORT (or ray://HOST:PORT) that nothing answers at fails here, in
+    seconds, instead of Ray's own retries for a minute or more."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SettingError(f"{param('address')} {address!r} should be HOST:PORT (or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ExecutorError(
+            f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): check "
+            "that 'ray start --head' runs on that machine, that the port is the head's "
+            "(6379 by default) and that no firewall is in the way"
+        ) from None
+
+
 class RayExecutor:
     """Each run a Ray task. On a cluster with GPUs a run asks for ``gpus_per_run`` of one
     (fractions let small variants share a card); on a cluster without, for that many CPUs,
@@ -205,15 +243,10 @@ class RayExecutor:
         max_retries: int = 3,
         on_step: Callable | None = None,
     ):
-        f = float(gpus_per_run)
-        if not (0 < f < math.inf) or (f > 1 and f != int(f)):
-            raise SettingError(
-                f"{param('gpus_per_run')} must be a share of one GPU (0 to 1) or a whole "
-                f"number of them, not {gpus_per_run}"
-            )
-        self.address, self.gpus_per_run = address, f
+        self.address, self.gpus_per_run = address, gpu_share(gpus_per_run)
         self.max_retries, self.on_step = max_retries, on_step
-        import_ray()  # a missing Ray is said before anything starts
+        import_ray()  # a missing Ray, or a cluster that does not answer, is said before anything
+        check_ray_address(address or os.environ.get("RAY_ADDRESS"))  # starts
 
     def run(self, jobs: list[Job], say: Callable[[str], None]) -> None:
         if not jobs:
@@ -273,11 +306,14 @@ class RayExecutor:
             max_retries=self.max_retries, retry_exceptions=False, **resources
         )
         refs = {}
-        for job in jobs:  # the driver's record of the data folder and command, not the worker's
+        for job in jobs:  # the driver's data folder and command, not the worker's
+            o = job.options
             opts = replace(
-                job.options, data_dir=job.options.data_dir or os.environ.get("CIFAR10_DIR")
+                o,
+                data_dir=data_folder(o.data_dir),
+                command=list(sys.argv) if o.command is None else o.command,
             )
-            args = (opts, data_ref, threads, events, job.tag, self.on_step, sys.argv)
+            args = (opts, data_ref, threads, events, job.tag, self.on_step)
             refs[task.remote(*args)] = job
         ask = ", ".join(f"{v:g} {k.removeprefix('num_').upper()[:3]}" for k, v in resources.items())
         total = ", ".join(

@@ -159,8 +159,8 @@ def check_onnx(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
 
 
 def check_torchscript(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
-    loaded = torch.jit.load(str(path), map_location="cpu")
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), _quiet():  # torch.jit.load warns that it is deprecated
+        loaded = torch.jit.load(str(path), map_location="cpu")
         got = loaded(x)
         want = ProbabilityModel(model.cpu().float().eval())(x)
     return float((got - want).abs().max())

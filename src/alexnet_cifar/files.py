@@ -40,6 +40,8 @@ __all__ = [
     "refuse_run_file",
     "remove_empty_run_folder",
     "remove_stale_temp_files",
+    "study_run_folder",
+    "study_run_folders",
 ]
 
 # The files of a run folder.
@@ -57,6 +59,19 @@ STUDY_FILE = "study.json"
 # Temporary files of atomic writes start with this (then the file's name).
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
+
+
+def study_run_folder(out: Path, model: str, seed: int, several_seeds: bool) -> Path:
+    """Where a study keeps a run: ``OUT/runs/NAME``, or ``OUT/NAME/seed-N`` with several seeds."""
+    return Path(out) / model / f"seed-{seed}" if several_seeds else Path(out) / "runs" / model
+
+
+def study_run_folders(out: Path) -> list[Path]:
+    """The run folders a study folder holds (as :func:`study_run_folder` places them), those
+    with a config.json, in order."""
+    out = Path(out)
+    found = sorted(p for p in out.glob("runs/*") if (p / CONFIG_FILE).is_file())
+    return found + sorted(p for p in out.glob("*/seed-*") if (p / CONFIG_FILE).is_file())
 
 
 def _read_umask() -> int:

@@ -26,15 +26,7 @@ from ._version import __version__
 from .checkpoint import save_model_file
 from .data import CLASSES
 from .errors import KerasFileError, param
-from .files import (
-    CHECKPOINT,
-    CONFIG_FILE,
-    MODEL_FILE,
-    RESULT_FILE,
-    atomic_write_bytes,
-    atomic_write_json,
-    refuse_run_file,
-)
+from .files import CHECKPOINT, MODEL_FILE, atomic_write_bytes, refuse_run_file
 from .keras_files import KerasLayer, KerasWeights, open_keras_weights, read_keras_weights
 from .models import (
     KERAS_LAYER_KINDS,
@@ -45,6 +37,7 @@ from .models import (
     get_config,
     meta_model,
 )
+from .runlog import code_source, write_config_file, write_result_file
 
 __all__ = [
     "KerasFileError",
@@ -273,8 +266,9 @@ def _write_imported_run(
         "imported_from": "Keras",
         "source": source,
         "versions": {"alexnet_cifar": __version__, "torch": torch.__version__},
+        "code": code_source(),
     }
-    atomic_write_json(out / CONFIG_FILE, config_json, what="the imported model's settings")
+    write_config_file(out, config_json)
     result = {
         "model": model_name,
         "run_dir": str(out),
@@ -285,7 +279,7 @@ def _write_imported_run(
         "model_file": str(out / MODEL_FILE),
         "classes": classes,
     }
-    atomic_write_json(out / RESULT_FILE, result, what="the imported model's result")
+    write_result_file(out, result)
     return result
 
 

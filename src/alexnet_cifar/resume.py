@@ -8,10 +8,12 @@ the epochs already trained stay what they were). A study compares its runs the s
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
+from .distributed import resolve_device
 from .engine_options import engine_setting_kinds
 from .errors import AlexnetCifarError, CheckpointError, RunSetupError, SettingError, param
 from .files import (
@@ -25,25 +27,51 @@ from .files import (
 from .recipe import Recipe
 
 __all__ = [
+    "IDENTITY_FIELDS",
+    "KEPT_FIELDS",
+    "KEPT_SETTINGS",
     "SAFE_CHANGES",
     "RUN_SETTINGS",
+    "data_folder",
+    "kept_settings",
+    "kept_settings_of",
+    "record_change",
+    "record_data_folder",
     "differences",
     "has_checkpoint",
     "identity_of_config",
     "load_resume_state",
     "run_identity",
     "run_settings",
+    "settings_on_resume",
 ]
 
-#: The fields of config.json that a resumed run takes its settings from, and their kinds.
-RUN_SETTINGS = {
+#: The run's identity outside its recipe (what config.json and the checkpoint record of it),
+#: and the kind of each.
+IDENTITY_KINDS = {
     "model": "str",
-    "recipe": "dict",
+    "num_classes": "int",
     "seed": "int",
     "limit_train": "int?",
     "limit_test": "int?",
-    "num_classes": "int",
+}
+IDENTITY_FIELDS = tuple(IDENTITY_KINDS)
+
+#: The fields that record the settings a resume keeps beside the identity (config.json,
+#: study.json), and their kinds.
+KEPT_FIELDS = {
+    "device_requested": "str?",
+    "data_dir": "str?",
+    "verify": "bool",
+    "eval_batch_size": "int?",
+}
+#: The fields of config.json that a resumed run takes its settings from, and their kinds.
+RUN_SETTINGS = {
+    **IDENTITY_KINDS,
+    "recipe": "dict",
     "engine_requested": "dict",
+    "device": "str?",
+    **KEPT_FIELDS,
 }
 ENGINE_SETTINGS = engine_setting_kinds()  # the fields of EngineOptions and their kinds
 
@@ -64,13 +92,7 @@ def run_identity(
     val_split: int | None = None,
 ) -> dict:
     """The fields that define what a run computes, flat (``recipe.lr``, ...)."""
-    ident = {
-        "model": model,
-        "num_classes": num_classes,
-        "seed": seed,
-        "limit_train": limit_train,
-        "limit_test": limit_test,
-    }
+    ident = dict(zip(IDENTITY_FIELDS, (model, num_classes, seed, limit_train, limit_test)))
     if val_split is not None:
         ident["val_split"] = val_split
     ident.update({f"recipe.{k}": v for k, v in recipe.to_dict().items()})
@@ -80,9 +102,7 @@ def run_identity(
 def identity_of_config(config: dict) -> dict:
     """The identity recorded in a run's config.json (the same flat form)."""
     recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
-    ident = {
-        k: config.get(k) for k in ("model", "num_classes", "seed", "limit_train", "limit_test")
-    }
+    ident = {k: config.get(k) for k in IDENTITY_FIELDS}
     ident.update({k: config[k] for k in OPTIONAL_FIELDS if config.get(k) is not None})
     ident.update({f"recipe.{k}": v for k, v in recipe.items()})
     return ident
@@ -166,16 +186,116 @@ def _extended(run_dir: Path, path: Path, state: dict, theirs: dict, recipe: Reci
 
 def _record_extension(run_dir: Path, old_epochs, recipe: Recipe) -> None:
     """config.json follows a forced change, so a later plain resume reuses it."""
-    path = run_dir / CONFIG_FILE
+    record_change(run_dir, "recipe", recipe.to_dict(), ("recipe.epochs", old_epochs, recipe.epochs))
+
+
+def record_change(run_dir: Path, field: str, value, change: tuple | None = None) -> None:
+    """config.json takes ``value`` for ``field`` and lists ``change`` (name, old, new) among
+    its changes, so a later plain resume reuses it and the record says when it changed."""
+    path = Path(run_dir) / CONFIG_FILE
     try:
         config = read_json_object(path)
     except AlexnetCifarError:  # a missing or damaged config.json is rewritten on resume
         return
-    config["recipe"] = recipe.to_dict()
-    config.setdefault("changes", []).append(
-        {"recipe.epochs": [old_epochs, recipe.epochs], "at": time.ctime()}
-    )
+    name, old, new = change or (field, config.get(field), value)
+    config[field] = value
+    config.setdefault("changes", []).append({name: [old, new], "at": time.ctime()})
     atomic_write_json(path, config, what="the run's settings")
+
+
+# ---------------------------------------------------------------------- settings kept on resume
+
+#: The settings of a run beside its identity that a resume keeps: a flag left out takes the
+#: run's value; one given that differs is refused, or accepted where nothing computed changes.
+KEPT_SETTINGS = ("device", "data_dir", "verify", "eval_batch_size")
+
+
+def data_folder(data_dir) -> str | None:
+    """The data folder as a run records it: the one given (or ``$CIFAR10_DIR``), absolute, so
+    that a resume from anywhere finds it; None for the per-user cache."""
+    chosen = data_dir if data_dir is not None else os.environ.get("CIFAR10_DIR") or None
+    return None if chosen is None else os.path.abspath(os.path.expanduser(str(chosen)))
+
+
+def kept_settings_of(options) -> dict:
+    """The kept settings of a run's options (a TrainOptions), as config.json and study.json
+    record them."""
+    return {
+        "device_requested": options.device,
+        "data_dir": data_folder(options.data_dir),
+        "verify": options.verify,
+        "eval_batch_size": options.eval_batch_size,
+    }
+
+
+def record_data_folder(run_dir: Path, data_dir) -> None:
+    """A resumed run that read its (md5-checked) data from another folder than config.json
+    names: config.json now names that folder, and lists the change."""
+    try:
+        recorded = read_json_object(Path(run_dir) / CONFIG_FILE).get("data_dir")
+    except AlexnetCifarError:
+        return
+    if data_folder(data_dir) != recorded:
+        record_change(run_dir, "data_dir", data_folder(data_dir))
+
+
+def kept_settings(config: dict) -> dict:
+    """The kept settings a run (or a study) recorded; None where it recorded nothing. Runs
+    from before ``device_requested`` was recorded keep the kind of device they ran on."""
+    device = config.get("device_requested")
+    if device is None and isinstance(config.get("device"), str):
+        device = config["device"].split(":")[0]
+    return {
+        "device": device,
+        "data_dir": config.get("data_dir"),
+        "verify": config.get("verify"),
+        "eval_batch_size": config.get("eval_batch_size"),
+    }
+
+
+def settings_on_resume(recorded: dict, given: dict, where) -> dict:
+    """The kept settings for a continued run: ``given`` (None: the flag was left out) over
+    ``recorded`` (:func:`kept_settings`). Refuses a device or evaluation batch that would
+    change what is computed; accepts ``verify=False`` (it skips a check), and a new data
+    folder when the data is md5-checked (the same files)."""
+    chosen = {k: given.get(k) if given.get(k) is not None else recorded.get(k) for k in given}
+    refused = []
+    # --no-verify only skips a check: accepted (the md5 check is what a new data folder needs)
+    for name in ("device", "eval_batch_size"):
+        have, asked = recorded.get(name), given.get(name)
+        if asked is None or have == asked or (have is None and name != "eval_batch_size"):
+            continue
+        if name == "device" and _same_device(have, asked):
+            continue
+        refused.append(_refusal(name, have, asked))
+    have, asked = recorded.get("data_dir"), given.get("data_dir")
+    if asked is not None and data_folder(asked) != have and chosen.get("verify") is False:
+        refused.append(
+            f"{param('data_dir', asked)}: without the md5 check "
+            f"({param('verify', False)}) a new data folder cannot be told to hold the same files"
+        )
+    if refused:
+        raise SettingError(
+            f"cannot continue {where} with other settings than it was started with: "
+            + "; ".join(refused)
+            + ". Leave these flags out to keep the run's own, or start a new run in another "
+            f"{param('out')}."
+        )
+    return chosen
+
+
+def _refusal(name: str, have, asked) -> str:
+    shown = "the default" if have is None else param(name, have)
+    return f"{param(name, asked)}: the run has {shown}"
+
+
+def _same_device(a: str, b: str) -> bool:
+    """Whether two device names pick the same device here (``auto`` and ``cpu`` on a machine
+    without CUDA): then nothing computed changes."""
+    try:
+        return resolve_device(a) == resolve_device(b)
+    except SettingError:
+        return False
 
 
 def run_settings(run_dir: Path, warn=None) -> dict:
@@ -199,11 +319,14 @@ def run_settings(run_dir: Path, warn=None) -> dict:
         return {}
     state, _ = load_checkpoint(run_dir, warn=warn or (lambda msg: None))
     ident = state["run_identity"]
-    settings = {k: ident.get(k) for k in ("model", "seed", "limit_train", "limit_test")}
+    settings = {k: ident.get(k) for k in IDENTITY_FIELDS}
+    settings.update({k: ident[k] for k in OPTIONAL_FIELDS if ident.get(k) is not None})
     settings["recipe"] = {
         k.removeprefix("recipe."): v for k, v in ident.items() if k.startswith("recipe.")
     }
     settings["num_classes"] = ident.get("num_classes", 10)
     if isinstance(state.get("engine_requested"), dict):
         settings["engine_requested"] = state["engine_requested"]
+    if isinstance(state.get("settings"), dict):  # device, data folder, verify, eval batch
+        settings.update(state["settings"])
     return settings

@@ -12,10 +12,13 @@ durations as people read them.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import math
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,7 +46,10 @@ __all__ = [
     "format_duration",
     "progress_bar",
     "read_metrics",
+    "code_source",
     "versions",
+    "write_config_file",
+    "write_result_file",
 ]
 
 #: The columns of metrics.csv, one row per finished epoch (Keras' names).
@@ -62,6 +68,40 @@ def versions(device: torch.device | None = None) -> dict:
         v["cuda"] = torch.version.cuda
         v["gpu"] = torch.cuda.get_device_name(device)
     return v
+
+
+@functools.lru_cache(maxsize=1)
+def code_source() -> dict:
+    """The code that ran: the package's version, and in a git checkout its commit (and
+    whether the package's files differ from it), else a SHA-256 over the package's files."""
+    return source_of(Path(__file__).resolve().parent)
+
+
+def source_of(pkg: Path) -> dict:
+    """:func:`code_source` of the package in the folder ``pkg``."""
+    source: dict = {"alexnet_cifar": __version__}
+    tracked = _git(pkg, "ls-files", "--error-unmatch", "__init__.py") is not None
+    commit = _git(pkg, "rev-parse", "HEAD") if tracked else None
+    if commit:
+        source["git_commit"] = commit
+        source["git_modified"] = bool(_git(pkg, "status", "--porcelain", "--", "."))
+        return source
+    digest = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        digest.update(f"{f.relative_to(pkg).as_posix()}\0".encode() + f.read_bytes())
+    source["files_sha256"] = digest.hexdigest()
+    return source
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """git's output in ``folder``, or None (no git, not a checkout, any failure)."""
+    try:
+        p = subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
 
 
 def format_duration(seconds: float | None) -> str:
@@ -187,7 +227,7 @@ class RunLog:
 
     def write_config(self, config: dict) -> None:
         if self.enabled:
-            atomic_write_json(self.folder / CONFIG_FILE, config, what="the run's settings")
+            write_config_file(self.folder, config)
 
     def write_metrics(self, history: list[dict]) -> None:
         """metrics.csv with every finished epoch (rewritten whole, atomically)."""
@@ -218,12 +258,22 @@ class RunLog:
 
     def write_result(self, result: dict) -> None:
         if self.enabled:
-            atomic_write_json(self.folder / RESULT_FILE, result, what="the run's result")
+            write_result_file(self.folder, result)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def write_config_file(folder: Path, config: dict) -> None:
+    """A run folder's config.json (a trained run's, an imported model's)."""
+    atomic_write_json(Path(folder) / CONFIG_FILE, config, what="the run's settings")
+
+
+def write_result_file(folder: Path, result: dict) -> None:
+    """A run folder's result.json (a trained run's, an imported model's)."""
+    atomic_write_json(Path(folder) / RESULT_FILE, result, what="the run's result")
 
 
 # ---------------------------------------------------------------------- reading

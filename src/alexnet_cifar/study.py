@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .checkpoint import RunLock
-from .errors import SettingError, param
+from .distributed import is_device_name
+from .errors import SettingError, UnknownModelError, param
 from .executors import Job, Sequential
 from .files import (
     CONFIG_FILE,
@@ -25,14 +26,18 @@ from .files import (
     atomic_write_json,
     check_fields,
     read_json_object,
+    study_run_folder,
 )
+from .models import get_config
 from .recipe import Recipe
 from .report import build_report
-from .resume import differences, has_checkpoint, identity_of_config
+from .resume import KEPT_FIELDS, differences, has_checkpoint, identity_of_config, kept_settings_of
 from .train import TrainOptions
 
 __all__ = [
+    "STUDY_FIELDS",
     "StudyRun",
+    "check_kept_runs",
     "check_existing",
     "plan_runs",
     "read_study_settings",
@@ -56,9 +61,8 @@ class StudyRun:
         return self.options.seed
 
 
-def run_folder(out: Path, model: str, seed: int, several_seeds: bool) -> Path:
-    """Where a study keeps a run: ``OUT/runs/NAME``, or ``OUT/NAME/seed-N`` with several seeds."""
-    return Path(out) / model / f"seed-{seed}" if several_seeds else Path(out) / "runs" / model
+#: Where a study keeps a run (the layout's one owner is files.py, which the report reads too).
+run_folder = study_run_folder
 
 
 def plan_runs(
@@ -92,45 +96,118 @@ def study_seeds(seeds: list[int] | None, seed: int | None, prev: dict) -> list[i
     return list(chosen)
 
 
+#: study.json: each field and its kind. ``study_settings`` writes these fields and no others,
+#: ``read_study_settings`` checks them; one seed per variant records "seed", several "seeds".
+STUDY_FIELDS = {
+    "models": "strs",
+    "recipe": "dict",
+    "seed": "int",
+    "seeds": "ints",
+    "limit_train": "int?",
+    "limit_test": "int?",
+    "val_split": "int?",
+    **KEPT_FIELDS,
+}
+#: Fields written only when they hold something.
+_WRITTEN_WHEN_SET = ("seed", "seeds", "val_split")
+#: Fields that must be a whole number at least this.
+_AT_LEAST = {"seed": 0, "limit_train": 1, "limit_test": 1, "val_split": 1, "eval_batch_size": 1}
+
+
 def read_study_settings(out: Path) -> dict:
-    """The settings an earlier invocation recorded in ``OUT/study.json`` ({} if none)."""
+    """The settings an earlier invocation recorded in ``OUT/study.json`` ({} if none), each
+    field checked: a hand-edited file with a mistake is refused naming the file and field."""
     f = Path(out) / STUDY_FILE
     if not f.exists():
         return {}
     settings = read_json_object(f, "study settings", error=SettingError)
-    spec = {"models": "strs", "recipe": "dict", "seed": "int", "limit_train": "int?"}
-    spec.update({"limit_test": "int?", "seeds": "ints?", "val_split": "int?"})
-    check_fields(settings, spec, str(f))
-    if "recipe" in settings:
-        Recipe.from_dict(settings["recipe"], f"{f}: the field 'recipe'")
-    seeds = settings.get("seeds")
-    if seeds is not None and (len(seeds) < 2 or min(seeds) < 0):
-        raise SettingError(f"{f}: the field 'seeds' should list two or more seeds (0, 1, ...)")
+    unknown = [k for k in settings if k not in STUDY_FIELDS]
+    if unknown:
+        raise SettingError(f"{f}: the field {unknown[0]!r} is not one a study records")
+    check_fields(settings, STUDY_FIELDS, str(f), required=("models", "recipe"))
+    Recipe.from_dict(settings["recipe"], f"{f}: the field 'recipe'")
+    _check_list(f, "models", settings["models"], 1)
+    for name in settings["models"]:
+        try:
+            get_config(name)
+        except UnknownModelError as e:
+            raise SettingError(f"{f}: the field 'models': {e.args[0]}") from None
+    if ("seed" in settings) == ("seeds" in settings):
+        raise SettingError(f"{f}: the field 'seed' (one seed) or 'seeds' (several) is needed")
+    if "seeds" in settings:
+        _check_list(f, "seeds", settings["seeds"], 2)
+        if min(settings["seeds"]) < 0:
+            raise SettingError(f"{f}: the field 'seeds' should list seeds 0 or above")
+    for name, lo in _AT_LEAST.items():
+        if settings.get(name) is not None and settings[name] < lo:
+            raise SettingError(f"{f}: the field {name!r} should be at least {lo}")
+    device = settings.get("device_requested")
+    if device is not None and not is_device_name(device):
+        raise SettingError(f"{f}: the field 'device_requested' should be auto, cpu or cuda[:N]")
     return settings
+
+
+def _check_list(f: Path, name: str, values: list, least: int) -> None:
+    if len(values) < least:
+        raise SettingError(
+            f"{f}: the field {name!r} should list {'one' if least == 1 else least} or more"
+        )
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise SettingError(f"{f}: the field {name!r} lists {twice[0]!r} twice")
 
 
 def study_settings(runs: list[StudyRun]) -> dict:
     """What study.json records: the models, the seeds and the settings the runs share."""
     first = runs[0].options
     seeds = list(dict.fromkeys(r.seed for r in runs))
-    settings = {
+    values = {
         "models": list(dict.fromkeys(r.model for r in runs)),
         "recipe": first.recipe.to_dict(),  # whole, so a continued study keeps every field
-        "seed": first.seed,
+        "seed": first.seed if len(seeds) == 1 else None,
+        "seeds": seeds if len(seeds) > 1 else None,
         "limit_train": first.limit_train,
         "limit_test": first.limit_test,
+        "val_split": first.val_split,
+        **kept_settings_of(first),
     }
-    if len(seeds) > 1:
-        del settings["seed"]
-        settings["seeds"] = seeds
-    if first.val_split is not None:
-        settings["val_split"] = first.val_split
-    return settings
+    return {
+        k: values[k]
+        for k in STUDY_FIELDS
+        if not (k in _WRITTEN_WHEN_SET and values[k] is None)
+    }
+
+
+def check_kept_runs(out: Path, prev: dict, models: list[str], seeds: list[int]) -> None:
+    """Refuse an invocation that would leave out a run the study folder holds (a narrower
+    ``--models`` or ``--seeds``): its report would drop finished runs without a word. A wider
+    one adds runs."""
+    several = "seeds" in prev
+    had = prev.get("seeds") or [prev.get("seed", 0)]
+    left_out = [
+        (m, s)
+        for m in prev.get("models") or []
+        for s in had
+        if (m not in models or (several and s not in seeds))
+        and _holds_run(run_folder(out, m, s, several))
+    ]
+    if left_out:
+        shown = ", ".join(f"{m} seed {s}" if several else m for m, s in left_out[:4])
+        more = f" and {len(left_out) - 4} more" if len(left_out) > 4 else ""
+        raise SettingError(
+            f"{out} holds runs this invocation leaves out ({shown}{more}); a study keeps its "
+            f"runs: give {param('models')} and {param('seeds')} that include them (or leave "
+            f"them out to continue the study as it was), or choose another {param('out')}"
+        )
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return has_checkpoint(run_dir) or (run_dir / RESULT_FILE).exists()
 
 
 def check_existing(run: StudyRun) -> None:
     """Refuse, before anything trains, a run folder that holds a run with other settings."""
-    has_run = has_checkpoint(run.run_dir) or (run.run_dir / RESULT_FILE).exists()
+    has_run = _holds_run(run.run_dir)
     cfg_file = run.run_dir / CONFIG_FILE
     if not has_run or not cfg_file.is_file():
         return  # nothing there yet: training starts a new run

@@ -16,17 +16,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from . import files
 from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
 from .data import CIFAR10, load_cifar10
 from .distributed import DistContext, init_distributed, resolve_device
 from .engine import Engine, EngineOptions, EpochSums
 from .engine_options import set_process_flags
-from . import files
 from .errors import (
     CheckpointError,
     NonFiniteLossError,
@@ -38,6 +39,7 @@ from .errors import (
 from .evaluate import EvalResult
 from .files import (
     CHECKPOINT,
+    CONFIG_FILE,
     MODEL_FILE,
     prepare_run_folder,
     remove_empty_run_folder,
@@ -45,10 +47,16 @@ from .files import (
 )
 from .models import AlexNet, get_config
 from .recipe import Recipe
-from .resume import load_resume_state, run_identity
+from .resume import load_resume_state, record_data_folder, run_identity
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
 from .selection import BestEpoch
-from .train_records import checkpoint_state, run_config, run_result, save_final_model
+from .train_records import (
+    RunState,
+    checkpoint_state,
+    run_config,
+    run_result,
+    save_final_model,
+)
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -93,6 +101,7 @@ class TrainOptions:
     # seconds between checkpoints at most (0: every epoch); one is always written at the end
     # and on a signal, so a kill -9 loses at most this much training
     checkpoint_every: float = 60.0
+    command: list[str] | None = None  # what config.json records as the command; None: sys.argv
 
     def run_identity(self) -> dict:
         """The fields that define what is computed: a resume must match them."""
@@ -108,11 +117,14 @@ class TrainOptions:
 
 
 class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked at safe points; a second signal stops at once."""
+    """Turns SIGINT/SIGTERM into a flag checked at safe points; a second signal stops at once,
+    except inside ``held()``, which it leaves first."""
 
     def __init__(self):
         self.signum: int | None = None
         self._old: dict[int, object] = {}
+        self._held = False
+        self._pending: int | None = None  # a second signal that came while held
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -122,12 +134,32 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.signum is not None:  # second signal: the user means it
-            raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped at once", signum)
+            if self._held:
+                self._pending = signum
+                return
+            raise _stopped_at_once(signum)
         self.signum = signum
+
+    @contextmanager
+    def held(self):
+        """A step that must not be cut in two (handing a checkpoint to its writer thread): a
+        second signal during it stops the run as soon as it is done."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise _stopped_at_once(signum)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def _stopped_at_once(signum: int) -> TrainingInterrupted:
+    return TrainingInterrupted(f"{signal.Signals(signum).name}: stopped at once", signum)
 
 
 class _EvaluationStopped(Exception):
@@ -204,8 +236,10 @@ class Trainer:
         self.say(_engine_line(self))
         for line in said:
             self.say(line)
-        if state is None or not (self.out / "config.json").is_file():
-            self.runlog.write_config(run_config(self))
+        if state is None or not (self.out / CONFIG_FILE).is_file():
+            self.runlog.write_config(run_config(self.state()))
+        elif self.dist.is_main and opts.verify:  # the md5-checked files: the same data
+            record_data_folder(self.out, opts.data_dir)
 
     def _restore(self, st: dict) -> None:
         try:
@@ -358,13 +392,30 @@ class Trainer:
         self._interrupted(f"in epoch {epoch + 1} {where}")
 
     # ------------------------------------------------------------------ checkpoints, logs
+    def state(self) -> RunState:
+        """The run as its records (config.json, checkpoint, result.json, model.pt) see it."""
+        return RunState(
+            opts=self.opts,
+            out=self.out,
+            model=self.model,
+            device=self.device,
+            dist=self.dist,
+            engine=self.engine,
+            classes=list(self.classes),
+            history=self.history,
+            best=self.best,
+            y_test=self.y_test,
+            y_val=self.y_val,
+        )
+
     def _save(self, epoch: int, step: int, data_state: torch.Tensor, epoch_so_far: dict | None):
         if not self.dist.is_main:
             return
         rng = _rng_state(data_state, self.device)
-        state = checkpoint_state(self, epoch, step, rng, epoch_so_far)
-        # hashed and written in a thread while the next epoch trains
-        save_checkpoint(self.out, state, writer=self.writer)
+        state = checkpoint_state(self.state(), epoch, step, rng, epoch_so_far)
+        self.writer.wait()  # the previous write (a second Ctrl-C may cut this wait short)
+        with self.signals.held():  # hashed and written in a thread while the next epoch trains
+            save_checkpoint(self.out, state, writer=self.writer)
         self._last_save = time.monotonic()
         if step == 0:
             self.saved_epoch = epoch
@@ -398,9 +449,9 @@ class Trainer:
                 )
         except _EvaluationStopped:
             self._interrupted("before the final evaluation")
-        result = run_result(self, ev, best_ev)
+        result = run_result(self.state(), ev, best_ev)
         if self.dist.is_main:
-            save_final_model(self, result)
+            save_final_model(self.state(), result)
             self.runlog.write_result(result)
         return result
 

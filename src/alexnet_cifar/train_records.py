@@ -4,16 +4,27 @@ contents, result.json (its final and best accuracy, time, device, classes) and m
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from .checkpoint import save_model_file
+from .distributed import DistContext
+from .engine import Engine
 from .evaluate import EvalResult
 from .files import MODEL_FILE
-from .runlog import METRIC_COLUMNS, versions
+from .models import AlexNet
+from .resume import kept_settings_of
+from .runlog import METRIC_COLUMNS, code_source, versions
+from .selection import BestEpoch
 
 __all__ = [
+    "RunState",
+    "best_words",
     "checkpoint_state",
     "engine_fields",
     "run_config",
@@ -22,7 +33,24 @@ __all__ = [
 ]
 
 
-def run_config(t) -> dict:
+@dataclass(frozen=True)
+class RunState:
+    """What a run's records are built from: the trainer's state as it stands, typed."""
+
+    opts: Any  # the run's train.TrainOptions (train imports this module, not the reverse)
+    out: Path
+    model: AlexNet
+    device: torch.device
+    dist: DistContext
+    engine: Engine
+    classes: list[str]
+    history: list[dict]
+    best: BestEpoch
+    y_test: torch.Tensor
+    y_val: torch.Tensor
+
+
+def run_config(t: RunState) -> dict:
     """config.json: everything needed to rerun the run and to know what it was."""
     o = t.opts
     return {
@@ -35,22 +63,21 @@ def run_config(t) -> dict:
         **({"val_split": o.val_split, "n_val": int(len(t.y_val))} if o.val_split else {}),
         "num_classes": o.num_classes,
         "classes": list(t.classes),
-        "data_dir": str(o.data_dir) if o.data_dir else os.environ.get("CIFAR10_DIR"),
-        "verify": o.verify,
+        **kept_settings_of(o),
         "device": str(t.device),
         **engine_fields(t),
         "checkpoint_every": o.checkpoint_every,
         "world_size": t.dist.world_size,
-        "eval_batch_size": o.eval_batch_size,
         "n_train": int(t.engine.n),
         "n_test": int(len(t.y_test)),
         "versions": versions(t.device),
-        "command": sys.argv,
+        "code": code_source(),  # the version, and the git commit or a digest of the files
+        "command": list(sys.argv if o.command is None else o.command),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def engine_fields(t) -> dict:
+def engine_fields(t: RunState) -> dict:
     """The engine as asked (``engine_requested``, the options given: what a resume reuses),
     as used (``engine`` and ``engine_used``: the rung of the ladder that runs, every auto
     resolved) and each fallback from the resolved request with its reason."""
@@ -64,7 +91,7 @@ def engine_fields(t) -> dict:
     }
 
 
-def run_result(t, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
+def run_result(t: RunState, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
     """result.json: the final and best test accuracy, time, device, per-class results; with a
     split, the test set on the final weights (``ev``) and on the best epoch's (``best_ev``)."""
     final = t.history[-1]
@@ -122,7 +149,9 @@ def best_words(result: dict) -> str:
     )
 
 
-def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | None) -> dict:
+def checkpoint_state(
+    t: RunState, epoch: int, step: int, rng: dict, epoch_so_far: dict | None
+) -> dict:
     """Everything a resume needs: weights, optimiser, random states, where the run is (epoch,
     step, the epoch's totals so far), its history, identity and engine settings."""
     state = {
@@ -136,13 +165,14 @@ def checkpoint_state(t, epoch: int, step: int, rng: dict, epoch_so_far: dict | N
         "partial": epoch_so_far,  # the interrupted epoch's totals (EpochSums), or None
         "history": t.history,
         "engine_requested": t.opts.engine.to_dict(),
+        "settings": kept_settings_of(t.opts),  # for a resume when config.json is gone
     }
     if t.best.state is not None:
         state["best_val"] = t.best.state
     return state
 
 
-def save_final_model(t, result: dict) -> None:
+def save_final_model(t: RunState, result: dict) -> None:
     """model.pt: the weights that were evaluated (the weight average, where the recipe keeps
     one), with what it takes to rebuild the model."""
     with t.engine.evaluated_weights():

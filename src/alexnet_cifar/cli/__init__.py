@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainingInterrupted as e:
-        _say_interrupted(args, e)
+        try:
+            _say_interrupted(args, e)
+        except KeyboardInterrupt:  # another Ctrl-C while saying so: the run is saved all the same
+            pass
         return e.exit_code
     except AlexnetCifarError as e:
         print(f"error: {e.render(flag_name)}", file=sys.stderr)

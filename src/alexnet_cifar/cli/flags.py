@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import shutil
@@ -12,11 +13,12 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..distributed import DEVICES
+from ..distributed import is_device_name
 from ..engine_options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
 from ..recipe import RECIPES, Recipe, get_recipe
+from ..resume import KEPT_SETTINGS, kept_settings, settings_on_resume
 from ..train import TrainOptions
 
 __all__ = [
@@ -41,10 +43,35 @@ PROG = "alexnet-cifar"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line and a pointer to --help, not the usage block."""
+    """argparse, but a mistake is one line and a pointer to --help, not the usage block; an
+    unknown flag gets the nearest of this command's flags as a suggestion."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = self._command_parser(parsed)
+            command.error(f"unrecognized arguments: {' '.join(unknown)}{command.nearest(unknown)}")
+        return parsed
+
+    def _command_parser(self, parsed) -> Parser:
+        """The parser of the command ``parsed`` holds (this one if it has none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(parsed, action.dest, None), self)
+        return self
+
+    def nearest(self, unknown: list[str]) -> str:
+        """'; did you mean --epochs?' for the first unknown flag close to one of ours."""
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        for text in unknown:
+            if text.startswith("-"):
+                close = difflib.get_close_matches(text.split("=")[0], flags, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
 
 
 def make_parser():
@@ -150,9 +177,8 @@ def non_negative_float(what: str):
 
 
 def device(text: str) -> str:
-    t = text.strip().lower()
-    if t in DEVICES or (t.startswith("cuda:") and t[5:].isdigit()):
-        return t
+    if is_device_name(text):
+        return text.strip().lower()
     raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (or cuda:N)")
 
 
@@ -187,7 +213,8 @@ def add_run_path(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda")
+    # None when left out (auto), so that a resumed run can keep its own device
+    p.add_argument("--device", type=device, help="auto (default), cpu, cuda")
 
 
 # ---------------------------------------------------------------------- training flags
@@ -297,7 +324,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         type=int_at_least(1, "--eval-batch-size"),
         help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
     )
-    p.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        default=None,
+        help="skip the md5 check of the data",
+    )
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     p.add_argument(
         "--checkpoint-every",
@@ -329,27 +362,32 @@ def _recipe(args, prev_recipe: dict) -> Recipe:
         raise SettingError(f"the recipe cannot be used: {e}") from None
 
 
-def train_options(args, model: str, out: Path, prev: dict, resume: bool) -> TrainOptions:
+def train_options(
+    args, model: str, out: Path, prev: dict, resume: bool, where=None
+) -> TrainOptions:
     """TrainOptions from the shared training flags; a flag left out takes its value from
-    ``prev`` (the settings of an earlier run or study: recipe, seed, limits, engine), else the
-    default."""
+    ``prev`` (the settings of an earlier run or study ``where``: recipe, seed, limits, engine,
+    device, data folder, md5 check, evaluation batch), else the default. A device, md5 check
+    or evaluation batch given that differs from ``prev``'s is refused."""
 
     def given_or_prev(name: str, default=None):
         value = getattr(args, name)
         return value if value is not None else prev.get(name, default)
 
+    given = {name: getattr(args, name) for name in KEPT_SETTINGS}
+    kept = settings_on_resume(kept_settings(prev), given, where or out) if prev else given
     return TrainOptions(
         model=model,
         out=out,
         recipe=_recipe(args, prev.get("recipe") or {}),
         seed=given_or_prev("seed", 0),
-        device=args.device,
-        data_dir=args.data_dir,
-        verify=not args.no_verify,
+        device=kept["device"] or "auto",
+        data_dir=kept["data_dir"],
+        verify=kept["verify"] is not False,
         limit_train=given_or_prev("limit_train"),
         limit_test=given_or_prev("limit_test"),
         val_split=given_or_prev("val_split"),
-        eval_batch_size=args.eval_batch_size,
+        eval_batch_size=kept["eval_batch_size"],
         engine=engine_options(args, prev.get("engine_requested")),
         resume=resume,
         force=getattr(args, "force", False),

@@ -6,12 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import executors
 from ..errors import SettingError, param
 from ..executors import EXECUTORS, RayExecutor
 from ..models import PRESETS, parse_model_list
 from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
-from ..study import plan_runs, read_study_settings, run_study, study_seeds
-from .flags import add_train_flags, folder, int_at_least, model_list, print_json, train_options
+from ..study import check_kept_runs, plan_runs, read_study_settings, run_study, study_seeds
+from .flags import (
+    add_train_flags,
+    flag_name,
+    folder,
+    int_at_least,
+    model_list,
+    print_json,
+    train_options,
+)
 
 __all__ = ["add_parsers"]
 
@@ -89,12 +98,16 @@ def _study_dir(args) -> Path:
 def seed_list(text: str) -> list[int]:
     """``3``: seeds 0, 1, 2; ``0,4,7``: those seeds."""
     parts = [p.strip() for p in text.split(",")]
+    if "," in text and not all(parts):
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: an empty seed; give N, or seeds separated by commas (0,1,2)"
+        )
     if len(parts) == 1:
         n = int_at_least(1, "--seeds")(parts[0])
         if n > 1000:
             raise argparse.ArgumentTypeError(f"--seeds {n}: at most 1000 runs per variant")
         return list(range(n))
-    seeds = [int_at_least(0, "--seeds")(p) for p in parts if p]
+    seeds = [int_at_least(0, "--seeds")(p) for p in parts]
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds {text}: a seed is given twice")
     return seeds
@@ -102,14 +115,9 @@ def seed_list(text: str) -> list[int]:
 
 def gpu_share(text: str) -> float:
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--gpus-per-run must be a number, not {text!r}") from None
-    if not 0 < v < float("inf") or (v > 1 and v != int(v)):
-        raise argparse.ArgumentTypeError(
-            f"--gpus-per-run must be a share of one GPU (0 to 1) or a whole number, not {text}"
-        )
-    return v
+        return executors.gpu_share(text)
+    except SettingError as e:
+        raise argparse.ArgumentTypeError(e.render(flag_name)) from None
 
 
 def _resume_study(args, e) -> list[str]:
@@ -142,8 +150,14 @@ def cmd_study(args) -> int:
     prev = read_study_settings(out)
     models = args.models or parse_model_list(",".join(prev.get("models") or PRESETS))
     seeds = study_seeds(args.seeds, args.seed, prev)
+    check_kept_runs(out, prev, models, seeds)
     runs = plan_runs(
-        out, models, seeds, lambda name, run_dir: train_options(args, name, run_dir, prev, True)
+        out,
+        models,
+        seeds,
+        lambda name, run_dir: train_options(
+            args, name, run_dir, prev, True, where=f"the study in {out}"
+        ),
     )
     quiet = args.quiet or args.json
     summary = run_study(

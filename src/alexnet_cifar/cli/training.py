@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from ..bench import BenchSettings, describe_device, format_row, run_bench
-from ..checkpoint import load_model
+from ..checkpoint import load_model_and_progress
 from ..data import load_cifar10
 from ..distributed import resolve_device
 from ..errors import SettingError, param
 from ..evaluate import evaluate_model, evaluate_with_tta
 from ..resume import run_settings
+from ..runlog import progress_bar
 from ..train import train
 from ..train_records import best_words
 from .flags import (
@@ -162,23 +163,35 @@ def _warn(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _unfinished(progress: dict) -> str:
+    steps = f", {progress['step']} steps into the next" if progress["step"] else ""
+    return f"unfinished run: epoch {progress['epoch']} of {progress['epochs']}{steps}"
+
+
 def cmd_evaluate(args) -> int:
     dev = resolve_device(args.device)
-    model = load_model(args.path, device=dev)
+    model, progress = load_model_and_progress(args.path, device=dev)
     data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
     data = data.subset(None, args.limit_test, args.seed)
     data.check_classes(model.config.num_classes, what=f"the model in {args.path}")
-    settings = dict(
-        classes=data.classes, batch_size=args.batch_size, channels_last=dev.type == "cuda"
-    )
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    tta = None
-    if args.tta:
-        res, tta = evaluate_with_tta(model, x, y, **settings)
-    else:
-        res = evaluate_model(model, x, y, **settings)
+    n = len(y) * (2 if args.tta else 1)
+    with progress_bar(n, "evaluate", enabled=None, unit="img") as bar:
+        settings = dict(
+            classes=data.classes,
+            batch_size=args.batch_size,
+            channels_last=dev.type == "cuda",
+            on_batch=bar.update,
+        )
+        tta = None
+        if args.tta:
+            res, tta = evaluate_with_tta(model, x, y, **settings)
+        else:
+            res = evaluate_model(model, x, y, **settings)
     if args.json:
         out = {"path": str(args.path), "model": model.config.name, **res.to_dict()}
+        if progress is not None:
+            out["unfinished"] = {**progress, "note": _unfinished(progress)}
         if tta is not None:
             out["tta"] = tta.to_dict()
             out["tta_loss"], out["tta_accuracy"] = tta.loss, tta.accuracy
@@ -186,7 +199,7 @@ def cmd_evaluate(args) -> int:
         return 0
     print(
         f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
-        f"accuracy {res.accuracy:.4f}"
+        f"accuracy {res.accuracy:.4f}" + (f" ({_unfinished(progress)})" if progress else "")
     )
     if tta is not None:
         print(

@@ -14,7 +14,7 @@ from .aggregate import aggregate
 from .document import Document, code
 from .figures import draw_figures, remove_stale_figures, train_vs_test_files
 from .numbers import OVERFIT_RISE, POST_BEST, run_summary
-from .runs import RunData, label_slug, load_runs
+from .runs import RunData, load_runs, tensorboard_command
 from .sections import (
     ReportContent,
     against_the_post_section,
@@ -161,10 +161,9 @@ def _tensorboard_section(doc: Document, content: ReportContent) -> None:
             "`val_accuracy`, `lr`, `seconds`)."
         )
     else:
-        spec = ",".join(f"{label_slug(s['label'])}:{s['run_dir']}" for s in content.summaries)
+        runs = [(s["label"], s["run_dir"]) for s in content.summaries]
         doc.paragraph(
-            f"From this folder, {code('tensorboard --logdir_spec ' + spec)} shows all runs side "
-            "by side."
+            f"From this folder, {code(tensorboard_command(runs))} shows all runs side by side."
         )
 
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import ReportError, SettingError
-from ..files import CONFIG_FILE, MODEL_FILE, RESULT_FILE, check_fields, read_json_object
+from ..files import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    RESULT_FILE,
+    check_fields,
+    read_json_object,
+    study_run_folders,
+)
 from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
 from ..runlog import read_metrics
@@ -152,9 +160,7 @@ def _run_folders_in(path: Path) -> list[Path] | None:
     several seeds), or None if ``path`` is not one."""
     if (path / CONFIG_FILE).exists() or not path.is_dir():
         return None
-    found = sorted(p for p in path.glob("runs/*") if (p / CONFIG_FILE).is_file())
-    found += sorted(p for p in path.glob("*/seed-*") if (p / CONFIG_FILE).is_file())
-    return found or None
+    return study_run_folders(path) or None
 
 
 def load_runs(paths, warn=None) -> list[RunData]:
@@ -215,6 +221,21 @@ def _assign_labels(runs: list[RunData]) -> None:
         seen[r.label] += 1
         if seen[r.label] > 1:
             r.label = f"{r.label} #{seen[r.label]}"
+
+
+def tensorboard_command(runs: list[tuple[str, str]]) -> str:
+    """``tensorboard --logdir_spec NAME:DIR,...`` for (label, run folder) pairs, quoted for a
+    shell, each run under a name of its own (``_2``, ``_3`` after a name already taken)."""
+    names: list[str] = []
+    for label, _ in runs:
+        base = label_slug(label)
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}_{n}"
+        names.append(name)
+    spec = ",".join(f"{name}:{folder}" for name, (_, folder) in zip(names, runs))
+    return shlex.join(["tensorboard", "--logdir_spec", spec])
 
 
 def label_slug(label: str) -> str:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..models import PRESETS
+from ..recipe import Recipe
 from . import cells
 from .columns import post_columns, result_columns
 from .document import Document, code, literal
 from .figures import CURVES, curve_labels
-from ..recipe import Recipe
 from .numbers import (
     POST_BEST,
     POST_BEST_ACCURACY,
