@@ -5,6 +5,7 @@ Each test names the fault of docs/reliability.md it proves.
 """
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -255,3 +256,22 @@ def test_a_second_signal_while_held_stops_when_the_held_step_is_done():
             os.kill(os.getpid(), signals.SIGINT)
             for _ in range(100):
                 pass
+
+
+def test_trained_engine_is_the_run_folders_record_or_none(tmp_path):
+    from alexnet_cifar.checkpoint import trained_engine
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert trained_engine(run) is None  # no config.json: nothing recorded
+    used = {"precision": "bf16", "channels_last": True}
+    record = {"engine": {"precision": "fp32"}, "engine_used": used}
+    (run / "config.json").write_text(json.dumps(record))
+    assert trained_engine(run) == used
+    assert trained_engine(run / "model.pt") == used  # a file inside the run folder
+    (run / "config.json").write_text(json.dumps({"engine": {"precision": "fp32"}}))
+    assert trained_engine(run)["precision"] == "fp32"  # an older run's record
+    (run / "config.json").write_text("{not json")
+    assert trained_engine(run) is None  # damaged: the caller's default
+    (run / "config.json").write_text(json.dumps({"engine_used": {"precision": "fp16"}}))
+    assert trained_engine(run) is None  # not a precision this package trains in

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from alexnet_cifar import load_model
-from alexnet_cifar.checkpoint import load_checkpoint, read_state
+from alexnet_cifar.checkpoint import load_checkpoint, read_state, trained_engine
 from alexnet_cifar.errors import FileWriteError
 from alexnet_cifar.evaluate import evaluate_model
 from alexnet_cifar.train import (
@@ -133,11 +133,15 @@ def test_load_model_reproduces_the_logged_accuracy(e2e_run, cifar10):
     model = load_model(out)
     assert not model.training
     test = cifar10.subset(None, 1000, seed=0)
-    ev = evaluate_model(model, test.x_test, test.y_test)
+    # in the precision and layout the run trained and evaluated in (bf16 where the CPU has it)
+    engine = trained_engine(out)
+    assert engine == json.loads((out / "config.json").read_text())["engine_used"]
+    how = dict(precision=engine["precision"], channels_last=engine["channels_last"])
+    ev = evaluate_model(model, test.x_test, test.y_test, **how)
     assert ev.accuracy == pytest.approx(result["test_accuracy"], abs=1e-9)
     assert ev.confusion.sum() == 1000
     # the same from the checkpoint file
-    ev2 = evaluate_model(load_model(out / "checkpoint.pt"), test.x_test, test.y_test)
+    ev2 = evaluate_model(load_model(out / "checkpoint.pt"), test.x_test, test.y_test, **how)
     assert ev2.accuracy == ev.accuracy
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import files
-from .errors import CheckpointError, RunLockedError, moved_names, param
+from .errors import AlexnetCifarError, CheckpointError, RunLockedError, moved_names, param
 from .files import CHECKPOINT, CONFIG_FILE, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
 from .models import AlexNet, AlexNetConfig, meta_model
 
@@ -35,6 +35,7 @@ __all__ = [
     "resolve_weights_file",
     "save_checkpoint",
     "save_model_file",
+    "trained_engine",
 ]
 
 # The atomic writes live in files; importing them from here still works, with a
@@ -354,6 +355,24 @@ def resolve_weights_file(path: str | Path) -> Path:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
     """The trained model (eval mode) from a run folder, a checkpoint or a final model file."""
     return load_model_and_progress(path, device)[0]
+
+
+def trained_engine(path: str | Path) -> dict | None:
+    """The engine configuration a run trained with (config.json's ``engine_used``, or its
+    ``engine`` in older runs) for a run folder or a file inside one; None where the folder
+    records none (a model file on its own, an imported model, a damaged config.json)."""
+    path = Path(path)
+    config = (path if path.is_dir() else path.parent) / CONFIG_FILE
+    if not config.is_file():
+        return None
+    try:
+        record = files.read_json_object(config)
+    except AlexnetCifarError:  # damaged: no record to follow, the caller's default holds
+        return None
+    engine = record.get("engine_used") or record.get("engine")
+    if not isinstance(engine, dict) or engine.get("precision") not in ("fp32", "bf16"):
+        return None
+    return engine
 
 
 def load_model_and_progress(

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..bench import BenchSettings, describe_device, format_row, run_bench
-from ..checkpoint import load_model_and_progress
+from ..checkpoint import load_model_and_progress, trained_engine
 from ..data import load_cifar10
 from ..distributed import resolve_device
 from ..errors import SettingError, param
@@ -92,6 +92,13 @@ def add_parsers(sub) -> None:
         "--tta",
         action="store_true",
         help="also report the flip-averaged prediction (mean softmax of image and mirror image)",
+    )
+    e.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default): the precision the run trained in (its config.json), so the "
+        "figures match the run's own; fp32 for a model file with no run folder",
     )
     e.set_defaults(func=cmd_evaluate)
 
@@ -176,11 +183,14 @@ def cmd_evaluate(args) -> int:
     data.check_classes(model.config.num_classes, what=f"the model in {args.path}")
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     n = len(y) * (2 if args.tta else 1)
+    trained = trained_engine(args.path) or {}
+    precision = args.precision if args.precision != "auto" else trained.get("precision", "fp32")
     with progress_bar(n, "evaluate", enabled=None, unit="img") as bar:
         settings = dict(
             classes=data.classes,
             batch_size=args.batch_size,
-            channels_last=dev.type == "cuda",
+            channels_last=bool(trained.get("channels_last", dev.type == "cuda")),
+            precision=precision,
             on_batch=bar.update,
         )
         tta = None
@@ -189,7 +199,8 @@ def cmd_evaluate(args) -> int:
         else:
             res = evaluate_model(model, x, y, **settings)
     if args.json:
-        out = {"path": str(args.path), "model": model.config.name, **res.to_dict()}
+        out = {"path": str(args.path), "model": model.config.name, "precision": precision}
+        out.update(res.to_dict())
         if progress is not None:
             out["unfinished"] = {**progress, "note": _unfinished(progress)}
         if tta is not None:
@@ -198,7 +209,7 @@ def cmd_evaluate(args) -> int:
         print_json(out)
         return 0
     print(
-        f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+        f"{model.config.name} on {res.n} test images ({precision}): loss {res.loss:.4f}  "
         f"accuracy {res.accuracy:.4f}" + (f" ({_unfinished(progress)})" if progress else "")
     )
     if tta is not None:
