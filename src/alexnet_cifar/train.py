@@ -39,7 +39,6 @@ from .errors import (
 from .evaluate import EvalResult
 from .files import (
     CHECKPOINT,
-    CONFIG_FILE,
     MODEL_FILE,
     prepare_run_folder,
     remove_empty_run_folder,
@@ -236,7 +235,7 @@ class Trainer:
         self.say(_engine_line(self))
         for line in said:
             self.say(line)
-        if state is None or not (self.out / CONFIG_FILE).is_file():
+        if state is None or not (self.out / files.CONFIG_FILE).is_file():
             self.runlog.write_config(run_config(self.state()))
         elif self.dist.is_main and opts.verify:  # the md5-checked files: the same data
             record_data_folder(self.out, opts.data_dir)
