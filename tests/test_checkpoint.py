@@ -214,11 +214,11 @@ def test_a_signal_at_any_line_of_the_writers_life_never_joins_an_unstarted_threa
     k, cut_at_least_once = 1, False
     while True:
         writer, done = BackgroundWriter(), []
-        writer.submit(lambda: done.append("first"))
+        writer.submit(lambda done=done: done.append("first"))
         before = set(threading.enumerate())
         sys.settrace(_interrupt_at_line(k))
         try:
-            writer.submit(lambda: done.append("second"))
+            writer.submit(lambda done=done: done.append("second"))
             writer.wait()
             interrupted = False
         except _Injected:

@@ -12,6 +12,7 @@ import pytest
 
 from alexnet_cifar import data as data_mod
 from alexnet_cifar import load_cifar10
+from alexnet_cifar.cli.flags import flag_name
 from alexnet_cifar.data import (
     BINARY_MD5,
     CLASSES,
@@ -19,7 +20,6 @@ from alexnet_cifar.data import (
     DataNotFoundError,
     balanced_subset,
 )
-from alexnet_cifar.cli.flags import flag_name
 from alexnet_cifar.errors import SettingError
 
 from .helpers import write_binary_folder

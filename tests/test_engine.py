@@ -7,9 +7,8 @@ import torch
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
 from alexnet_cifar.engine import Engine, EngineOptions, EpochSums
-from alexnet_cifar.optim import plain_step
 from alexnet_cifar.errors import SettingError
-from alexnet_cifar.optim import make_optimizer, set_learning_rate
+from alexnet_cifar.optim import make_optimizer, plain_step, set_learning_rate
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
 

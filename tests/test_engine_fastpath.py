@@ -367,8 +367,8 @@ def test_root_cause_is_the_first_exception_of_the_chain():
     try:
         try:
             raise KeyError("first")
-        except KeyError:
-            raise RuntimeError("second\nmore lines")
+        except KeyError:  # an implicit chain, as a failing compile leaves it
+            raise RuntimeError("second\nmore lines")  # noqa: B904
     except RuntimeError as e:
         assert root_cause(e) == "KeyError: 'first'"
 

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 import pytest
 import torch
 

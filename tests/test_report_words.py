@@ -8,10 +8,10 @@ import ast
 import json
 import math
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from alexnet_cifar.cli import main
 from alexnet_cifar.report import build_report, load_runs

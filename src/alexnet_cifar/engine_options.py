@@ -79,7 +79,10 @@ class EngineOptions:
         ["auto", "fp32", "bf16"],
     )
     channels_last: bool | None = _opt(
-        None, "bool?", "channels-last", "channels_last memory format (auto: on CUDA, and on the CPU with bf16)"
+        None,
+        "bool?",
+        "channels-last",
+        "channels_last memory format (auto: on CUDA, and on the CPU with bf16)",
     )
     compile: bool | None = _opt(
         None, "bool?", "compile", "torch.compile of the model (auto: on CUDA)"
