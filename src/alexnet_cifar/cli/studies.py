@@ -33,8 +33,8 @@ def add_parsers(sub) -> None:
         "seed's) into OUT/runs/NAME (with several --seeds: OUT/NAME/seed-N), one after another "
         "or on Ray (finished runs are skipped, unfinished ones resumed), then write the "
         "comparison report into OUT: report.md, report.html, summary.json and the figures. "
-        "Flags left out are taken from the study's earlier invocation (OUT/study.json), so 'alexnet-cifar study --out OUT' "
-        "continues an interrupted study.",
+        "Flags left out are taken from the study's earlier invocation (OUT/study.json), so "
+        "'alexnet-cifar study --out OUT' continues an interrupted study.",
     )
     s.add_argument(
         "--models",
