@@ -449,3 +449,33 @@ def test_a_ctrl_c_while_the_resume_command_is_printed_still_exits_130(monkeypatc
     monkeypatch.setattr(training, "_resume_train", another_ctrl_c)
     assert main(["train", "alexnet"]) == 130
     assert "SIGINT: stopped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "chosen, column, note",
+    [
+        (["test"], "best test", None),
+        (["validation", "validation"], "test@val", "test@val: the test accuracy at the epoch"),
+        (["validation", "test"], "test@*", "*: a run without a split chose by the test set"),
+    ],
+)
+def test_the_study_table_names_how_its_test_column_was_chosen(
+    chosen, column, note, monkeypatch, capsys, tmp_path
+):
+    from alexnet_cifar.cli import studies
+
+    monkeypatch.setattr(studies, "_print_best", lambda s: None)
+    monkeypatch.setattr(studies, "_print_seeds", lambda s: None)
+    run = dict(label="alexnet", epochs=2, status="finished", best_test_accuracy=0.5, best_epoch=2)
+    run.update(final_test_accuracy=0.5, final_train_accuracy=0.6, generalisation_gap=0.1)
+    run["seconds_per_epoch"] = 1.0
+    runs = []
+    for how in chosen:
+        runs.append({**run, **({"epoch_chosen_by": how} if how == "validation" else {})})
+    studies._print_summary({"runs": runs}, tmp_path, as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("variant"))
+    assert f" {column} " in f" {header} "
+    assert ("best test" in header) == (column == "best test")
+    notes = [line for line in lines if line.startswith("test@val:")]
+    assert (note in notes[0]) if note else not notes

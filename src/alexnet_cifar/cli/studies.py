@@ -191,8 +191,12 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
         return
     runs = summary["runs"]
     width = max(22, max(len(r["label"]) for r in runs) + 2)
+    # The test accuracy of the chosen epoch: chosen by validation where a run has a split.
+    chosen = {r.get("epoch_chosen_by", "test") for r in runs}
+    column = {"test": "best test", "validation": "test@val"}.get(chosen.pop(), "test@*")
+    column = column if not chosen else "test@*"  # runs with and without a split
     print(
-        f"\n{'variant':<{width}}{'epochs':>8}{'best test':>11}{'at':>5}{'final test':>12}"
+        f"\n{'variant':<{width}}{'epochs':>8}{column:>11}{'at':>5}{'final test':>12}"
         f"{'final train':>13}{'gap':>9}{'s/epoch':>9}"
     )
     for r in runs:
@@ -202,6 +206,11 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
             f"{r['best_epoch']:>5}{_pct(r['final_test_accuracy']):>12}"
             f"{_pct(r['final_train_accuracy']):>13}"
             f"{_pct(r['generalisation_gap'], '+'):>9}{_number(r['seconds_per_epoch']):>9}"
+        )
+    if column != "best test":
+        print(
+            "test@val: the test accuracy at the epoch of best validation accuracy"
+            + ("; *: a run without a split chose by the test set" if column == "test@*" else "")
         )
     _print_best(summary)
     _print_seeds(summary)
