@@ -28,6 +28,7 @@ LAYERS = {
         "resume",
         "selection",
         "train_records",
+        "stop_signals",
         "train",
         "study",
         "executors",

@@ -13,10 +13,8 @@ from __future__ import annotations
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,6 +47,7 @@ from .recipe import Recipe
 from .resume import load_resume_state, record_data_folder, run_identity
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
 from .selection import BestEpoch
+from .stop_signals import StopSignals
 from .train_records import (
     RunState,
     checkpoint_state,
@@ -113,52 +112,6 @@ class TrainOptions:
             self.recipe,
             self.val_split,
         )
-
-
-class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked at safe points; a second signal stops at once,
-    except inside ``held()``, which it leaves first."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, object] = {}
-        self._held = False
-        self._pending: int | None = None  # a second signal that came while held
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # second signal: the user means it
-            if self._held:
-                self._pending = signum
-                return
-            raise _stopped_at_once(signum)
-        self.signum = signum
-
-    @contextmanager
-    def held(self):
-        """A step that must not be cut in two (handing a checkpoint to its writer thread): a
-        second signal during it stops the run as soon as it is done."""
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-        if self._pending is not None:
-            signum, self._pending = self._pending, None
-            raise _stopped_at_once(signum)
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _stopped_at_once(signum: int) -> TrainingInterrupted:
-    return TrainingInterrupted(f"{signal.Signals(signum).name}: stopped at once", signum)
 
 
 class _EvaluationStopped(Exception):

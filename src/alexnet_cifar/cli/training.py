@@ -61,6 +61,47 @@ def add_parsers(sub) -> None:
     t.add_argument("--json", action="store_true", help="print the final result as JSON")
     t.set_defaults(func=cmd_train, resume_command=_resume_train)
 
+    _add_evaluate_parser(sub)
+
+    b = sub.add_parser(
+        "bench",
+        help="time the training step: plain eager fp32 against the engine, in one process",
+        description="Per model: ms per step, images/s and TFLOP/s of (a) a plain eager fp32 "
+        "step with torch.optim.SGD and (b) the engine as train runs it; the ratio a/b; on CUDA "
+        "also the measured bf16 matmul peak, the fraction of it reached, and peak memory.",
+    )
+    b.add_argument(
+        "--models",
+        type=model_list,
+        default="all",
+        help="all (default) or a comma-separated list",
+    )
+    b.add_argument(
+        "--batch-size", type=int_at_least(1, "--batch-size"), default=64, help="images a step (64)"
+    )
+    b.add_argument(
+        "--steps",
+        type=int_at_least(1, "--steps"),
+        help="measured steps per round and side (default 60 on CUDA, 3 on CPU)",
+    )
+    b.add_argument(
+        "--rounds",
+        type=int_at_least(1, "--rounds"),
+        help="alternations of plain and engine (default 5)",
+    )
+    b.add_argument(
+        "--warmup",
+        type=int_at_least(0, "--warmup"),
+        help="unmeasured steps first (default 10 on CUDA, 2 on CPU)",
+    )
+    add_device(b)
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_engine_flags(b)
+    b.set_defaults(func=cmd_bench)
+
+
+
+def _add_evaluate_parser(sub) -> None:
     e = sub.add_parser(
         "evaluate",
         help="test loss, accuracy, per-class accuracy and confusion matrix of a trained model",
@@ -101,43 +142,6 @@ def add_parsers(sub) -> None:
         "figures match the run's own; fp32 for a model file with no run folder",
     )
     e.set_defaults(func=cmd_evaluate)
-
-    b = sub.add_parser(
-        "bench",
-        help="time the training step: plain eager fp32 against the engine, in one process",
-        description="Per model: ms per step, images/s and TFLOP/s of (a) a plain eager fp32 "
-        "step with torch.optim.SGD and (b) the engine as train runs it; the ratio a/b; on CUDA "
-        "also the measured bf16 matmul peak, the fraction of it reached, and peak memory.",
-    )
-    b.add_argument(
-        "--models",
-        type=model_list,
-        default="all",
-        help="all (default) or a comma-separated list",
-    )
-    b.add_argument(
-        "--batch-size", type=int_at_least(1, "--batch-size"), default=64, help="images a step (64)"
-    )
-    b.add_argument(
-        "--steps",
-        type=int_at_least(1, "--steps"),
-        help="measured steps per round and side (default 60 on CUDA, 3 on CPU)",
-    )
-    b.add_argument(
-        "--rounds",
-        type=int_at_least(1, "--rounds"),
-        help="alternations of plain and engine (default 5)",
-    )
-    b.add_argument(
-        "--warmup",
-        type=int_at_least(0, "--warmup"),
-        help="unmeasured steps first (default 10 on CUDA, 2 on CPU)",
-    )
-    add_device(b)
-    b.add_argument("--json", action="store_true", help="print the results as JSON")
-    add_engine_flags(b)
-    b.set_defaults(func=cmd_bench)
-
 
 def _resume_train(args, e) -> list[str]:
     return ["train", e.model, "--out", str(e.run_dir), "--resume"]
