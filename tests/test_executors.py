@@ -63,8 +63,9 @@ def test_sequential_runs_stop_and_continue_as_if_never_stopped(tmp_path, data_di
     for i, line in ((1, said[1]), (2, said[3])):
         result = json.loads((tmp_path / f"run{i}" / "result.json").read_text())
         assert line.startswith(
-            f"[{i}/2] alexnet_thinner_4: test accuracy {result['test_accuracy']:.4f}, best "
-            f"{result['best_test_accuracy']:.4f} at epoch {result['best_epoch']}, "
+            f"[{i}/2] alexnet_thinner_4: best test accuracy {result['best_test_accuracy']:.4f} "
+            f"at epoch {result['best_epoch']} (chosen by the test set, optimistic); final test "
+            f"accuracy {result['test_accuracy']:.4f}, "
         )
         assert re.search(r", \d+\.\d s$", line)
     assert len(said) == 4

@@ -419,7 +419,9 @@ def test_a_deleted_config_is_rewritten_on_resume(cifar10_dir, trained_run, tmp_p
 def test_a_newest_checkpoint_with_the_wrong_tensors_falls_back(cifar10_dir, tmp_path):
     out = tmp_path / "run"
     env = {"CIFAR10_DIR": str(cifar10_dir)}
-    assert run_main("train", *TINY_RUN, "--out", out, env=env).returncode == 0
+    # a checkpoint every epoch, so that the one before the last is there to fall back to
+    every_epoch = ("--checkpoint-every", "0")
+    assert run_main("train", *TINY_RUN, *every_epoch, "--out", out, env=env).returncode == 0
     ref = metric_rows(out)
     (out / "result.json").unlink()
     state = torch.load(out / "checkpoint.prev.pt", weights_only=True)

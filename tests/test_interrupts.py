@@ -135,6 +135,8 @@ def test_the_printed_resume_command_runs_as_printed(cifar10_dir, tmp_path):
         env=env,
         cwd=tmp_path,
     )
+    first = proc.stdout.readline()
+    assert first.startswith("alexnet_thinner_4 on cpu: engine "), first  # the engine it runs
     line = proc.stdout.readline()
     assert line.startswith("epoch 1/3"), line  # after the first epoch
     proc.send_signal(signal.SIGINT)

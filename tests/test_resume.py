@@ -145,6 +145,8 @@ def _interrupted_after_epoch_1(args: list[str], env: dict, cwd) -> str:
         env=env,
         cwd=cwd,
     )
+    first = proc.stdout.readline()  # the engine it runs, then the first epoch
+    assert " engine " in first, (first, proc.stderr.read() if not first else "")
     line = proc.stdout.readline()
     assert line.startswith("epoch 1/2"), (line, proc.stderr.read() if not line else "")
     proc.send_signal(signal.SIGINT)

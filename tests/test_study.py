@@ -216,16 +216,20 @@ def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
     from alexnet_cifar.checkpoint import load_checkpoint
     from alexnet_cifar.evaluate import evaluate_model
 
+    from alexnet_cifar.checkpoint import trained_engine
+
     test = cifar10.subset(160, 100, 5, SPLIT)
     x, y = torch.from_numpy(test.x_test), torch.from_numpy(test.y_test)
-    final = evaluate_model(load_model(out), x, y, batch_size=500)
+    engine = trained_engine(out)  # evaluated as the run trained: bf16 where the CPU has it
+    how = dict(batch_size=500, precision=engine["precision"], channels_last=engine["channels_last"])
+    final = evaluate_model(load_model(out), x, y, **how)
     assert final.accuracy == result["test_accuracy_final"]
     state, _ = load_checkpoint(out)
     assert state["best_val"]["epoch"] == best + 1
     model = load_model(out)
     model.load_state_dict(state["best_val"]["model"])
     assert (
-        evaluate_model(model, x, y, batch_size=500).accuracy == result["test_accuracy_at_best_val"]
+        evaluate_model(model, x, y, **how).accuracy == result["test_accuracy_at_best_val"]
     )
 
 
@@ -362,8 +366,11 @@ def test_seeds_study_reports_mean_spread_and_welch_like_scipy(seeds_study):
             assert d["mean"] == pytest.approx(np.mean(x), rel=1e-12, abs=1e-15), key
             assert d["std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12, abs=1e-15), key
             if d["std"] > 0:
-                ci = stats.t.interval(0.95, 1, loc=np.mean(x), scale=stats.sem(x))
-                assert (d["ci_low"], d["ci_high"]) == (pytest.approx(ci[0]), pytest.approx(ci[1]))
+                lo, hi = stats.t.interval(0.95, 1, loc=np.mean(x), scale=stats.sem(x))
+                if key.endswith("accuracy"):  # an accuracy's interval is clipped to [0, 1]
+                    assert d["ci_clipped"] == (lo < 0 or hi > 1), key
+                    lo, hi = max(lo, 0.0), min(hi, 1.0)
+                assert (d["ci_low"], d["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
     (pair,) = summary["other_pairs"]
     assert summary["claims"] == [] and (pair["a"], pair["b"]) == tuple(MODELS)
     assert pair["difference"] == pytest.approx(np.mean(best[MODELS[0]]) - np.mean(best[MODELS[1]]))

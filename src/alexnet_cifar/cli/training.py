@@ -213,8 +213,9 @@ def cmd_evaluate(args) -> int:
         print_json(out)
         return 0
     print(
-        f"{model.config.name} on {res.n} test images ({precision}): loss {res.loss:.4f}  "
-        f"accuracy {res.accuracy:.4f}" + (f" ({_unfinished(progress)})" if progress else "")
+        f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+        f"accuracy {res.accuracy:.4f}  ({precision})"
+        + (f" ({_unfinished(progress)})" if progress else "")
     )
     if tta is not None:
         print(
