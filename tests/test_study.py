@@ -213,10 +213,8 @@ def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
     import torch
 
     from alexnet_cifar import load_model
-    from alexnet_cifar.checkpoint import load_checkpoint
+    from alexnet_cifar.checkpoint import load_checkpoint, trained_engine
     from alexnet_cifar.evaluate import evaluate_model
-
-    from alexnet_cifar.checkpoint import trained_engine
 
     test = cifar10.subset(160, 100, 5, SPLIT)
     x, y = torch.from_numpy(test.x_test), torch.from_numpy(test.y_test)
