@@ -505,7 +505,7 @@ def test_ray_study_stopped_and_started_again_finishes_identically(
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)  # Ctrl-C: the study stops, each run with a checkpoint
     stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 130, stderr
+    assert p.returncode == 130, (stdout[-2000:], stderr)
     assert "the study stopped" in stderr and "Traceback" not in stderr
     assert f"study --out {out} --executor ray" in stderr  # the command that continues it
     assert not all((out / m / f"seed-{s}" / "result.json").exists() for m, s in RUNS)
