@@ -498,6 +498,9 @@ def test_ray_study_stopped_and_started_again_finishes_identically(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: an ignored SIGINT left behind in this process (as
+        # Ray's in-process driver of an earlier test can leave it) would be inherited
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not list(out.glob("*/seed-*/metrics.csv")) and p.poll() is None:
