@@ -150,30 +150,27 @@ def int_at_least(lo: int, what: str):
     return parse
 
 
-def positive_float(what: str):
+def _finite_float(what: str, ok, wanted: str):
+    """An argument type: a finite number for which ``ok`` holds, else "WHAT must be WANTED"."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
-        if not (v > 0 and v < float("inf")):
-            raise argparse.ArgumentTypeError(f"{what} must be a positive number, not {text}")
+        if not (ok(v) and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{what} must be {wanted}, not {text}")
         return v
 
     return parse
+
+
+def positive_float(what: str):
+    return _finite_float(what, lambda v: v > 0, "a positive number")
 
 
 def non_negative_float(what: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
-        if not (v >= 0 and v < float("inf")):
-            raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
-        return v
-
-    return parse
+    return _finite_float(what, lambda v: v >= 0, "0 or more seconds")
 
 
 def device(text: str) -> str:
