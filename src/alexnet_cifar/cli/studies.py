@@ -193,8 +193,10 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
     width = max(22, max(len(r["label"]) for r in runs) + 2)
     # The test accuracy of the chosen epoch: chosen by validation where a run has a split.
     chosen = {r.get("epoch_chosen_by", "test") for r in runs}
-    column = {"test": "best test", "validation": "test@val"}.get(chosen.pop(), "test@*")
-    column = column if not chosen else "test@*"  # runs with and without a split
+    if len(chosen) > 1:  # runs with and without a split
+        column = "test@*"
+    else:
+        column = {"test": "best test", "validation": "test@val"}[chosen.pop()]
     print(
         f"\n{'variant':<{width}}{'epochs':>8}{column:>11}{'at':>5}{'final test':>12}"
         f"{'final train':>13}{'gap':>9}{'s/epoch':>9}"
