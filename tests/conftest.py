@@ -56,7 +56,7 @@ def _quiet_env(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def reference_run(cifar10, tmp_path_factory):
-    from alexnet_cifar.train import train
+    from alexnet_cifar.training.trainer import train
 
     from .helpers import train_options
 
@@ -68,8 +68,8 @@ def reference_run(cifar10, tmp_path_factory):
 @pytest.fixture
 def interrupted_run(cifar10, tmp_path):
     """A run stopped in epoch 2: checkpoint.pt mid-epoch, checkpoint.prev.pt at epoch 1's end."""
-    from alexnet_cifar.checkpoint import read_state
-    from alexnet_cifar.train import TrainingInterrupted, train
+    from alexnet_cifar.training.checkpoint import read_state
+    from alexnet_cifar.training.trainer import TrainingInterrupted, train
 
     from .helpers import interrupt_at, train_options
 

@@ -20,12 +20,12 @@ import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import normalize
-from alexnet_cifar.checkpoint import save_model_file
 from alexnet_cifar.cli import main
 from alexnet_cifar.data import CLASSES
 from alexnet_cifar.models import AlexNet, AlexNetConfig
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.train import TrainOptions
+from alexnet_cifar.training.checkpoint import save_model_file
+from alexnet_cifar.training.trainer import TrainOptions
 
 # ---------------------------------------------------------------------- the command line
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from alexnet_cifar.cli import main
-from alexnet_cifar.engine_options import EngineOptions, cpu_has_native_bf16
+from alexnet_cifar.engine.options import EngineOptions, cpu_has_native_bf16
 from alexnet_cifar.models import build_model
 
 

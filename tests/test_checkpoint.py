@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from alexnet_cifar import load_model
-from alexnet_cifar.checkpoint import (
+from alexnet_cifar.models import PRESETS, build_model
+from alexnet_cifar.training.checkpoint import (
     CheckpointError,
     RunLock,
     read_state,
     save_model_file,
 )
-from alexnet_cifar.models import PRESETS, build_model
-from alexnet_cifar.train import train
+from alexnet_cifar.training.trainer import train
 
 from .helpers import REF_ARGS, metric_rows, run_cli, run_main, train_options
 
@@ -69,7 +69,7 @@ def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run)
 
 
 def test_checkpoint_is_a_snapshot_even_while_written_in_the_background(tmp_path):
-    from alexnet_cifar.checkpoint import BackgroundWriter, save_checkpoint
+    from alexnet_cifar.training.checkpoint import BackgroundWriter, save_checkpoint
 
     w = torch.ones(1000)
     writer = BackgroundWriter()
@@ -137,7 +137,7 @@ def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from alexnet_cifar.checkpoint import RunLock; "
+            "import sys, time; from alexnet_cifar.training.checkpoint import RunLock; "
             f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -154,7 +154,7 @@ def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
 def test_checkpoints_and_model_files_are_sealed_by_one_function(tmp_path, monkeypatch):
     # One function writes the digest read_state checks, for both kinds of file (a second copy
     # of it inside save_checkpoint could drift).
-    import alexnet_cifar.checkpoint as ckpt
+    import alexnet_cifar.training.checkpoint as ckpt
 
     sealed = []
     real = ckpt._seal
@@ -209,7 +209,7 @@ def test_a_signal_at_any_line_of_the_writers_life_never_joins_an_unstarted_threa
     no RuntimeError, and every write that began is finished."""
     import threading
 
-    from alexnet_cifar.checkpoint import BackgroundWriter
+    from alexnet_cifar.training.checkpoint import BackgroundWriter
 
     k, cut_at_least_once = 1, False
     while True:
@@ -241,7 +241,7 @@ def test_a_second_signal_while_held_stops_when_the_held_step_is_done():
     import signal as signals
 
     from alexnet_cifar.errors import TrainingInterrupted
-    from alexnet_cifar.train import StopSignals
+    from alexnet_cifar.training.trainer import StopSignals
 
     with StopSignals() as stop:
         os.kill(os.getpid(), signals.SIGINT)
@@ -259,7 +259,7 @@ def test_a_second_signal_while_held_stops_when_the_held_step_is_done():
 
 
 def test_trained_engine_is_the_run_folders_record_or_none(tmp_path):
-    from alexnet_cifar.checkpoint import trained_engine
+    from alexnet_cifar.training.checkpoint import trained_engine
 
     run = tmp_path / "run"
     run.mkdir()

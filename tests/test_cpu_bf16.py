@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from alexnet_cifar import build_model, load_model
-from alexnet_cifar.engine import Engine
-from alexnet_cifar.engine_options import EngineOptions
+from alexnet_cifar.engine.core import Engine
+from alexnet_cifar.engine.options import EngineOptions
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.train import TrainingInterrupted, train
+from alexnet_cifar.training.trainer import TrainingInterrupted, train
 
 from .helpers import interrupt_at, metric_rows, train_options
 

@@ -114,7 +114,7 @@ def ddp_run(cifar10_dir, tmp_path_factory):
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(single_run, ddp_run):
-    from alexnet_cifar.checkpoint import read_state
+    from alexnet_cifar.training.checkpoint import read_state
 
     # after the first epoch's 5 steps: the same parameters to float tolerance
     one = read_state(single_run / "checkpoint.prev.pt")

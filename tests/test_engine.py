@@ -6,11 +6,11 @@ import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
-from alexnet_cifar.engine import Engine, EngineOptions, EpochSums
+from alexnet_cifar.engine.core import Engine, EngineOptions, EpochSums
 from alexnet_cifar.errors import SettingError
 from alexnet_cifar.optim import make_optimizer, plain_step, set_learning_rate
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
+from alexnet_cifar.training.trainer import TrainingInterrupted, TrainOptions, train
 
 from .helpers import interrupt_at, metric_rows, train_options
 
@@ -207,7 +207,7 @@ def _fake_data():
 
 def test_nonfinite_loss_is_caught_at_its_step(tmp_path):
     """A NaN in the weights shows as a non-finite loss at the very step it appears."""
-    from alexnet_cifar.train import NonFiniteLossError
+    from alexnet_cifar.training.trainer import NonFiniteLossError
 
     def poison(trainer, epoch, step):
         if (epoch, step) == (0, 1):

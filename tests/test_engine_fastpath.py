@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alexnet_cifar import engine_capture
-from alexnet_cifar.engine import Engine, EngineOptions, EpochSums
-from alexnet_cifar.engine_capture import EmulatedGraphs, EngineFallbackError, root_cause
-from alexnet_cifar.engine_options import (
+from alexnet_cifar.engine import capture as engine_capture
+from alexnet_cifar.engine.capture import EmulatedGraphs, EngineFallbackError, root_cause
+from alexnet_cifar.engine.core import Engine, EngineOptions, EpochSums
+from alexnet_cifar.engine.options import (
     engine_flag_specs,
     engine_setting_kinds,
     set_process_flags,
@@ -133,8 +133,8 @@ def test_compile_modes_that_capture_are_mapped_inside_our_graphs():
 
 
 def test_engine_settings_have_one_owner():
-    from alexnet_cifar import resume
     from alexnet_cifar.cli import flags
+    from alexnet_cifar.training import resume
 
     names = set(EngineOptions.__dataclass_fields__)
     assert set(resume.ENGINE_SETTINGS) == names == set(engine_setting_kinds())
@@ -426,8 +426,8 @@ def test_recipe_used_in_tests_has_ema_and_short_batch():
 
 
 def _run(tmp_path, name, monkeypatch, **kw):
-    from alexnet_cifar import train as train_module
     from alexnet_cifar.data import CIFAR10
+    from alexnet_cifar.training import trainer as train_module
 
     from .helpers import train_options
 

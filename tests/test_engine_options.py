@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from alexnet_cifar import engine_options
-from alexnet_cifar.engine_options import EngineOptions, cpu_has_native_bf16
+from alexnet_cifar.engine import options as engine_options
+from alexnet_cifar.engine.options import EngineOptions, cpu_has_native_bf16
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ import torch
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import normalize
 from alexnet_cifar.cli import main
-from alexnet_cifar.evaluate import evaluate_model, evaluate_with_tta
+from alexnet_cifar.engine.evaluate import evaluate_model, evaluate_with_tta
 
 from .helpers import probs_of, write_binary_folder
 

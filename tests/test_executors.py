@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from alexnet_cifar.cli.flags import flag_name
-from alexnet_cifar.engine_options import EngineOptions
+from alexnet_cifar.engine.options import EngineOptions
 from alexnet_cifar.errors import ExecutorError, SettingError, TrainingInterrupted
-from alexnet_cifar.executors import EXECUTORS, Job, RayExecutor, Sequential
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.train import TrainOptions
+from alexnet_cifar.study.executors import EXECUTORS, Job, RayExecutor, Sequential
+from alexnet_cifar.training.trainer import TrainOptions
 
 from .helpers import interrupt_at, metric_rows, write_binary_folder
 

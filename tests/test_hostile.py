@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_cifar.checkpoint import save_model_file
 from alexnet_cifar.models import AlexNet, get_config
+from alexnet_cifar.training.checkpoint import save_model_file
 
 from .fs_helpers import read_only_folder
 from .helpers import confident_model, make_run, metric_rows, run_main, train_options
@@ -366,7 +366,7 @@ def test_a_real_full_disk_is_one_line_and_leaves_no_temporary_file(cifar10_dir, 
 @pytest.mark.real_data
 def test_weights_broken_by_the_last_update_are_not_a_success(cifar10, tmp_path):
     from alexnet_cifar.errors import NonFiniteLossError
-    from alexnet_cifar.train import train
+    from alexnet_cifar.training.trainer import train
 
     out = tmp_path / "run"
 

@@ -23,15 +23,15 @@ import pytest
 import torch
 
 from alexnet_cifar import build_model, load_model
-from alexnet_cifar.checkpoint import save_model_file
 from alexnet_cifar.cli import main
-from alexnet_cifar.keras_io import (
+from alexnet_cifar.interchange.keras_io import (
     export_keras_weights,
     keras_to_state_dict,
     matching_presets,
     read_keras_weights,
 )
 from alexnet_cifar.models import AlexNet, get_config
+from alexnet_cifar.training.checkpoint import save_model_file
 
 from .helpers import confident_model, write_binary_folder
 

@@ -4,44 +4,27 @@ only, no circle, heavy optional packages imported where they are used, small mod
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "alexnet_cifar"
 
-#: Each top-level module (or subpackage) of alexnet_cifar, by layer, lowest first.
-LAYERS = {
-    "base": ["_version", "errors", "files"],
-    "domain": ["models", "safe_pickle", "data", "augment", "recipe", "optim", "distributed"],
-    "compute": [
-        "engine_options",
-        "engine_ema",
-        "engine_step",
-        "engine_epoch",
-        "engine_capture",
-        "engine",
-        "evaluate",
-    ],
-    "storage": ["checkpoint", "runlog"],
-    "workflows": [
-        "resume",
-        "selection",
-        "train_records",
-        "stop_signals",
-        "train",
-        "study",
-        "executors",
-        "report",
-        "predict",
-        "export",
-        "keras_files",
-        "keras_io",
-        "bench",
-    ],
-    "cli": ["cli", "__main__"],
-}
-RANK = {module: i for i, names in enumerate(LAYERS.values()) for module in names}
+#: The layers, lowest first: the package root (its plain modules), then its subpackages. A
+#: module's layer is where it lies; subpackages of one layer never import each other.
+LAYERS = [
+    ("root", ["alexnet_cifar"]),
+    ("engine", ["engine"]),
+    ("training", ["training"]),
+    ("products", ["report", "interchange"]),
+    ("study", ["study"]),
+    ("cli", ["cli"]),
+]
+RANK = {package: i for i, (_, packages) in enumerate(LAYERS) for package in packages}
+#: Modules above every layer: the package's front doors, which re-export or start the CLI.
+ENTRY_POINTS = {"alexnet_cifar", "alexnet_cifar.__main__"}
+MAX_ROOT_MODULES = 15
 
 #: Packages a function may import where it uses them: heavy, optional or slow to import.
 LAZY_OK = {
@@ -104,34 +87,47 @@ def _imports() -> dict[str, set[str]]:
     return graph
 
 
-def _layer_of(module: str) -> str:
+def _home(module: str) -> str:
+    """The subpackage a module lies in, or "alexnet_cifar" for the package root's modules."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "alexnet_cifar"
+    return parts[1] if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else "alexnet_cifar"
 
 
-def test_every_module_has_a_layer():
-    unplaced = {_layer_of(m) for m in _modules()} - set(RANK) - {"alexnet_cifar"}
-    assert not unplaced, f"give these modules a layer in LAYERS: {sorted(unplaced)}"
+def test_every_subpackage_has_a_layer_and_the_root_stays_small():
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert subpackages == set(RANK) - {"alexnet_cifar"}, "give the subpackage a layer in LAYERS"
+    root = [p.stem for p in PACKAGE.glob("*.py")]
+    assert len(root) <= MAX_ROOT_MODULES, f"{len(root)} modules at the root: {sorted(root)}"
+
+
+def test_the_architecture_doc_draws_the_same_layers():
+    """docs/architecture.md's table of layers lists the packages of each layer, in order."""
+    doc = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    lines = doc.split("<!-- layers -->")[1].strip().splitlines()
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines))[2:]
+    cells = [line.split("|")[2].split() for line in table]
+    drawn = [[w.strip("`/") for w in cell if w.startswith("`")] for cell in cells]
+    assert drawn == [packages for _, packages in LAYERS]
 
 
 def test_imports_go_downwards_only():
-    upward = []
+    wrong = []
     for module, targets in _imports().items():
-        if module == "alexnet_cifar":  # the package root re-exports the public API
+        if module in ENTRY_POINTS:
             continue
         for t in targets:
             if t == "alexnet_cifar":
-                upward.append(f"{module} imports the package root")
-            elif RANK[_layer_of(t)] > RANK[_layer_of(module)]:
-                upward.append(f"{module} -> {t}")
-    assert not upward, "imports from a higher layer:\n" + "\n".join(sorted(upward))
+                wrong.append(f"{module} imports the package root")
+            elif _home(t) != _home(module) and RANK[_home(t)] >= RANK[_home(module)]:
+                wrong.append(f"{module} -> {t}")
+    assert not wrong, "imports from the same or a higher layer:\n" + "\n".join(sorted(wrong))
 
 
 def test_nothing_outside_the_command_line_imports_it():
     users = [
         m
         for m, targets in _imports().items()
-        if _layer_of(m) not in ("cli", "__main__") and any(_layer_of(t) == "cli" for t in targets)
+        if _home(m) != "cli" and m not in ENTRY_POINTS and any(_home(t) == "cli" for t in targets)
     ]
     assert not users
 
@@ -197,6 +193,9 @@ def test_modules_and_functions_stay_small():
 def test_the_checker_reads_the_real_graph():
     """The rules above would pass on an empty graph: prove the graph is read."""
     graph = _imports()
-    assert "alexnet_cifar.models" in graph["alexnet_cifar.train"]
+    assert "alexnet_cifar.models" in graph["alexnet_cifar.training.trainer"]
     assert "alexnet_cifar.errors" in graph["alexnet_cifar.cli.flags"]
-    assert all(_layer_of(t) != "cli" for t in graph["alexnet_cifar.train"])
+    assert "alexnet_cifar.engine.core" in graph["alexnet_cifar.training.trainer"]
+    assert _home("alexnet_cifar.training.trainer") == "training"
+    assert _home("alexnet_cifar.models") == "alexnet_cifar"
+    assert _home("alexnet_cifar.engine") == "engine"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from alexnet_cifar.augment import SEED_MEAN
 from alexnet_cifar.cli import main
-from alexnet_cifar.predict import load_image
+from alexnet_cifar.interchange.predict import load_image
 
 from .helpers import make_run, probs_of, run_cli
 

@@ -10,7 +10,7 @@ from alexnet_cifar.cli import main
 from alexnet_cifar.cli.flags import flag_name
 from alexnet_cifar.errors import SettingError
 from alexnet_cifar.recipe import Recipe, fast_recipe, get_recipe
-from alexnet_cifar.train import TrainingInterrupted, train
+from alexnet_cifar.training.trainer import TrainingInterrupted, train
 
 from .helpers import interrupt_at, metric_rows, train_options
 

@@ -211,7 +211,7 @@ def test_groups_are_explained_and_counted(mixed_groups):
 
 
 def test_train_end_line_says_how_best_was_chosen():
-    from alexnet_cifar.train_records import best_words
+    from alexnet_cifar.training.records import best_words
 
     split = {
         "val_split": 500,
@@ -413,7 +413,7 @@ def test_overfitting_reads_the_same_in_every_section(tmp_path):
 
 
 def _imported(folder: Path) -> Path:
-    from alexnet_cifar.keras_io import _write_imported_run
+    from alexnet_cifar.interchange.keras_io import _write_imported_run
     from alexnet_cifar.models import PRESETS, build_model
 
     config = PRESETS["alexnet_thinner_4"]

@@ -6,8 +6,8 @@ Each test names the fault of docs/reliability.md it proves.
 
 import pytest
 
-from alexnet_cifar.checkpoint import CheckpointError
-from alexnet_cifar.train import RunSetupError, train
+from alexnet_cifar.training.checkpoint import CheckpointError
+from alexnet_cifar.training.trainer import RunSetupError, train
 
 from .helpers import metric_rows, run_main, train_options
 

@@ -11,7 +11,8 @@ import torch
 
 from alexnet_cifar.data import CLASSES
 from alexnet_cifar.errors import ReportError
-from alexnet_cifar.runlog import (
+from alexnet_cifar.provenance import versions
+from alexnet_cifar.training.runlog import (
     METRIC_COLUMNS,
     RunLog,
     class_names,
@@ -19,7 +20,6 @@ from alexnet_cifar.runlog import (
     format_duration,
     progress_bar,
     read_metrics,
-    versions,
 )
 
 

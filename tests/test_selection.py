@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alexnet_cifar.engine import Engine
-from alexnet_cifar.engine_options import EngineOptions
+from alexnet_cifar.engine.core import Engine
+from alexnet_cifar.engine.options import EngineOptions
 from alexnet_cifar.models import AlexNet
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.selection import BestEpoch
+from alexnet_cifar.training.selection import BestEpoch
 
 from .helpers import TINY
 

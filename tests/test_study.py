@@ -11,7 +11,7 @@ import pytest
 
 from alexnet_cifar.cli import main
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.train import TrainingInterrupted, TrainOptions, train
+from alexnet_cifar.training.trainer import TrainingInterrupted, TrainOptions, train
 
 from .helpers import run_cli
 
@@ -164,7 +164,7 @@ SPLIT = 40  # held-out training images; the test subset has 100, so the two are 
 @pytest.fixture(scope="module")
 def split_run(cifar10, tmp_path_factory):
     """A run with a validation split, with every evaluation and every step recorded in order."""
-    from alexnet_cifar.engine import Engine
+    from alexnet_cifar.engine.core import Engine
 
     from .helpers import train_options
 
@@ -213,8 +213,8 @@ def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
     import torch
 
     from alexnet_cifar import load_model
-    from alexnet_cifar.checkpoint import load_checkpoint, trained_engine
-    from alexnet_cifar.evaluate import evaluate_model
+    from alexnet_cifar.engine.evaluate import evaluate_model
+    from alexnet_cifar.training.checkpoint import load_checkpoint, trained_engine
 
     test = cifar10.subset(160, 100, 5, SPLIT)
     x, y = torch.from_numpy(test.x_test), torch.from_numpy(test.y_test)
@@ -234,7 +234,7 @@ def test_val_split_looks_at_the_test_set_only_at_the_end(split_run, cifar10):
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_val_split_is_part_of_the_run_identity(split_run, reference_run, cifar10):
-    from alexnet_cifar.checkpoint import CheckpointError
+    from alexnet_cifar.training.checkpoint import CheckpointError
 
     from .helpers import train_options
 
@@ -248,7 +248,7 @@ def test_val_split_is_part_of_the_run_identity(split_run, reference_run, cifar10
     result = json.loads((reference_run / "result.json").read_text())
     assert "val_split" not in config and "n_val" not in config
     assert not {k for k in result if "val" in k}
-    from alexnet_cifar.checkpoint import load_checkpoint
+    from alexnet_cifar.training.checkpoint import load_checkpoint
 
     state, _ = load_checkpoint(reference_run)
     assert "best_val" not in state and "val_split" not in state["run_identity"]
@@ -432,8 +432,8 @@ def test_ray_study_equals_the_sequential_one_and_retries_a_killed_worker(
     import logging
     import time
 
-    from alexnet_cifar.executors import RayExecutor
-    from alexnet_cifar.study import plan_runs, run_study
+    from alexnet_cifar.study.executors import RayExecutor
+    from alexnet_cifar.study.runner import plan_runs, run_study
 
     ray = _ray()
     monkeypatch.setenv("CIFAR10_DIR", str(cifar10_dir))
@@ -559,7 +559,7 @@ def test_missing_ray_names_the_extra(tmp_path, capsys, monkeypatch):
 
 
 def test_a_second_study_on_the_same_folder_is_refused(tmp_path, capsys):
-    from alexnet_cifar.checkpoint import RunLock
+    from alexnet_cifar.training.checkpoint import RunLock
 
     out = tmp_path / "s"
     out.mkdir()
@@ -573,7 +573,12 @@ def test_a_second_study_on_the_same_folder_is_refused(tmp_path, capsys):
 def test_study_json_records_seeds_and_split_and_a_continued_study_takes_them(tmp_path, capsys):
     from alexnet_cifar.cli import build_parser
     from alexnet_cifar.cli.flags import train_options
-    from alexnet_cifar.study import plan_runs, read_study_settings, study_seeds, study_settings
+    from alexnet_cifar.study.runner import (
+        plan_runs,
+        read_study_settings,
+        study_seeds,
+        study_settings,
+    )
 
     out = tmp_path / "s"
 
@@ -606,7 +611,7 @@ def _written_study_json(out, argv: list[str]) -> dict:
     """study.json as the writer writes it for ``study ARGV``."""
     from alexnet_cifar.cli import build_parser
     from alexnet_cifar.cli.flags import train_options
-    from alexnet_cifar.study import plan_runs, study_seeds, study_settings
+    from alexnet_cifar.study.runner import plan_runs, study_seeds, study_settings
 
     args = build_parser().parse_args(["study", *argv, "--out", str(out)])
     seeds = study_seeds(args.seeds, args.seed, {})
@@ -615,7 +620,7 @@ def _written_study_json(out, argv: list[str]) -> dict:
 
 
 def test_study_json_writer_and_reader_share_their_fields(tmp_path):
-    from alexnet_cifar.study import STUDY_FIELDS, read_study_settings
+    from alexnet_cifar.study.runner import STUDY_FIELDS, read_study_settings
 
     out = tmp_path / "s"
     out.mkdir()
@@ -664,7 +669,7 @@ def test_a_hand_edited_study_json_is_checked_field_by_field(tmp_path, capsys, ch
 
 
 def test_narrowing_models_or_seeds_on_a_study_folder_is_refused(tmp_path, capsys):
-    from alexnet_cifar.study import check_kept_runs
+    from alexnet_cifar.study.runner import check_kept_runs
 
     out = tmp_path / "s"
     out.mkdir()

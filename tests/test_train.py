@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from alexnet_cifar import load_model
-from alexnet_cifar.checkpoint import load_checkpoint, read_state, trained_engine
+from alexnet_cifar.engine.evaluate import evaluate_model
 from alexnet_cifar.errors import FileWriteError
-from alexnet_cifar.evaluate import evaluate_model
-from alexnet_cifar.train import (
+from alexnet_cifar.training.checkpoint import load_checkpoint, read_state, trained_engine
+from alexnet_cifar.training.trainer import (
     METRIC_COLUMNS,
     NonFiniteLossError,
     TrainingInterrupted,
@@ -365,7 +365,7 @@ def test_config_json_records_the_code_that_trained_it(tmp_path):
     import shutil
 
     import alexnet_cifar
-    from alexnet_cifar.runlog import code_source, source_of
+    from alexnet_cifar.provenance import code_source, source_of
 
     here = code_source()
     head = subprocess.run(

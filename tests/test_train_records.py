@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_cifar.checkpoint import load_model, read_state
 from alexnet_cifar.data import CLASSES, load_cifar10
-from alexnet_cifar.engine_options import EngineOptions
-from alexnet_cifar.evaluate import evaluate_model
+from alexnet_cifar.engine.evaluate import evaluate_model
+from alexnet_cifar.engine.options import EngineOptions
 from alexnet_cifar.models import PRESETS, AlexNetConfig, build_model
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.runlog import read_metrics
-from alexnet_cifar.train import TrainOptions, train
+from alexnet_cifar.training.checkpoint import load_model, read_state
+from alexnet_cifar.training.runlog import read_metrics
+from alexnet_cifar.training.trainer import TrainOptions, train
 
 from .helpers import write_binary_folder
 

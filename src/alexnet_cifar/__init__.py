@@ -7,10 +7,10 @@ The public API: ``build_model``, ``load_cifar10``, ``load_model``, the ``augment
 
 from . import augment
 from ._version import __version__
-from .checkpoint import load_model
 from .data import CIFAR10, load_cifar10
 from .errors import AlexnetCifarError, DataError
 from .models import PRESETS, AlexNet, AlexNetConfig, build_model, model_names
+from .training.checkpoint import load_model
 
 __all__ = [
     "AlexNet",

@@ -13,9 +13,7 @@ through :meth:`AlexnetCifarError.render`, so the library never needs to know the
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
-from types import ModuleType
 
 __all__ = [
     "AlexnetCifarError",
@@ -34,7 +32,6 @@ __all__ = [
     "SettingError",
     "TrainingInterrupted",
     "UnknownModelError",
-    "moved_names",
     "param",
 ]
 
@@ -59,25 +56,6 @@ def python_name(name: str, value: str | None) -> str:
 def render_params(text: str, name_of: Callable[[str, str | None], str]) -> str:
     """``text`` with each parameter mark written by ``name_of(name, value_repr)``."""
     return _PARAM.sub(lambda m: name_of(m.group(1), m.group(2)), text)
-
-
-def moved_names(module: str, homes: dict[str, ModuleType]) -> Callable[[str], object]:
-    """A module ``__getattr__`` for names that used to be importable from ``module`` too:
-    ``homes[name]`` is the module that owns it. Reading one still works, with a
-    DeprecationWarning that names the place to import it from."""
-
-    def __getattr__(name: str) -> object:
-        home = homes.get(name)
-        if home is None:
-            raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        warnings.warn(
-            f"{module}.{name} is deprecated: import it from {home.__name__}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(home, name)
-
-    return __getattr__
 
 
 class AlexnetCifarError(Exception):

@@ -3,7 +3,9 @@
 Each command is a short function that parses, calls the library and prints. Errors the user
 can fix (:class:`~alexnet_cifar.errors.AlexnetCifarError`) become one ``error:`` line with the
 error's exit code, their messages written with this command's flag names; anything else is a
-bug and keeps its traceback.
+bug and keeps its traceback. The commands live by kind: ``training`` (train, evaluate, bench),
+``info`` (models, summary), ``studies`` (study, report) and ``models_io`` (predict, export,
+import-keras, export-keras); ``flags`` holds the argument types and the flags they share.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from .._version import __version__
 from ..distributed import is_device_name
-from ..engine_options import EngineOptions, engine_flag_specs
+from ..engine.options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
 from ..recipe import RECIPES, Recipe, get_recipe
-from ..resume import KEPT_SETTINGS, kept_settings, settings_on_resume
-from ..train import TrainOptions
+from ..training.resume import KEPT_SETTINGS, kept_settings, settings_on_resume
+from ..training.trainer import TrainOptions
 
 __all__ = [
     "add_device",

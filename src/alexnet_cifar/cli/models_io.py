@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_model, read_state, resolve_weights_file
 from ..distributed import resolve_device
 from ..errors import SettingError
-from ..export import (
+from ..interchange.export import (
     INSTALL_HINT,
     check_onnx,
     check_torchscript,
@@ -17,9 +16,10 @@ from ..export import (
     export_torchscript,
     onnxruntime_available,
 )
-from ..keras_io import export_keras_weights, import_keras
-from ..predict import ImageError, Prediction, load_image, predict_images
-from ..runlog import class_names
+from ..interchange.keras_io import export_keras_weights, import_keras
+from ..interchange.predict import ImageError, Prediction, load_image, predict_images
+from ..training.checkpoint import load_model, read_state, resolve_weights_file
+from ..training.runlog import class_names
 from .flags import add_device, add_run_path, folder, int_at_least, model_name, print_json
 
 __all__ = ["add_parsers"]

@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import executors
 from ..errors import SettingError, param
-from ..executors import EXECUTORS, RayExecutor
 from ..models import PRESETS, parse_model_list
 from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
-from ..study import check_kept_runs, plan_runs, read_study_settings, run_study, study_seeds
+from ..study import executors
+from ..study.executors import EXECUTORS, RayExecutor
+from ..study.runner import check_kept_runs, plan_runs, read_study_settings, run_study, study_seeds
 from .flags import (
     add_train_flags,
     flag_name,

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import torch
 
-from ..bench import BenchSettings, describe_device, format_row, run_bench
-from ..checkpoint import load_model_and_progress, trained_engine
 from ..data import load_cifar10
 from ..distributed import resolve_device
+from ..engine.bench import BenchSettings, describe_device, format_row, run_bench
+from ..engine.evaluate import evaluate_model, evaluate_with_tta
 from ..errors import SettingError, param
-from ..evaluate import evaluate_model, evaluate_with_tta
-from ..resume import run_settings
-from ..runlog import progress_bar
-from ..train import train
-from ..train_records import best_words
+from ..training.checkpoint import load_model_and_progress, trained_engine
+from ..training.records import best_words
+from ..training.resume import run_settings
+from ..training.runlog import progress_bar
+from ..training.trainer import train
 from .flags import (
     add_device,
     add_engine_flags,

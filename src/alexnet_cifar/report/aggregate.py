@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from itertools import combinations
 
-from ..resume import identity_of_config
+from ..training.resume import identity_of_config
 from .runs import RunData
 from .stats import SIGNIFICANCE, describe, welch
 

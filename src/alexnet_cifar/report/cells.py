@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..runlog import format_duration
+from ..training.runlog import format_duration
 from .document import code
 
 __all__ = [

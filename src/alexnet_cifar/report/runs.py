@@ -21,7 +21,7 @@ from ..files import (
 )
 from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
-from ..runlog import read_metrics
+from ..training.runlog import read_metrics
 
 __all__ = ["ClassResults", "RunData", "label_slug", "load_run", "load_runs"]
 

@@ -12,11 +12,10 @@ import os
 import time
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
-from .distributed import resolve_device
-from .engine_options import engine_setting_kinds
-from .errors import AlexnetCifarError, CheckpointError, RunSetupError, SettingError, param
-from .files import (
+from ..distributed import resolve_device
+from ..engine.options import engine_setting_kinds
+from ..errors import AlexnetCifarError, CheckpointError, RunSetupError, SettingError, param
+from ..files import (
     CHECKPOINT,
     CONFIG_FILE,
     PREV_CHECKPOINT,
@@ -24,7 +23,8 @@ from .files import (
     check_fields,
     read_json_object,
 )
-from .recipe import Recipe
+from ..recipe import Recipe
+from .checkpoint import load_checkpoint
 
 __all__ = [
     "IDENTITY_FIELDS",

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import SEED_MEAN, SEED_STD
-from .errors import ExportError
-from .files import atomic_write_bytes, refuse_run_file
-from .models import probabilities
+from ..augment import SEED_MEAN, SEED_STD
+from ..errors import ExportError
+from ..files import atomic_write_bytes, refuse_run_file
+from ..models import probabilities
 
 __all__ = [
     "ExportError",

@@ -20,41 +20,40 @@ from pathlib import Path
 
 import torch
 
-from . import files
-from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
-from .data import CIFAR10, load_cifar10
-from .distributed import DistContext, init_distributed, resolve_device
-from .engine import Engine, EngineOptions, EpochSums
-from .engine_options import set_process_flags
-from .errors import (
+from .. import files
+from ..data import CIFAR10, load_cifar10
+from ..distributed import DistContext, init_distributed, resolve_device
+from ..engine.core import Engine, EngineOptions, EpochSums
+from ..engine.evaluate import EvalResult
+from ..engine.options import set_process_flags
+from ..errors import (
     CheckpointError,
     NonFiniteLossError,
     RunSetupError,
     TrainingInterrupted,
-    moved_names,
     param,
 )
-from .evaluate import EvalResult
-from .files import (
+from ..files import (
     CHECKPOINT,
     MODEL_FILE,
     prepare_run_folder,
     remove_empty_run_folder,
     remove_stale_temp_files,
 )
-from .models import AlexNet, get_config
-from .recipe import Recipe
-from .resume import load_resume_state, record_data_folder, run_identity
-from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
-from .selection import BestEpoch
-from .stop_signals import StopSignals
-from .train_records import (
+from ..models import AlexNet, get_config
+from ..recipe import Recipe
+from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
+from .records import (
     RunState,
     checkpoint_state,
     run_config,
     run_result,
     save_final_model,
 )
+from .resume import load_resume_state, record_data_folder, run_identity
+from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
+from .selection import BestEpoch
+from .stop_signals import StopSignals
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -66,12 +65,6 @@ __all__ = [
     "resolve_device",
     "train",
 ]
-
-# The run folder's file names live in files; importing them from here still works, with a
-# DeprecationWarning.
-__getattr__ = moved_names(
-    __name__, dict.fromkeys(("CONFIG_FILE", "METRICS_FILE", "RESULT_FILE"), files)
-)
 
 
 @dataclass

@@ -4,7 +4,7 @@ One step is: gather the batch from the uint8 data set on the device, normalise, 
 it, forward, the Keras loss, backward, Keras-form SGD, the weight average, and add the loss and
 the hits to accumulators that stay on the device. The step finds its batch through a step
 counter that also lives on the device, so it takes no argument from the host and reads nothing
-back: what a CUDA graph capture needs (``engine_capture``).
+back: what a CUDA graph capture needs (``capture``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import contextlib
 
 import torch
 
-from .augment import normalize, translate_flip
-from .distributed import DistContext, shard
-from .engine_ema import WeightAverage
-from .engine_options import EngineOptions
-from .models import AlexNet
-from .optim import make_optimizer, recipe_loss, set_learning_rate
-from .recipe import Recipe
+from ..augment import normalize, translate_flip
+from ..distributed import DistContext, shard
+from ..models import AlexNet
+from ..optim import make_optimizer, recipe_loss, set_learning_rate
+from ..recipe import Recipe
+from .ema import WeightAverage
+from .options import EngineOptions
 
 __all__ = ["TrainStep", "like_param"]
 

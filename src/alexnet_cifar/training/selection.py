@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from .engine import Engine
-from .evaluate import EvalResult
+from ..engine.core import Engine
+from ..engine.evaluate import EvalResult
 
 __all__ = ["BestEpoch"]
 

@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
-from .checkpoint import save_model_file
-from .data import CLASSES
-from .errors import KerasFileError, param
-from .files import CHECKPOINT, MODEL_FILE, atomic_write_bytes, refuse_run_file
-from .keras_files import KerasLayer, KerasWeights, open_keras_weights, read_keras_weights
-from .models import (
+from .._version import __version__
+from ..data import CLASSES
+from ..errors import KerasFileError, param
+from ..files import CHECKPOINT, MODEL_FILE, atomic_write_bytes, refuse_run_file
+from ..models import (
     KERAS_LAYER_KINDS,
     PRESETS,
     AlexNet,
@@ -37,7 +35,10 @@ from .models import (
     get_config,
     meta_model,
 )
-from .runlog import code_source, write_config_file, write_result_file
+from ..provenance import code_source
+from ..training.checkpoint import save_model_file
+from ..training.runlog import write_config_file, write_result_file
+from .keras_files import KerasLayer, KerasWeights, open_keras_weights, read_keras_weights
 
 __all__ = [
     "KerasFileError",

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .augment import normalize
-from .engine import Engine, EngineOptions
-from .engine_options import cpu_has_native_bf16, set_process_flags
-from .models import AlexNet, get_config, layer_table
-from .optim import plain_step
-from .recipe import Recipe
-from .runlog import versions
+from ..augment import normalize
+from ..models import AlexNet, get_config, layer_table
+from ..optim import plain_step
+from ..provenance import versions
+from ..recipe import Recipe
+from .core import Engine, EngineOptions
+from .options import cpu_has_native_bf16, set_process_flags
 
 __all__ = ["BenchSettings", "run_bench", "matmul_peak_tflops", "describe_device", "format_row"]
 

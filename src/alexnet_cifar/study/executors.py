@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import errors
-from .data import load_cifar10
-from .distributed import resolve_device
-from .errors import AlexnetCifarError, ExecutorError, SettingError, TrainingInterrupted, param
-from .files import METRICS_FILE
-from .resume import data_folder, has_checkpoint
-from .train import TrainOptions, train
-from .train_records import best_words
+from .. import errors
+from ..data import load_cifar10
+from ..distributed import resolve_device
+from ..errors import AlexnetCifarError, ExecutorError, SettingError, TrainingInterrupted, param
+from ..files import METRICS_FILE
+from ..training.records import best_words
+from ..training.resume import data_folder, has_checkpoint
+from ..training.trainer import TrainOptions, train
 
 __all__ = [
     "EXECUTORS",

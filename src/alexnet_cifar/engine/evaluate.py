@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import normalize
-from .distributed import DistContext, shard
-from .errors import SettingError
-from .models import AlexNet, probabilities
-from .optim import keras_crossentropy
+from ..augment import normalize
+from ..distributed import DistContext, shard
+from ..errors import SettingError
+from ..models import AlexNet, probabilities
+from ..optim import keras_crossentropy
 
 __all__ = [
     "EvalResult",

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from .errors import SettingError, param
+from ..errors import SettingError, param
 
 __all__ = [
     "COMPILE_MODES",

@@ -1,6 +1,6 @@
 """An epoch's running totals, clock and metrics: the host side of the engine's accumulators.
 
-The step adds its loss and hits to tensors on the device (``engine_step``); this module counts
+The step adds its loss and hits to tensors on the device (``step``); this module counts
 the images, keeps the epoch's time (compile and capture left out), and reads the totals back:
 once at the end of an epoch, and for a progress bar without waiting for the device.
 """
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .distributed import DistContext, shard
+from ..distributed import DistContext, shard
 
 __all__ = ["EpochMeter", "EpochSums"]
 
@@ -55,7 +55,7 @@ class EpochMeter:
 
     def __init__(
         self,
-        step,  # engine_step.TrainStep: its accumulators
+        step,  # step.TrainStep: its accumulators
         device: torch.device,
         dist: DistContext,
         setup_seconds: Callable[[], float],

@@ -25,9 +25,9 @@ from dataclasses import replace
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .engine_options import EngineOptions, rung_name
-from .engine_step import TrainStep
-from .errors import SettingError, param
+from ..errors import SettingError, param
+from .options import EngineOptions, rung_name
+from .step import TrainStep
 
 __all__ = [
     "CudaGraphs",

@@ -1,12 +1,12 @@
 """The training engine: the seed recipe's step, made fast without changing what it computes.
 
-One step (``engine_step``) gathers the batch from the uint8 data set on the device, normalises,
+One step (``step``) gathers the batch from the uint8 data set on the device, normalises,
 shifts and flips it, runs forward, the Keras loss, backward, Keras-form SGD and the weight
-average (``engine_ema``), and adds the loss and hits to accumulators on the device. It takes no
+average (``ema``), and adds the loss and hits to accumulators on the device. It takes no
 argument from the host and reads nothing back, so on CUDA it is captured as one graph per batch
 size, with the model compiled inside and autocast to bf16; a ladder falls back a rung at a time
-when that fails where it runs, and records why (``engine_capture``). The epoch's totals, clock
-and metrics are read on the host side (``engine_epoch``).
+when that fails where it runs, and records why (``capture``). The epoch's totals, clock
+and metrics are read on the host side (``epoch``).
 
 Each speed-up is an option (``EngineOptions``); ``auto`` picks the fast configuration for the
 device. ``precision="fp32"`` with no compile and no graphs is the plain computation.
@@ -21,15 +21,15 @@ from collections.abc import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .augment import draw_seed_augmentation
-from .distributed import DistContext
-from .engine_capture import CudaGraphs, EmulatedGraphs, StepLadder
-from .engine_epoch import EpochMeter, EpochSums
-from .engine_options import EngineOptions
-from .engine_step import TrainStep
+from ..augment import draw_seed_augmentation
+from ..distributed import DistContext
+from ..models import AlexNet
+from ..recipe import Recipe
+from .capture import CudaGraphs, EmulatedGraphs, StepLadder
+from .epoch import EpochMeter, EpochSums
 from .evaluate import EvalResult, evaluate_model
-from .models import AlexNet
-from .recipe import Recipe
+from .options import EngineOptions
+from .step import TrainStep
 
 __all__ = ["Engine", "EngineOptions", "EpochSums"]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import KerasFileError
+from ..errors import KerasFileError
 
 __all__ = ["KerasLayer", "KerasWeights", "open_keras_weights", "read_keras_weights"]
 

@@ -12,14 +12,15 @@ from typing import Any
 
 import torch
 
+from ..distributed import DistContext
+from ..engine.core import Engine
+from ..engine.evaluate import EvalResult
+from ..files import MODEL_FILE
+from ..models import AlexNet
+from ..provenance import code_source, versions
 from .checkpoint import save_model_file
-from .distributed import DistContext
-from .engine import Engine
-from .evaluate import EvalResult
-from .files import MODEL_FILE
-from .models import AlexNet
 from .resume import kept_settings_of
-from .runlog import METRIC_COLUMNS, code_source, versions
+from .runlog import METRIC_COLUMNS
 from .selection import BestEpoch
 
 __all__ = [

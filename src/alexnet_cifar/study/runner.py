@@ -15,11 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .checkpoint import RunLock
-from .distributed import is_device_name
-from .errors import SettingError, UnknownModelError, param
-from .executors import Job, Sequential
-from .files import (
+from ..distributed import is_device_name
+from ..errors import SettingError, UnknownModelError, param
+from ..files import (
     CONFIG_FILE,
     RESULT_FILE,
     STUDY_FILE,
@@ -28,11 +26,19 @@ from .files import (
     read_json_object,
     study_run_folder,
 )
-from .models import get_config
-from .recipe import Recipe
-from .report import build_report
-from .resume import KEPT_FIELDS, differences, has_checkpoint, identity_of_config, kept_settings_of
-from .train import TrainOptions
+from ..models import get_config
+from ..recipe import Recipe
+from ..report import build_report
+from ..training.checkpoint import RunLock
+from ..training.resume import (
+    KEPT_FIELDS,
+    differences,
+    has_checkpoint,
+    identity_of_config,
+    kept_settings_of,
+)
+from ..training.trainer import TrainOptions
+from .executors import Job, Sequential
 
 __all__ = [
     "STUDY_FIELDS",

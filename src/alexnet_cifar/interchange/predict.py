@@ -16,17 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import evaluate, runlog
-from .augment import SEED_MEAN
-from .errors import ImageError, moved_names
-from .evaluate import logits_in_batches
-from .models import AlexNetConfig, probabilities
+from ..augment import SEED_MEAN
+from ..engine.evaluate import logits_in_batches
+from ..errors import ImageError
+from ..models import AlexNetConfig, probabilities
 
 __all__ = ["ImageError", "LoadedImage", "Prediction", "load_image", "predict_images"]
-
-# Flip-TTA lives in evaluate and the class names in runlog; importing them from here still
-# works, with a DeprecationWarning.
-__getattr__ = moved_names(__name__, {"evaluate_with_tta": evaluate, "class_names": runlog})
 
 
 @dataclass

@@ -7,7 +7,7 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from .errors import TrainingInterrupted
+from ..errors import TrainingInterrupted
 
 __all__ = ["StopSignals"]
 

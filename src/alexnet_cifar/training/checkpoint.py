@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from . import files
-from .errors import AlexnetCifarError, CheckpointError, RunLockedError, moved_names, param
-from .files import CHECKPOINT, CONFIG_FILE, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
-from .models import AlexNet, AlexNetConfig, meta_model
+from .. import files
+from ..errors import AlexnetCifarError, CheckpointError, RunLockedError, param
+from ..files import CHECKPOINT, CONFIG_FILE, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
+from ..models import AlexNet, AlexNetConfig, meta_model
 
 __all__ = [
     "BackgroundWriter",
@@ -37,12 +37,6 @@ __all__ = [
     "save_model_file",
     "trained_engine",
 ]
-
-# The atomic writes live in files; importing them from here still works, with a
-# DeprecationWarning.
-__getattr__ = moved_names(
-    __name__, dict.fromkeys(("atomic_write_bytes", "atomic_write_json", "atomic_write_text"), files)
-)
 
 CHECKPOINT_FORMAT = "alexnet-cifar-checkpoint"
 MODEL_FORMAT = "alexnet-cifar-model"
