@@ -336,6 +336,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         help="write the checkpoint at most this often (default 60; 0: every epoch); always at "
         "the end and on Ctrl-C or SIGTERM, so a hard kill loses at most that much training",
     )
+    p.add_argument(
+        "--stop-after",
+        type=int_at_least(1, "--stop-after"),
+        metavar="EPOCH",
+        help="stop cleanly after this epoch, with a checkpoint and the records of the epochs "
+        "done, on the full run's schedule (the seed recipe's 300 epochs keep their drops at "
+        "100 and 200); the run is unfinished, shown as 'epoch E of N', and --resume (with a "
+        "later --stop-after or none) continues it, ending as if never stopped. Not part of "
+        "the run's settings: a run started without it can be resumed with it",
+    )
     add_engine_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -392,4 +402,5 @@ def train_options(
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,
         checkpoint_every=60.0 if args.checkpoint_every is None else args.checkpoint_every,
+        stop_after=args.stop_after,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .flags import (
     engine_options,
     folder,
     int_at_least,
+    invocation,
     model_list,
     model_name,
     print_json,
@@ -160,6 +162,12 @@ def cmd_train(args) -> int:
         return 0  # under torchrun, rank 0 speaks for the run
     if args.json:
         print_json(result)
+    elif result.get("status") == "stopped":
+        again = shlex.join([*invocation(), "train", result["model"], "--out", str(out)])
+        print(
+            f"{result['model']}: {best_words(result)}; {result['train_seconds']:.1f} s; run "
+            f"folder {out}\ncontinue with: {again} --resume [--stop-after EPOCH]"
+        )
     else:
         print(
             f"{result['model']}: {best_words(result)} (final test loss "

@@ -124,6 +124,8 @@ def run_summary(run: RunData) -> dict:
     lowest_at = _argbest(metrics["val_loss"], lambda a, b: a < b)
     held = "validation" if config.get("val_split") else "test"
     overfitting, verdict, note, rise = _overfitting(metrics["val_loss"], lowest_at, held)
+    if not run.finished:  # the verdict so far: a rise may still come, or pass
+        note += f" (on the {n} epochs done of {run.epochs_planned}: the run is unfinished)"
     final_test, final_train = metrics["val_accuracy"][-1], metrics["accuracy"][-1]
     preset = PRESETS.get(run.model)
     published_params = preset.published_params if preset is not None else None

@@ -31,6 +31,7 @@ __all__ = [
     "run_config",
     "run_result",
     "save_final_model",
+    "stopped_result",
 ]
 
 
@@ -133,10 +134,50 @@ def run_result(t: RunState, ev: EvalResult, best_ev: EvalResult | None = None) -
     return result
 
 
+def stopped_result(t: RunState) -> dict:
+    """What a run stopped by ``stop_after`` returns (it writes no result.json: it is
+    unfinished): where it stands, ``epoch E of N``, and its last and best epochs on the
+    images it evaluates each epoch (the validation images with a split, else the test set)."""
+    final, epochs = t.history[-1], t.opts.recipe.epochs
+    done, stop = final["epoch"], t.opts.stop_after
+    best = max(t.history, key=lambda r: r["val_accuracy"])
+    lowest = min(t.history, key=lambda r: r["val_loss"])
+    note = f"stopped after epoch {done} of {epochs}: unfinished, resume to continue"
+    if stop is not None and stop < done:
+        note += f" (nothing trained: the run was already past epoch {stop})"
+    return {
+        "model": t.opts.model,
+        "run_dir": str(t.out),
+        "status": "stopped",
+        "epochs": done,
+        "epochs_planned": epochs,
+        "note": note,
+        "held_out": "validation" if t.opts.val_split else "test",
+        "final": {k: final[k] for k in METRIC_COLUMNS if k != "epoch"},
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"],
+        "lowest_val_loss": lowest["val_loss"],
+        "lowest_val_loss_epoch": lowest["epoch"],
+        "train_seconds": round(sum(r["seconds"] for r in t.history), 3),
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
+        "recipe": t.opts.recipe.name,
+    }
+
+
 def best_words(result: dict) -> str:
     """What "best" means for a run, from its result.json: with a validation split
     ``best validation accuracy X at epoch k; test accuracy at that epoch Y; final test accuracy
-    Z``; without one, the best epoch was chosen by the test set itself, which says so."""
+    Z``; without one, the best epoch was chosen by the test set itself, which says so. A run
+    stopped before its end says so, and what it has seen so far."""
+    if result.get("status") == "stopped":
+        held, last = result["held_out"], result["final"]
+        return (
+            f"stopped after epoch {result['epochs']} of {result['epochs_planned']} (unfinished); "
+            f"{held} accuracy {last['val_accuracy']:.4f}, loss {last['val_loss']:.4f} at its "
+            f"last epoch; lowest {held} loss {result['lowest_val_loss']:.4f} at epoch "
+            f"{result['lowest_val_loss_epoch']}"
+        )
     final = f"final test accuracy {result['test_accuracy']:.4f}"
     if result.get("val_split"):
         return (

@@ -49,6 +49,7 @@ from .records import (
     run_config,
     run_result,
     save_final_model,
+    stopped_result,
 )
 from .resume import load_resume_state, record_data_folder, run_identity
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
@@ -93,6 +94,9 @@ class TrainOptions:
     # and on a signal, so a kill -9 loses at most this much training
     checkpoint_every: float = 60.0
     command: list[str] | None = None  # what config.json records as the command; None: sys.argv
+    # stop cleanly after this epoch, with a checkpoint (the schedule stays the full run's);
+    # not part of the run's identity: a later resume continues it
+    stop_after: int | None = None
 
     def run_identity(self) -> dict:
         """The fields that define what is computed: a resume must match them."""
@@ -176,7 +180,7 @@ class Trainer:
                 for name in (files.RESULT_FILE, MODEL_FILE):
                     (self.out / name).unlink(missing_ok=True)
         self.saved_epoch = self.start_epoch if state is not None else 0
-        if self.start_epoch < recipe.epochs:
+        if self.start_epoch < self._last_epoch():
             self.engine.prepare()  # compile and capture now: the configuration used is known
         self.say(_engine_line(self))
         for line in said:
@@ -235,23 +239,31 @@ class Trainer:
         epoch's training."""
         return time.monotonic() - self._last_save >= self.opts.checkpoint_every
 
+    def _last_epoch(self) -> int:
+        """The epoch this invocation trains up to: the run's last, or ``stop_after``."""
+        epochs, stop = self.opts.recipe.epochs, self.opts.stop_after
+        return epochs if stop is None else min(epochs, stop)
+
     def _run(self) -> dict:
         self._last_save = time.monotonic()
         self.runlog.open_tensorboard(self.start_epoch)
-        for epoch in range(self.start_epoch, self.opts.recipe.epochs):
+        last = self._last_epoch()
+        for epoch in range(self.start_epoch, last):
             row = self._train_epoch(epoch)
             self.history.append(row)
             if self.opts.val_split is not None:
                 self.best.offer(row, self.engine)
             self.runlog.log_epoch(self.history)
             stop = self._stop_requested(0, last=True)
-            if stop or epoch + 1 == self.opts.recipe.epochs or self._checkpoint_due():
+            if stop or epoch + 1 == last or self._checkpoint_due():
                 self._save(epoch + 1, 0, self.data_gen.get_state(), None)
             recent = [r["seconds"] for r in self.history[-5:]]
             self.say(epoch_line(row, self.opts.recipe.epochs, recent))
             if stop:
                 self.dist.barrier()  # the checkpoint is on disk before any rank leaves
                 self._interrupted(f"after epoch {epoch + 1}")
+        if self.start_epoch < self.opts.recipe.epochs and last < self.opts.recipe.epochs:
+            return self._stopped()
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -377,6 +389,17 @@ class Trainer:
 
     def _nonfinite(self, epoch: int, step: int | None) -> NonFiniteLossError:
         return _nonfinite_error(self.out, epoch, step, self.saved_epoch)
+
+    def _stopped(self) -> dict:
+        """The end of a run stopped by ``stop_after``: its checkpoint is on disk, it writes
+        no result.json (it is unfinished, and its test set stays unread) and says where it
+        stands."""
+        self.writer.wait()
+        if not self.history:
+            raise CheckpointError(f"{self.out} holds no finished epoch")
+        result = stopped_result(self.state())
+        self.say(result["note"])
+        return result
 
     def _finish(self) -> dict:
         self.writer.wait()
