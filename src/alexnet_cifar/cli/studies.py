@@ -11,6 +11,7 @@ from ..models import PRESETS, parse_model_list
 from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
 from ..study import executors
 from ..study.executors import EXECUTORS, RayExecutor
+from ..study.pool import LocalPool
 from ..study.runner import check_kept_runs, plan_runs, read_study_settings, run_study, study_seeds
 from .flags import (
     add_train_flags,
@@ -30,8 +31,9 @@ def add_parsers(sub) -> None:
         "study",
         help="train the variants in turn and write the comparison report",
         description="Train each chosen variant with the recipe --recipe names (default: the "
-        "seed's) into OUT/runs/NAME (with several --seeds: OUT/NAME/seed-N), one after another "
-        "or on Ray (finished runs are skipped, unfinished ones resumed), then write the "
+        "seed's) into OUT/runs/NAME (with several --seeds: OUT/NAME/seed-N), one after another, "
+        "--jobs N at once, or on Ray (finished runs are skipped, unfinished ones resumed), then "
+        "write the "
         "comparison report into OUT: report.md, report.html, summary.json and the figures. "
         "Flags left out are taken from the study's earlier invocation (OUT/study.json), so "
         "'alexnet-cifar study --out OUT' continues an interrupted study.",
@@ -57,6 +59,17 @@ def add_parsers(sub) -> None:
         "several seeds), the report in OUT",
     )
     r_ = s.add_argument_group("executor (default: one run after another in this process)")
+    r_.add_argument(
+        "--jobs",
+        type=jobs_count,
+        metavar="N|auto",
+        help="train up to N runs at once on this machine, each in a process of its own with "
+        "cores // N torch threads (at least one); default 1: one run after another in this "
+        "process. On some CPUs one run gains little from a second thread, so runs side by "
+        "side finish sooner (docs/performance.md). auto: one process per run still to train, "
+        "up to one per core (on CUDA: 1). Ctrl-C stops every run with its checkpoint; the "
+        "same command continues them all",
+    )
     r_.add_argument(
         "--executor",
         choices=EXECUTORS,
@@ -120,13 +133,20 @@ def gpu_share(text: str) -> float:
         raise argparse.ArgumentTypeError(e.render(flag_name)) from None
 
 
+def jobs_count(text: str):
+    """``auto`` or a whole number of runs at once, at least 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return int_at_least(1, "--jobs")(text)
+
+
 def _resume_study(args, e) -> list[str]:
     return ["study", "--out", str(_study_dir(args)), *_executor_flags(args)]
 
 
 def _executor_flags(args) -> list[str]:
     if args.executor != "ray":
-        return []
+        return [] if args.jobs in (None, 1) else ["--jobs", str(args.jobs)]
     flags = ["--executor", "ray"]
     if args.address:
         flags += ["--address", args.address]
@@ -136,11 +156,16 @@ def _executor_flags(args) -> list[str]:
 
 
 def _executor(args):
+    if args.executor == "ray" and args.jobs is not None:
+        raise SettingError(
+            f"{param('jobs')} is for the runs on this machine; on Ray, "
+            f"{param('gpus_per_run')} sets what each run asks for"
+        )
     if args.executor != "ray":
         for name in ("address", "gpus_per_run"):
             if getattr(args, name) is not None:
                 raise SettingError(f"{param(name)} is for {param('executor', 'ray')}")
-        return None
+        return None if args.jobs in (None, 1) else LocalPool(args.jobs)
     gpus = 1.0 if args.gpus_per_run is None else args.gpus_per_run
     return RayExecutor(address=args.address, gpus_per_run=gpus)
 

@@ -34,8 +34,14 @@ from ..training.trainer import TrainOptions, train
 __all__ = [
     "EXECUTORS",
     "Job",
+    "RESULT_KEYS",
     "RayExecutor",
     "Sequential",
+    "StopOnTerm",
+    "error_of",
+    "error_record",
+    "result_line",
+    "result_record",
     "check_ray_address",
     "gpu_share",
     "import_ray",
@@ -54,7 +60,7 @@ class Job:
     options: TrainOptions
 
 
-def _result_line(tag: str, result: dict, where: str = "") -> str:
+def result_line(tag: str, result: dict, where: str = "") -> str:
     return (
         f"{tag}: {'finished on ' + where + ': ' if where else ''}{best_words(result)}, "
         f"{result['train_seconds']:.1f} s"
@@ -76,7 +82,7 @@ class Sequential:
             )
             if data is None:
                 data = load_cifar10(opts.data_dir, verify=opts.verify, progress=not opts.quiet)
-            say(_result_line(job.tag, train(opts, data=data, on_step=self.on_step)))
+            say(result_line(job.tag, train(opts, data=data, on_step=self.on_step)))
 
 
 # ---------------------------------------------------------------------- Ray
@@ -150,15 +156,23 @@ def _train_task(options, data, threads, events, tag, on_step) -> dict:
     try:
         result = train(options, data=_writable(data), on_step=on_step)
     except AlexnetCifarError as e:
-        record = {"type": type(e).__name__, "message": e.args[0] if e.args else str(e)}
-        record.update(signum=getattr(e, "signum", None), run_dir=str(options.out))
-        return {"where": where, "error": record}
-    keep = ("test_accuracy", "best_test_accuracy", "best_epoch", "train_seconds", "device")
-    keep += ("val_split", "best_val_accuracy", "test_accuracy_at_best_val")  # best_words()
-    return {"where": where, "result": {k: result[k] for k in keep if k in result}}
+        return {"where": where, "error": error_record(e, options.out)}
+    return {"where": where, "result": result_record(result)}
 
 
-class _StopOnTerm:
+#: What a driver needs of a run's result to say how it ended (``best_words``).
+RESULT_KEYS = ("test_accuracy", "best_test_accuracy", "best_epoch", "train_seconds", "device")
+RESULT_KEYS += ("val_split", "best_val_accuracy", "test_accuracy_at_best_val")
+RESULT_KEYS += ("status", "epochs", "epochs_planned", "held_out", "final")  # stopped early
+RESULT_KEYS += ("lowest_val_loss", "lowest_val_loss_epoch")
+
+
+def result_record(result: dict) -> dict:
+    """The part of a run's result a worker hands back to the driver."""
+    return {k: result[k] for k in RESULT_KEYS if k in result}
+
+
+class StopOnTerm:
     """While the driver waits, SIGTERM stops the study as Ctrl-C does (and not Ray's own
     handler, which would end the process at once)."""
 
@@ -177,7 +191,14 @@ class _StopOnTerm:
             signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
 
 
-def _error(record: dict, model: str) -> AlexnetCifarError:
+def error_record(e: AlexnetCifarError, run_dir) -> dict:
+    """An error a worker hands back to the driver (plain data), which ``error_of`` raises."""
+    record = {"type": type(e).__name__, "message": e.args[0] if e.args else str(e)}
+    record.update(signum=getattr(e, "signum", None), run_dir=str(run_dir))
+    return record
+
+
+def error_of(record: dict, model: str) -> AlexnetCifarError:
     """The error a task reported, as its own class where this package has it."""
     cls = getattr(errors, record["type"], None)
     if cls is TrainingInterrupted:
@@ -329,7 +350,7 @@ class RayExecutor:
         """Print each run's start and end as they come; returns the runs' errors. Ctrl-C or
         SIGTERM stops the study: every run saves a checkpoint at its next step."""
         pending, failures, done = list(refs), [], 0
-        stop = _StopOnTerm()
+        stop = StopOnTerm()
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
@@ -365,10 +386,10 @@ class RayExecutor:
                 "is kept: run the study again to resume it"
             )
         if "error" in out:
-            error = _error(out["error"], job.options.model)
+            error = error_of(out["error"], job.options.model)
             say(f"{job.tag}: stopped on {out['where']} ({type(error).__name__}); {count}")
             return error
-        say(f"{_result_line(job.tag, out['result'], out['where'])}; {count}")
+        say(f"{result_line(job.tag, out['result'], out['where'])}; {count}")
         return None
 
     def _stop(self, ray, pending: list) -> None:
