@@ -180,6 +180,13 @@ def _check_seeds(folder: Path, out: str) -> None:
     assert "Across seeds" in (folder / "study-seeds" / "report.md").read_text()
 
 
+def _check_jobs(folder: Path, out: str) -> None:
+    # the first command stopped both runs after epoch 1; the second finished them
+    for model in ("alexnet", "alexnet_thinner_4"):
+        _result(folder / "study-jobs" / "runs" / model, epochs=2, limit_train=256)
+    assert out.count("report: study-jobs/report.md") == 2
+
+
 def _check_ray(folder: Path, out: str) -> None:
     for seed in range(2):
         _result(folder / "study-ray" / "alexnet_thinner_4" / f"seed-{seed}", seed=seed)
@@ -212,6 +219,7 @@ TOUR = {
     "torchrun --nproc-per-node 2": _check_ddp,
     "--out study-demo": _check_study,
     "--out study-seeds": _check_seeds,
+    "--out study-jobs": _check_jobs,
     "--out study-ray": _check_ray,
     "--out runs/tour --quiet": _check_tour,
     'ort.InferenceSession("tour.onnx")': _check_onnx,
