@@ -155,7 +155,9 @@ def test_ctrl_c_stops_every_run_and_the_same_command_continues_them(
         assert len(metric_rows(out / run)) == 3 and not (out / run / "result.json").exists()
     assert "unfinished (epoch 3 of 4)" in (out / "report.md").read_text()
 
-    again = run_cli("study", *args, env={"CIFAR10_DIR": cifar10_dir})
+    # the command printed at the stop (the study's own flags, the engine's among them, are
+    # taken from its study.json)
+    again = run_cli("study", "--out", out, "--jobs", "2", env={"CIFAR10_DIR": cifar10_dir})
     assert again.returncode == 0, again.stderr
     _same_runs(out, one_after_another)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..distributed import is_device_name
+from ..engine.options import engine_setting_kinds
 from ..errors import SettingError, UnknownModelError, param
 from ..files import (
     CONFIG_FILE,
@@ -113,6 +114,7 @@ STUDY_FIELDS = {
     "limit_test": "int?",
     "val_split": "int?",
     **KEPT_FIELDS,
+    "engine_requested": "dict",  # the engine flags given: a continued study keeps them
 }
 #: Fields written only when they hold something.
 _WRITTEN_WHEN_SET = ("seed", "seeds", "val_split")
@@ -132,6 +134,12 @@ def read_study_settings(out: Path) -> dict:
         raise SettingError(f"{f}: the field {unknown[0]!r} is not one a study records")
     check_fields(settings, STUDY_FIELDS, str(f), required=("models", "recipe"))
     Recipe.from_dict(settings["recipe"], f"{f}: the field 'recipe'")
+    check_fields(
+        settings.get("engine_requested") or {},
+        engine_setting_kinds(),
+        f"{f}: the field 'engine_requested'",
+        error=SettingError,
+    )
     _check_list(f, "models", settings["models"], 1)
     for name in settings["models"]:
         try:
@@ -176,6 +184,7 @@ def study_settings(runs: list[StudyRun]) -> dict:
         "limit_test": first.limit_test,
         "val_split": first.val_split,
         **kept_settings_of(first),
+        "engine_requested": first.engine.to_dict(),
     }
     return {
         k: values[k]
