@@ -64,11 +64,12 @@ def add_parsers(sub) -> None:
         type=jobs_count,
         metavar="N|auto",
         help="train up to N runs at once on this machine, each in a process of its own with "
-        "cores // N torch threads (at least one); default 1: one run after another in this "
-        "process. On some CPUs one run gains little from a second thread, so runs side by "
-        "side finish sooner (docs/performance.md). auto: one process per run still to train, "
-        "up to one per core (on CUDA: 1). Ctrl-C stops every run with its checkpoint; the "
-        "same command continues them all",
+        "cores // N torch threads (at least one; never more processes than runs left to "
+        "train); default 1: one run after another in this process. On some CPUs one run gains "
+        "little from a second thread, so runs side by side finish sooner "
+        "(docs/performance.md). auto: one process per run still to train, up to one per core "
+        "(on CUDA: 1). Ctrl-C stops every run with its checkpoint; the same command "
+        "continues them all",
     )
     r_.add_argument(
         "--executor",
