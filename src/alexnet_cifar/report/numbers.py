@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-from ..models import PRESETS, AlexNetConfig, layer_table
+from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
+from ..variants import layer_table
 from .runs import RunData
 
 __all__ = [
