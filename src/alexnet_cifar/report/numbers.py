@@ -15,6 +15,7 @@ from ..variants import layer_table
 from .runs import RunData
 
 __all__ = [
+    "NOT_IN_POST",
     "OVERFIT_RISE",
     "POST_BEST",
     "POST_BEST_ACCURACY",
@@ -24,7 +25,6 @@ __all__ = [
     "SEED_EPOCHS",
     "SEED_TEST",
     "SEED_TRAIN",
-    "NOT_IN_POST",
     "held_out",
     "held_out_of",
     "run_summary",

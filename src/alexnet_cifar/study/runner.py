@@ -26,7 +26,7 @@ from ..files import (
     read_json_object,
     study_run_folder,
 )
-from ..models import PRESETS, AlexNetConfig
+from ..models import PRESETS, AlexNetConfig, config_of
 from ..recipe import Recipe
 from ..report import build_report
 from ..training.checkpoint import RunLock
@@ -75,15 +75,15 @@ run_folder = study_run_folder
 
 def plan_runs(
     out: Path,
-    models: list[AlexNetConfig],
+    models: list[str | AlexNetConfig],
     seeds: list[int],
     options_for: Callable[[AlexNetConfig, Path], TrainOptions],
 ) -> list[StudyRun]:
-    """One run per (variant, seed), variant by variant; ``options_for(variant, run_dir)``
-    gives a run's options, whose seed is then set."""
+    """One run per (variant, seed), variant by variant (presets' names or shapes);
+    ``options_for(variant, run_dir)`` gives a run's options, whose seed is then set."""
     several = len(seeds) > 1
     runs = []
-    for model in models:
+    for model in map(config_of, models):
         for seed in seeds:
             folder = run_folder(out, model.name, seed, several)
             options = replace(options_for(model, folder), seed=seed)
@@ -168,8 +168,8 @@ def study_variants(settings: dict, f: Path | str = STUDY_FILE) -> list[AlexNetCo
             variants.append(recorded_variant(name, shapes[name], f"{f}: the variant {name!r}"))
         else:
             raise SettingError(
-                f"{f}: the field 'models': {name!r} is no preset and the field 'variants' "
-                "holds no shape of that name"
+                f"{f}: the field 'models': unknown model {name!r} (no preset, and the field "
+                "'variants' holds no shape of that name)"
             )
     return variants
 
@@ -208,14 +208,14 @@ def study_settings(runs: list[StudyRun]) -> dict:
 
 
 def check_kept_runs(
-    out: Path, prev: dict, models: list[AlexNetConfig], seeds: list[int]
+    out: Path, prev: dict, models: list[str | AlexNetConfig], seeds: list[int]
 ) -> None:
     """Refuse an invocation that would leave out a run the study folder holds (a narrower
     ``--models`` or ``--seeds``): its report would drop finished runs without a word. A wider
     one adds runs."""
     several = "seeds" in prev
     had = prev.get("seeds") or [prev.get("seed", 0)]
-    names = [m.name for m in models]
+    names = [config_of(m).name for m in models]
     left_out = [
         (m, s)
         for m in prev.get("models") or []
