@@ -172,6 +172,25 @@ def test_a_bad_file_is_one_line_naming_the_file_and_the_field(what, content, fil
     assert not (tmp_path / "run").exists()
 
 
+def test_a_study_records_its_own_variants_and_checks_them(tmp_path):
+    from alexnet_cifar.study.runner import read_study_settings, study_variants
+
+    mine = _shape(TINY, name="mine", batch_norm=True)
+    study = {"models": ["alexnet", "mine"], "variants": {"mine": mine}, "recipe": {}, "seed": 0}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    settings = read_study_settings(tmp_path)
+    assert study_variants(settings) == [PRESETS["alexnet"], AlexNetConfig.from_dict(mine)]
+    for variants, says in (
+        ({}, "the field 'models': unknown model 'mine'"),
+        ({"mine": {**mine, "name": "other"}}, "the shape is named 'other'"),
+        ({"mine": {**mine, "widths": [8, 0, 8, 8, 8]}}, "the field 'widths' must hold"),
+    ):
+        (tmp_path / "study.json").write_text(json.dumps({**study, "variants": variants}))
+        with pytest.raises(SettingError, match=says) as e:
+            read_study_settings(tmp_path)
+        assert str(tmp_path / "study.json") in str(e.value) and "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------------- batch_norm
 
 

@@ -159,19 +159,24 @@ def resolve_variant(
     if is_variant_file(text):
         return load_variant_file(text)
     if recorded and isinstance(recorded.get(text), dict):
-        return recorded_variant(text, recorded[text], "the shape recorded for it")
+        return recorded_variant(text, recorded[text], "the shape recorded for it", "its name")
     try:
         return get_config(text)
     except UnknownModelError as e:
         raise UnknownModelError(f"{e.args[0]}, {_FILE_HINT}") from None
 
 
-def recorded_variant(model: str, shape: dict, where: str) -> AlexNetConfig:
-    """The shape a run recorded (its config.json's ``model_config``) for its variant
-    ``model``, checked: a preset's name must come with that preset's shape."""
+def recorded_variant(
+    model: str, shape: dict, where: str, named_by: str = "the field 'model'"
+) -> AlexNetConfig:
+    """The shape a run recorded (its config.json's ``model_config``, ``where``) for its
+    variant ``model`` (what ``named_by`` says), checked: the names agree, and a preset's name
+    comes with that preset's shape."""
     config = AlexNetConfig.from_dict(shape, where)
     if config.name != model:
-        raise SettingError(f"{where}: the field 'name' is {config.name!r}, not {model!r}")
+        raise SettingError(
+            f"{where}: the shape is named {config.name!r}, but {named_by} is {model!r}"
+        )
     return _checked_name(config, where)
 
 

@@ -140,7 +140,8 @@ def _check_config(config: dict, config_file: Path) -> None:
     required = ("model", "model_config", "recipe")
     check_fields(config, CONFIG_FIELDS, where, required=required, error=ReportError)
     try:  # a preset's name with that preset's shape, or a variant of its own
-        recorded_variant(config["model"], config["model_config"], f"{where}: 'model_config'")
+        shape, named = f"{where}: the field 'model_config'", "the field 'model'"
+        recorded_variant(config["model"], config["model_config"], shape, named)
         Recipe.from_dict(config["recipe"], f"{where}: the field 'recipe'")
     except SettingError as e:
         raise ReportError(str(e)) from None

@@ -165,7 +165,8 @@ def study_variants(settings: dict, f: Path | str = STUDY_FILE) -> list[AlexNetCo
         if name in PRESETS:
             variants.append(PRESETS[name])
         elif isinstance(shapes.get(name), dict):
-            variants.append(recorded_variant(name, shapes[name], f"{f}: the variant {name!r}"))
+            where = f"{f}: the field 'variants', {name!r}"
+            variants.append(recorded_variant(name, shapes[name], where, "its name in 'models'"))
         else:
             raise SettingError(
                 f"{f}: the field 'models': unknown model {name!r} (no preset, and the field "
