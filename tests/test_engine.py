@@ -1,6 +1,8 @@
 """The engine computes what the plain step computes; its preparation leaves no trace; its
 weight average follows its definition."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
 from alexnet_cifar.engine.core import Engine, EngineOptions, EpochSums
 from alexnet_cifar.errors import SettingError
+from alexnet_cifar.models import PRESETS, AlexNet, config_of
 from alexnet_cifar.optim import make_optimizer, plain_step, set_learning_rate
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.training.trainer import TrainingInterrupted, TrainOptions, train
@@ -15,6 +18,13 @@ from alexnet_cifar.training.trainer import TrainingInterrupted, TrainOptions, tr
 from .helpers import interrupt_at, metric_rows, train_options
 
 CPU = torch.device("cpu")
+# A variant of one's own: alexnet_thinner_4 with a batch normalisation after each convolution.
+THINNER_4_BN = replace(PRESETS["alexnet_thinner_4"], name="thinner_4_bn", batch_norm=True)
+
+
+def _trained_state(model):
+    """What training changes in a model: its parameters and its buffers (running statistics)."""
+    return [*model.named_parameters(), *model.named_buffers()]
 
 
 def _dataset(n, seed=0):
@@ -32,19 +42,20 @@ def _epoch_draws(n, seed=1):
     return (perm, *draw_seed_augmentation(n, g))
 
 
+@pytest.mark.parametrize("name", ["alexnet_thinner_4", THINNER_4_BN])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
-def test_engine_step_equals_plain_step(channels_last, fused):
-    name, bs = "alexnet_thinner_4", 16
+def test_engine_step_equals_plain_step(name, channels_last, fused):
+    bs = 16
     n = 3 * bs + 5  # three full batches and a short last one
     x_u8, y = _dataset(n)
     perm, dy, dx, flip = _epoch_draws(n)
     recipe = Recipe(epochs=3, batch_size=bs, lr=0.003)
 
     torch.manual_seed(0)
-    ref = build_model(name)
+    ref = AlexNet(config_of(name))
     torch.manual_seed(0)
-    model = build_model(name)
+    model = AlexNet(config_of(name))
     if channels_last:
         # The same layout on both sides: max-pool ties may break differently across layouts,
         # which a few steps amplify; the layouts' equality is tested in test_models.
@@ -72,12 +83,15 @@ def test_engine_step_equals_plain_step(channels_last, fused):
     sums, bad = engine.read_metrics()
     assert bad == -1 and sums.seen == n
     assert sums.loss_sum == pytest.approx(sum(losses), rel=1e-5)
-    for (name_, a), b in zip(ref.named_parameters(), model.parameters()):
+    # the weights, and a batch normalisation's running statistics
+    for (name_, a), (_, b) in zip(_trained_state(ref), _trained_state(model)):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-7, msg=name_)
     # and they did move
     torch.manual_seed(0)
-    fresh = build_model(name)
+    fresh = AlexNet(config_of(name))
     assert not torch.allclose(fresh.layers.fc3.weight, model.layers.fc3.weight)
+    for bn, moved in zip(fresh.batch_norms(), model.batch_norms()):
+        assert not torch.allclose(bn.running_mean, moved.running_mean)
 
 
 def test_device_side_batch_is_translate_plus_flip():
@@ -115,21 +129,22 @@ def test_tensor_learning_rate_matches_float_learning_rate():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
 
 
-def test_preparation_leaves_no_trace():
-    name, bs, n = "alexnet_thinner_4", 16, 40
+@pytest.mark.parametrize("name", ["alexnet_thinner_4", THINNER_4_BN])
+def test_preparation_leaves_no_trace(name):
+    bs, n = 16, 40
     x_u8, y = _dataset(n)
     perm, dy, dx, flip = _epoch_draws(n)
     torch.manual_seed(0)
-    model = build_model(name)
+    model = AlexNet(config_of(name))
     opts = EngineOptions(compile=True, compile_backend="eager")
     engine = Engine(model, Recipe(batch_size=bs), CPU, opts, x_u8, y)
     engine.begin_epoch(0, (perm, dy, dx, flip), start_step=1, resumed=EpochSums(2.5, 3, 16))
-    before = [p.detach().clone() for p in model.parameters()]
+    before = [t.detach().clone() for _, t in _trained_state(model)]
     rng = torch.get_rng_state()
     engine.ladder.prepare(bs)
     assert engine.setup_seconds > 0
-    for p, q in zip(model.parameters(), before):
-        assert torch.equal(p, q)
+    for (_, p), q in zip(_trained_state(model), before):
+        assert torch.equal(p, q)  # running statistics and their batch count too
     assert torch.equal(torch.get_rng_state(), rng)
     sums, bad = engine.read_metrics()
     assert int(engine.step_t) == 1 and (sums.loss_sum, sums.correct, sums.seen, bad) == (
@@ -180,6 +195,40 @@ def test_weight_average_follows_its_definition():
             assert torch.equal(p, e)
     for p, c in zip(model.parameters(), current):
         assert torch.equal(p, c)  # put back
+
+
+def test_weight_average_averages_running_statistics_with_the_weights():
+    """With batch_norm the running mean and variance are averaged at the weights' decay,
+    evaluated with the averaged weights, and put back after."""
+    torch.manual_seed(0)
+    model = AlexNet(replace(THINNER_4_BN, dropout=0.0))
+    recipe = Recipe(batch_size=8, ema_decay=0.9, momentum_form="torch")
+    x, y = _dataset(24, seed=1)
+    engine = Engine(model, recipe, CPU, EngineOptions(precision="fp32"), x, y)
+    engine.begin_epoch(0, _epoch_draws(24))
+    stats = [b for b in model.buffers() if b.is_floating_point()]
+    assert len(engine.ema) == len(list(model.parameters())) + len(stats) == 21 + 10
+    want = [b.clone() for b in stats]
+    for step in range(3):
+        engine.step(step)
+        d = min(0.9, (1 + (step + 1)) / (10 + (step + 1)))
+        want = [d * w + (1 - d) * b for w, b in zip(want, stats)]
+    averaged = engine.ema[-len(stats) :]
+    for a, b in zip(averaged, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    live = [b.clone() for b in stats]
+    assert not all(torch.equal(a, b) for a, b in zip(averaged, live))
+    with engine.evaluated_weights():
+        assert all(torch.equal(b, a) for b, a in zip(stats, averaged))
+    assert all(torch.equal(b, c) for b, c in zip(stats, live))  # put back
+
+
+def test_batch_norm_under_data_parallelism_needs_cuda():
+    from alexnet_cifar.engine.core import _synchronise_batch_norm
+
+    with pytest.raises(SettingError, match="batch_norm trains data-parallel only on CUDA"):
+        _synchronise_batch_norm(AlexNet(THINNER_4_BN), CPU)
+    _synchronise_batch_norm(build_model("alexnet_thinner_4"), CPU)  # nothing to synchronise
 
 
 def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):

@@ -33,9 +33,9 @@ def _data(n=N, seed=0):
     return x, torch.randint(0, 10, (n,), generator=g)
 
 
-def _engine(options, graphs=None, recipe=None, warn=None, dropout=0.5, seed=0):
+def _engine(options, graphs=None, recipe=None, warn=None, dropout=0.5, seed=0, bn=False):
     torch.manual_seed(seed)
-    model = AlexNet(replace(TINY, dropout=dropout))
+    model = AlexNet(replace(TINY, dropout=dropout, batch_norm=bn))
     recipe = recipe or get_recipe("fast", epochs=2, batch_size=BS)  # EMA, warm-up, decay
     x, y = _data()
     return Engine(model, recipe, CPU, options, x, y, graphs=graphs, warn=warn or (lambda m: None))
@@ -52,6 +52,7 @@ def _train(engine, epochs=2, seed=1):
             engine.step(s)
     sums, _ = engine.read_metrics()
     state = [p.detach().clone() for p in engine.model.parameters()]
+    state += [b.clone() for b in engine.model.buffers()]  # running statistics, with batch_norm
     return state + [t.clone() for t in (engine.ema or [])], sums
 
 
@@ -165,10 +166,12 @@ def test_resume_across_layouts_lays_state_out_like_parameters(first, then):
 # ---------------------------------------------------------------------- (a): graph emulation
 
 
-def test_emulated_graph_replays_equal_eager_steps():
-    """Two epochs (short last batch, per-step lr, EMA, dropout): exact with the tensor lr."""
-    eager, eager_sums = _train(_engine(FP32))
-    graphed_engine = _engine(replace(FP32, cuda_graphs=True), EmulatedGraphs())
+@pytest.mark.parametrize("bn", [False, True])
+def test_emulated_graph_replays_equal_eager_steps(bn):
+    """Two epochs (short last batch, per-step lr, EMA, dropout): exact with the tensor lr;
+    with batch_norm, its running statistics and their average too."""
+    eager, eager_sums = _train(_engine(FP32, bn=bn))
+    graphed_engine = _engine(replace(FP32, cuda_graphs=True), EmulatedGraphs(), bn=bn)
     graphed, graphed_sums = _train(graphed_engine)
     assert graphed_engine.used_options.cuda_graphs is True
     assert set(graphed_engine.ladder.prepared) == {BS, N % BS}

@@ -16,9 +16,9 @@ from alexnet_cifar.models import (
     Conv2dSame,
     MaxPool2dSame,
     UnknownModelError,
-    layer_table,
     tf_same_padding,
 )
+from alexnet_cifar.variants import layer_table
 
 PUBLISHED = {
     "alexnet": 21_622_154,

@@ -214,8 +214,24 @@ def _check_keras(folder: Path, out: str) -> None:
     assert "flip-averaged (--tta): loss" in out and "per-class accuracy" in out
 
 
+def _check_variant_file(folder: Path, out: str) -> None:
+    shape = _json_of(folder / "thinner_4_bn.json")
+    assert shape["name"] == "thinner_4_bn" and shape["batch_norm"] is True
+    assert 'Model: "thinner_4_bn"' in out and "bn1 (BatchNormalization)" in out
+
+
+def _check_variant_study(folder: Path, out: str) -> None:
+    run = folder / "study-mine" / "runs" / "thinner_4_bn"
+    shape = _result(run, limit_train=500, model="thinner_4_bn")
+    assert _json_of(run / "config.json")["model_config"]["batch_norm"] is True and shape
+    report = (folder / "study-mine" / "report.md").read_text()
+    assert "| `thinner_4_bn` | not in the post |" in report
+
+
 #: What each block of the tour must print or write, by a phrase of the block.
 TOUR = {
+    "models --config alexnet_thinner_4": _check_variant_file,
+    "--out study-mine": _check_variant_study,
     "torchrun --nproc-per-node 2": _check_ddp,
     "--out study-demo": _check_study,
     "--out study-seeds": _check_seeds,

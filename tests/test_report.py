@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from alexnet_cifar.cli import main
-from alexnet_cifar.models import PRESETS, layer_table
+from alexnet_cifar.models import PRESETS
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.report import OVERFIT_RISE, build_report
+from alexnet_cifar.variants import layer_table
 
 from .headless_chromium import find_chromium, load_page
 

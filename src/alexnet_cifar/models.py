@@ -6,7 +6,10 @@ imported Keras weights line up one to one:
 * convolutions and max-pools use TensorFlow's "same" padding (asymmetric where TensorFlow pads
   asymmetrically; a padded cell never wins a max-pool);
 * the flatten before the dense head reads the feature map in Keras' (H, W, C) order;
-* kernels start from the Keras 2 initialiser each variant names, biases from zero.
+* kernels start from the Keras 2 initialiser each variant names, biases from zero;
+* with ``batch_norm`` each convolution is followed by Keras' ``BatchNormalization()`` (its
+  defaults: epsilon 1e-3, moving averages with momentum 0.99) and then its ReLU, and has no bias
+  (the normalisation's offset takes its place).
 
 The model returns raw logits; apply ``softmax`` for the probabilities the Keras model outputs
 (see :func:`predict_proba`).
@@ -30,15 +33,16 @@ __all__ = [
     "AlexNet",
     "AlexNetConfig",
     "KERAS_LAYER_KINDS",
+    "SHAPE_FIELDS",
     "PRESETS",
     "UnknownModelError",
     "build_model",
     "final_map",
+    "ShapeError",
+    "config_of",
     "get_config",
-    "layer_table",
     "meta_model",
     "model_names",
-    "parse_model_list",
     "predict_proba",
     "probabilities",
     "tf_same_padding",
@@ -49,12 +53,39 @@ __all__ = [
 _TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 
+class ShapeError(SettingError):
+    """A field of a model shape out of range: ``field`` and ``what`` is wrong with it."""
+
+    def __init__(self, field: str, what: str):
+        super().__init__(f"{param(field)} {what}")
+        self.field, self.what = field, what
+
+
+#: The fields of a shape and their kinds (``files.check_fields``), in the order they are shown.
+SHAPE_FIELDS = {
+    "name": "str",
+    "stem": "str",
+    "widths": "ints",
+    "dense": "ints",
+    "conv_init": "str",
+    "l2": "number",
+    "dropout": "number",
+    "num_classes": "int",
+    "image_size": "int",
+    "in_channels": "int",
+    "batch_norm": "bool",
+}
+
+
 @dataclass(frozen=True)
 class AlexNetConfig:
     """The shape of one AlexNet variant, as data.
 
     stem: ``"imagenet"`` is conv 11x11 stride 4 followed by max-pool 3/2 (the original AlexNet);
     ``"slim"`` is one conv 3x3 stride 1 and no pool (the post's change for 32x32 inputs).
+
+    batch_norm: a batch normalisation after each convolution, before its ReLU (none of the
+    post's variants has one).
 
     published_params: the total the seed post prints for the variant (Keras
     ``model.summary()``), or None for a shape the post does not show. It is a fact about the
@@ -71,27 +102,33 @@ class AlexNetConfig:
     num_classes: int = 10
     image_size: int = 32
     in_channels: int = 3
+    batch_norm: bool = False
     published_params: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem is not None:
+            raise ShapeError(*problem)
+
+    def _problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong with it) for the first field out of range, or None."""
         if self.stem not in ("imagenet", "slim"):
-            raise SettingError(f"{param('stem')} must be 'imagenet' or 'slim', not {self.stem!r}")
+            return "stem", f"must be 'imagenet' or 'slim', not {self.stem!r}"
         if self.conv_init not in ("uniform", "he_normal"):
-            raise SettingError(
-                f"{param('conv_init')} must be 'uniform' or 'he_normal', not {self.conv_init!r}"
-            )
-        if len(self.widths) != 5:
-            raise SettingError(f"{param('widths')} needs 5 conv widths, not {len(self.widths)}")
-        if len(self.dense) != 2:
-            raise SettingError(f"{param('dense')} needs 2 hidden widths, not {len(self.dense)}")
-        if min(self.widths) < 1 or min(self.dense) < 1:
-            raise SettingError(f"{param('widths')} and {param('dense')} must be positive")
-        if self.num_classes < 2:
-            raise SettingError(f"{param('num_classes')} must be at least 2, not {self.num_classes}")
+            return "conv_init", f"must be 'uniform' or 'he_normal', not {self.conv_init!r}"
+        for name, values, n in (("widths", self.widths, 5), ("dense", self.dense, 2)):
+            if len(values) != n:
+                return name, f"needs {n} widths, not {len(values)}"
+            if min(values) < 1:
+                return name, f"must hold widths of 1 or more, not {list(values)}"
+        for name, least in (("num_classes", 2), ("image_size", 1), ("in_channels", 1)):
+            if getattr(self, name) < least:
+                return name, f"must be at least {least}, not {getattr(self, name)}"
         if not 0.0 <= self.dropout < 1.0:
-            raise SettingError(f"{param('dropout')} must lie in [0, 1), not {self.dropout}")
+            return "dropout", f"must lie in [0, 1), not {self.dropout}"
         if self.l2 < 0:
-            raise SettingError(f"{param('l2')} must be >= 0, not {self.l2}")
+            return "l2", f"must be >= 0, not {self.l2}"
+        return None
 
     def to_dict(self) -> dict:
         """The shape, as config.json and model files record it."""
@@ -100,25 +137,27 @@ class AlexNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "the model config") -> AlexNetConfig:
-        """A model shape from its recorded form; wrong kinds are a SettingError naming
-        ``where`` and the field."""
+    def from_dict(
+        cls, d: dict, where: str = "the model config", required: tuple = ()
+    ) -> AlexNetConfig:
+        """A model shape from its recorded form (a field left out takes its default, unless
+        it is ``required``); a wrong field is a SettingError naming ``where`` and the field."""
         if not isinstance(d, dict):
             raise SettingError(f"{where} should be an object, not {type(d).__name__}")
-        spec = {"name": "str", "stem": "str", "widths": "ints", "dense": "ints"}
-        spec.update({"conv_init": "str", "l2": "number", "dropout": "number"})
-        spec.update({"num_classes": "int", "image_size": "int", "in_channels": "int"})
-        unknown = set(d) - set(spec)
+        unknown = [k for k in d if k not in SHAPE_FIELDS]
         if unknown:
-            raise SettingError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-        check_fields(d, spec, where)
+            raise SettingError(
+                f"{where}: the field {unknown[0]!r} is not one of a model shape "
+                f"({', '.join(SHAPE_FIELDS)})"
+            )
+        check_fields(d, SHAPE_FIELDS, where, required=required)
         d = dict(d)
         d["widths"] = tuple(d.get("widths", cls.widths))
         d["dense"] = tuple(d.get("dense", cls.dense))
         try:
             return cls(**d)
-        except SettingError as e:
-            raise SettingError(f"{where}: {e}") from None
+        except ShapeError as e:
+            raise SettingError(f"{where}: the field {e.field!r} {e.what}") from None
 
 
 PRESETS: dict[str, AlexNetConfig] = {
@@ -171,20 +210,11 @@ def get_config(name: str, num_classes: int = 10) -> AlexNetConfig:
     return cfg if num_classes == cfg.num_classes else replace(cfg, num_classes=num_classes)
 
 
-def parse_model_list(text: str) -> list[str]:
-    """``all``, or preset names separated by commas: the names in the order given, once each."""
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not names:
-        raise UnknownModelError(f"{param('models')} needs 'all' or model names separated by commas")
-    if "all" in (n.lower() for n in names):
-        if len(names) != 1:
-            raise UnknownModelError(
-                f"{param('models')}: give 'all' alone, or a list of models without it"
-            )
-        return list(PRESETS)
-    for n in names:
-        get_config(n)
-    return list(dict.fromkeys(names))
+def config_of(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> AlexNetConfig:
+    """A shape given as itself, or the preset of that name."""
+    if isinstance(name_or_config, AlexNetConfig):
+        return name_or_config
+    return get_config(name_or_config, num_classes)
 
 
 def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -206,15 +236,30 @@ def final_map(config: AlexNetConfig) -> tuple[int, int]:
 
 
 class Conv2dSame(nn.Conv2d):
-    """Keras ``Conv2D(padding="same", activation="relu")``: TF padding, then conv, then ReLU."""
+    """Keras ``Conv2D(padding="same", activation="relu")``: TF padding, then conv, then ReLU.
+    With ``relu=False`` and ``bias=False``, ``Conv2D(padding="same", use_bias=False)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int = 1,
+        relu: bool = True,
+        bias: bool = True,
+    ):
         symmetric = stride == 1 and kernel % 2 == 1
         # Stride-1 odd kernels pad symmetrically in TF too, so the built-in padding is exact.
         super().__init__(
-            in_channels, out_channels, kernel, stride, padding=kernel // 2 if symmetric else 0
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding=kernel // 2 if symmetric else 0,
+            bias=bias,
         )
         self._explicit_pad = not symmetric
+        self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._explicit_pad:
@@ -222,7 +267,20 @@ class Conv2dSame(nn.Conv2d):
             top, bottom = tf_same_padding(x.shape[-2], k, s)
             left, right = tf_same_padding(x.shape[-1], k, s)
             x = F.pad(x, (left, right, top, bottom))
-        return F.relu(super().forward(x))
+        y = super().forward(x)
+        return F.relu(y) if self.relu else y
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """Keras ``BatchNormalization()`` at its defaults: epsilon 1e-3, and moving averages kept
+    with momentum 0.99 (PyTorch's ``momentum`` is the weight of the new batch: 0.01)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-3, momentum=0.01)
+
+
+class ReLU(nn.ReLU):
+    """Keras ``Activation("relu")``: the ReLU of a convolution that is batch-normalised."""
 
 
 class MaxPool2dSame(nn.Module):
@@ -316,19 +374,30 @@ class AlexNet(nn.Module):
         w1, w2, w3, w4, w5 = config.widths
         c = config.in_channels
         layers: list[tuple[str, nn.Module]] = []
+
+        def conv(i: int, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
+            if not config.batch_norm:
+                layers.append((f"conv{i}", Conv2dSame(c_in, c_out, kernel, stride)))
+                return
+            layers.extend(
+                [
+                    (f"conv{i}", Conv2dSame(c_in, c_out, kernel, stride, relu=False, bias=False)),
+                    (f"bn{i}", BatchNorm(c_out)),
+                    (f"relu{i}", ReLU()),
+                ]
+            )
+
         if config.stem == "imagenet":
-            layers += [("conv1", Conv2dSame(c, w1, 11, 4)), ("pool1", MaxPool2dSame())]
+            conv(1, c, w1, 11, 4)
+            layers.append(("pool1", MaxPool2dSame()))
         else:
-            layers += [("conv1", Conv2dSame(c, w1, 3, 1))]
-        layers += [
-            ("conv2", Conv2dSame(w1, w2, 5)),
-            ("pool2", MaxPool2dSame()),
-            ("conv3", Conv2dSame(w2, w3, 3)),
-            ("conv4", Conv2dSame(w3, w4, 3)),
-            ("conv5", Conv2dSame(w4, w5, 3)),
-            ("pool3", MaxPool2dSame()),
-            ("flatten", FlattenHWC()),
-        ]
+            conv(1, c, w1, 3, 1)
+        conv(2, w1, w2, 5)
+        layers.append(("pool2", MaxPool2dSame()))
+        conv(3, w2, w3, 3)
+        conv(4, w3, w4, 3)
+        conv(5, w4, w5, 3)
+        layers += [("pool3", MaxPool2dSame()), ("flatten", FlattenHWC())]
         side, _ = final_map(config)
         d1, d2 = config.dense
         layers += [
@@ -349,6 +418,9 @@ class AlexNet(nn.Module):
 
     def denses(self) -> list[Dense]:
         return [m for m in self.layers if isinstance(m, Dense)]
+
+    def batch_norms(self) -> list[BatchNorm]:
+        return [m for m in self.layers if isinstance(m, BatchNorm)]
 
     def dropouts(self) -> list[Dropout]:
         return [m for m in self.layers if isinstance(m, Dropout)]
@@ -380,7 +452,10 @@ class AlexNet(nn.Module):
                 fan_in = w[0].numel()  # kh * kw * in_channels
                 std = math.sqrt(2.0 / fan_in) / _TRUNCATED_NORMAL_STD
                 nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
-            conv.bias.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
+        for bn in self.batch_norms():
+            bn.reset_parameters()  # Keras: gamma 1, beta 0, moving mean 0, moving variance 1
         for dense in self.denses():
             fan_out, fan_in = dense.weight.shape
             limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -395,6 +470,8 @@ KERAS_LAYER_KINDS: dict[type, str] = {
     FlattenHWC: "Flatten",
     Dense: "Dense",
     Dropout: "Dropout",
+    BatchNorm: "BatchNormalization",
+    ReLU: "Activation",
 }
 
 
@@ -423,61 +500,3 @@ def meta_model(config: AlexNetConfig) -> AlexNet:
     """The model built on the meta device: its shapes without memory or initialisation."""
     with torch.device("meta"):
         return AlexNet(config)
-
-
-@dataclass
-class LayerRow:
-    name: str
-    kind: str
-    output_shape: tuple[int, ...]  # Keras order: (H, W, C) or (features,)
-    params: int
-    macs: int  # multiply-accumulates per image
-
-
-@dataclass
-class LayerTable:
-    config: AlexNetConfig
-    rows: list[LayerRow] = field(default_factory=list)
-
-    @property
-    def params(self) -> int:
-        return sum(r.params for r in self.rows)
-
-    @property
-    def macs(self) -> int:
-        return sum(r.macs for r in self.rows)
-
-    @property
-    def size_mb(self) -> float:
-        """float32 weights in MB (10^6 bytes)."""
-        return self.params * 4 / 1e6
-
-
-def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> LayerTable:
-    """Per-layer output shape, parameters and MACs, from one forward pass on the meta device."""
-    cfg = (
-        name_or_config
-        if isinstance(name_or_config, AlexNetConfig)
-        else get_config(name_or_config, num_classes)
-    )
-    model = meta_model(cfg)
-    x = torch.empty(1, cfg.in_channels, cfg.image_size, cfg.image_size, device="meta")
-    table = LayerTable(cfg)
-    table.rows.append(
-        LayerRow("input", "InputLayer", (cfg.image_size, cfg.image_size, cfg.in_channels), 0, 0)
-    )
-    for name, layer in model.layers.named_children():
-        x = layer(x)
-        shape = tuple(x.shape[1:])
-        if x.dim() == 4:
-            shape = (shape[1], shape[2], shape[0])
-        params = sum(p.numel() for p in layer.parameters())
-        if isinstance(layer, Conv2dSame):
-            kh, kw = layer.kernel_size
-            macs = shape[0] * shape[1] * shape[2] * kh * kw * layer.in_channels
-        elif isinstance(layer, Dense):
-            macs = layer.in_features * layer.out_features
-        else:
-            macs = 0
-        table.rows.append(LayerRow(name, KERAS_LAYER_KINDS[type(layer)], shape, params, macs))
-    return table

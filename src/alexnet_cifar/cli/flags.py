@@ -15,11 +15,12 @@ from pathlib import Path
 from .._version import __version__
 from ..distributed import is_device_name
 from ..engine.options import EngineOptions, engine_flag_specs
-from ..errors import AlexnetCifarError, SettingError, UnknownModelError
-from ..models import get_config, parse_model_list
+from ..errors import AlexnetCifarError, SettingError
+from ..models import AlexNetConfig
 from ..recipe import RECIPES, Recipe, get_recipe
 from ..training.resume import KEPT_SETTINGS, kept_settings, settings_on_resume
 from ..training.trainer import TrainOptions
+from ..variants import resolve_variant, variant_list
 
 __all__ = [
     "add_device",
@@ -179,18 +180,18 @@ def device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (or cuda:N)")
 
 
-def model_name(text: str) -> str:
+def model_name(text: str) -> AlexNetConfig:
+    """A MODEL argument: a preset's name or a variant file, as its shape."""
     try:
-        get_config(text)
-    except UnknownModelError as e:
+        return resolve_variant(text)
+    except SettingError as e:
         raise argparse.ArgumentTypeError(e.render(flag_name)) from None
-    return text
 
 
-def model_list(text: str) -> list[str]:
+def model_list(text: str) -> list[AlexNetConfig]:
     try:
-        return parse_model_list(text)
-    except UnknownModelError as e:
+        return variant_list(text)
+    except SettingError as e:
         raise argparse.ArgumentTypeError(e.render(flag_name)) from None
 
 
@@ -370,7 +371,7 @@ def _recipe(args, prev_recipe: dict) -> Recipe:
 
 
 def train_options(
-    args, model: str, out: Path, prev: dict, resume: bool, where=None
+    args, model: AlexNetConfig, out: Path, prev: dict, resume: bool, where=None
 ) -> TrainOptions:
     """TrainOptions from the shared training flags; a flag left out takes its value from
     ``prev`` (the settings of an earlier run or study ``where``: recipe, seed, limits, engine,

@@ -77,7 +77,8 @@ def add_parsers(sub) -> None:
         "--model",
         type=model_name,
         metavar="NAME",
-        help="the preset the file holds (default: found from the kernel shapes)",
+        help="the variant the file holds: a preset's name or a JSON file of a shape "
+        "(default: the preset found from the kernel shapes)",
     )
     k.add_argument("--out", type=folder, required=True, metavar="RUN_DIR", help="run folder")
     k.add_argument(

@@ -7,12 +7,19 @@ import sys
 from pathlib import Path
 
 from ..errors import SettingError, param
-from ..models import PRESETS, parse_model_list
+from ..models import PRESETS
 from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
 from ..study import executors
 from ..study.executors import EXECUTORS, RayExecutor
 from ..study.pool import LocalPool
-from ..study.runner import check_kept_runs, plan_runs, read_study_settings, run_study, study_seeds
+from ..study.runner import (
+    check_kept_runs,
+    plan_runs,
+    read_study_settings,
+    run_study,
+    study_seeds,
+    study_variants,
+)
 from .flags import (
     add_train_flags,
     flag_name,
@@ -42,7 +49,9 @@ def add_parsers(sub) -> None:
         "--models",
         type=model_list,
         metavar="all|NAME,NAME,...",
-        help="the variants, comma-separated (default: all five)",
+        help="the variants, comma-separated: presets' names and JSON files of shapes (see "
+        "'models --config'); all: the five presets, also with files (all,mine.json); default: "
+        "the study's own, else all five",
     )
     s.add_argument(
         "--seeds",
@@ -174,15 +183,15 @@ def _executor(args):
 def cmd_study(args) -> int:
     out = _study_dir(args)
     prev = read_study_settings(out)
-    models = args.models or parse_model_list(",".join(prev.get("models") or PRESETS))
+    models = args.models or study_variants(prev) or list(PRESETS.values())
     seeds = study_seeds(args.seeds, args.seed, prev)
     check_kept_runs(out, prev, models, seeds)
     runs = plan_runs(
         out,
         models,
         seeds,
-        lambda name, run_dir: train_options(
-            args, name, run_dir, prev, True, where=f"the study in {out}"
+        lambda variant, run_dir: train_options(
+            args, variant, run_dir, prev, True, where=f"the study in {out}"
         ),
     )
     quiet = args.quiet or args.json

@@ -19,6 +19,7 @@ from ..training.records import best_words
 from ..training.resume import run_settings
 from ..training.runlog import progress_bar
 from ..training.trainer import train
+from ..variants import is_variant_file, resolve_variant
 from .flags import (
     add_device,
     add_engine_flags,
@@ -29,7 +30,6 @@ from .flags import (
     int_at_least,
     invocation,
     model_list,
-    model_name,
     print_json,
     seed_recipe_text,
     train_options,
@@ -46,7 +46,12 @@ def add_parsers(sub) -> None:
         "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every "
         "epoch) and model.pt (the final weights).",
     )
-    t.add_argument("model", type=model_name, metavar="MODEL", help="variant (see 'models')")
+    t.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a variant: a preset's name (see 'models') or a JSON file of a shape (see "
+        "'models --config'); resuming, also the name of the run's own variant",
+    )
     add_train_flags(t)
     t.add_argument("--out", type=folder, help="run folder (default runs/MODEL)")
     t.add_argument(
@@ -76,7 +81,8 @@ def add_parsers(sub) -> None:
         "--models",
         type=model_list,
         default="all",
-        help="all (default) or a comma-separated list",
+        help="all (default) or a comma-separated list of presets' names and JSON files of "
+        "shapes",
     )
     b.add_argument(
         "--batch-size", type=int_at_least(1, "--batch-size"), default=64, help="images a step (64)"
@@ -150,14 +156,20 @@ def _resume_train(args, e) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    out = args.out if args.out is not None else Path("runs") / args.model
     if args.force and not args.resume:
         raise SettingError(
             f"{param('force')} only changes the epochs of a run being resumed: add "
             f"{param('resume')} (or leave {param('force')} out to start a new run)"
         )
+    # A file names its variant (and so the default folder); a resumed run's own variant is
+    # also known by its name, from the run's record, when its file is gone.
+    named = resolve_variant(args.model) if is_variant_file(args.model) else None
+    name = named.name if named is not None else args.model
+    out = args.out if args.out is not None else Path("runs") / name
     prev = run_settings(out, warn=_warn) if args.resume else {}
-    result = train(train_options(args, args.model, out, prev, args.resume))
+    recorded = {prev.get("model"): prev.get("model_config")}
+    variant = named or resolve_variant(args.model, recorded)
+    result = train(train_options(args, variant, out, prev, args.resume))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for the run
     if args.json:

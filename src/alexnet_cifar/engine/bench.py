@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from ..augment import normalize
-from ..models import AlexNet, get_config, layer_table
+from ..models import AlexNet, AlexNetConfig, config_of
 from ..optim import plain_step
 from ..provenance import versions
 from ..recipe import Recipe
+from ..variants import layer_table
 from .core import Engine, EngineOptions
 from .options import cpu_has_native_bf16, set_process_flags
 
@@ -33,7 +34,7 @@ CIFAR_TRAIN_BYTES = 50_000 * 32 * 32 * 3  # the training set on the device as ui
 
 @dataclass
 class BenchSettings:
-    models: list[str]
+    models: list[str | AlexNetConfig]  # presets' names or shapes
     device: torch.device
     batch_size: int = 64
     steps: int | None = None  # measured steps per side (None: 60 on CUDA, 3 on CPU)
@@ -97,7 +98,8 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench_model(name: str, s: BenchSettings) -> dict:
+def bench_model(variant: str | AlexNetConfig, s: BenchSettings) -> dict:
+    config = config_of(variant)
     dev, bs = s.device, s.batch_size
     total = max(s.warmup, 1) + s.steps * s.rounds
     n = bs * total
@@ -105,12 +107,12 @@ def bench_model(name: str, s: BenchSettings) -> dict:
     # Random images, never zeros: the arithmetic must be the real one.
     x_u8 = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8).to(dev)
     y = torch.randint(0, 10, (n,), generator=g).to(dev)
-    flops = 6 * layer_table(name).macs * bs
+    flops = 6 * layer_table(config).macs * bs
 
     # (a) the plain step
     _reset_peak(dev)
     torch.manual_seed(s.seed)
-    plain_model = AlexNet(get_config(name)).to(dev)
+    plain_model = AlexNet(config).to(dev)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     xf = normalize(x_u8).contiguous()  # already normalised, on the device: no data path cost
 
@@ -123,7 +125,7 @@ def bench_model(name: str, s: BenchSettings) -> dict:
 
     # (b) the engine, as train runs it
     torch.manual_seed(s.seed)
-    model = AlexNet(get_config(name)).to(dev)
+    model = AlexNet(config).to(dev)
     engine = Engine(model, Recipe(batch_size=bs), dev, s.engine, x_u8, y)
     engine.begin_epoch(0, engine.draw_epoch(g))
     model.train()
@@ -143,7 +145,7 @@ def bench_model(name: str, s: BenchSettings) -> dict:
     # the machine hits both; their spread is the measurement's own error bar.
     ratios = [a / b for a, b in zip(plain_times, engine_times)]
     result = {
-        "model": name,
+        "model": config.name,
         "plain_ms": round(tp * 1e3, 3),
         "engine_ms": round(te * 1e3, 3),
         "speedup": round(tp / te, 3),
@@ -225,8 +227,8 @@ def run_bench(settings: BenchSettings, report=print) -> dict:
     }
     if s.device.type == "cuda":
         out["bf16_matmul_peak_tflops"] = round(matmul_peak_tflops(s.device), 1)
-    for name in s.models:
-        r = bench_model(name, s)
+    for variant in s.models:
+        r = bench_model(variant, s)
         if "bf16_matmul_peak_tflops" in out:
             r["fraction_of_peak"] = round(r["engine_tflops"] / out["bf16_matmul_peak_tflops"], 4)
         out["results"].append(r)

@@ -4,11 +4,12 @@ falls back, one rung at a time, when a rung fails where it runs.
 Rungs, fastest first: compile + CUDA graphs, CUDA graphs alone, compile alone, eager. The
 ladder starts at the rung the options ask for and climbs only down. A rung is used once its
 preparation has run: compile's warm-up steps, the capture, and after a capture a self-check
-(one replay on a snapshot must advance the step counter and give the parameters one plain call
-of the same step gives, within a tolerance set by the precision). Any failure prints one
-warning with its root cause (``--strict-engine``: an error instead), is recorded, and the next
-rung is tried; the last one, eager, runs one probe step. Every preparation trains on a
-snapshot that is restored afterwards, so a run computes as if none had run.
+(one replay on a snapshot must advance the step counter and give the parameters and running
+statistics one plain call of the same step gives, within a tolerance set by the precision).
+Any failure prints one warning with its root cause (``--strict-engine``: an error instead), is
+recorded, and the next rung is tried; the last one, eager, runs one probe step. Every
+preparation trains on a snapshot that is restored afterwards, so a run computes as if none had
+run.
 
 Graphs come from a backend: :class:`CudaGraphs` on CUDA, :class:`EmulatedGraphs` (a trace by
 ``make_fx`` that holds the real state tensors by identity, as a capture does) to rehearse the
@@ -130,6 +131,13 @@ class EmulatedGraphs:
         pass
 
 
+def _trained_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """What a step changes in the model: its parameters and its floating-point buffers (a
+    batch normalisation's running statistics)."""
+    params = [p.detach() for p in model.parameters()]
+    return params + [b for b in model.buffers() if b.is_floating_point()]
+
+
 class StepLadder:
     """Prepares the step per batch size on the best rung that works, and runs it."""
 
@@ -243,11 +251,11 @@ class StepLadder:
             replay()
             self.graphs.sync()
             moved = int(step.step_t) - start
-            replayed = [p.detach().float().clone() for p in step.model.parameters()]
+            replayed = [t.float().clone() for t in _trained_tensors(step.model)]
             step.restore(snap)
             step.eager(b)
             self.graphs.sync()
-            plain = [p.detach().float() for p in step.model.parameters()]
+            plain = [t.float() for t in _trained_tensors(step.model)]
             num = sum(float((a - c).pow(2).sum()) for a, c in zip(replayed, plain))
             den = sum(float(c.pow(2).sum()) for c in plain)
         finally:

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..augment import draw_seed_augmentation
 from ..distributed import DistContext
+from ..errors import SettingError
 from ..models import AlexNet
 from ..recipe import Recipe
 from .capture import CudaGraphs, EmulatedGraphs, StepLadder
@@ -32,6 +33,19 @@ from .options import EngineOptions
 from .step import TrainStep
 
 __all__ = ["Engine", "EngineOptions", "EpochSums"]
+
+
+def _synchronise_batch_norm(model: AlexNet, device: torch.device) -> None:
+    """Under data parallelism a batch normalisation takes its statistics over the global
+    batch, as one process does (``SyncBatchNorm``, in place; its state is named as before)."""
+    if not model.batch_norms():
+        return
+    if device.type != "cuda":
+        raise SettingError(
+            "a model with batch_norm trains data-parallel only on CUDA (the batch statistics "
+            "are synchronised over the ranks there); train it in one process"
+        )
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class Engine:
@@ -69,6 +83,7 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         forward = model
         if self.dist.enabled:
+            _synchronise_batch_norm(model, device)
             forward = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )

@@ -15,10 +15,17 @@ class WeightAverage:
 
     The decay ramps up as (1 + t) / (10 + t) to ``decay``, so a short run's average is not
     stuck near the initial weights.
+
+    A batch normalisation's running statistics (its floating-point buffers) are averaged with
+    the parameters, at the same decay, and evaluated and saved with them: the averaged weights
+    then meet statistics gathered over about the same stretch of training, where the live ones
+    describe only the newest weights. Its integer batch count is not averaged (nothing reads it
+    while the normalisation has a momentum).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, device: torch.device):
-        self.params = [p for p in model.parameters()]
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.params = [*model.parameters(), *buffers]
         self.decay = decay
         self.avg = [self._like(p, p) for p in self.params] if decay > 0 else None
         self.t = torch.zeros((), dtype=torch.float32, device=device)  # averaging steps

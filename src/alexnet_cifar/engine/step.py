@@ -175,10 +175,12 @@ class TrainStep:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> dict:
-        """Everything a step changes (weights, momentum, average, counters, random states)."""
+        """Everything a step changes (weights, a batch normalisation's running statistics,
+        momentum, average, counters, random states)."""
         params = list(self.model.parameters())
         return {
             "params": [p.detach().clone() for p in params],
+            "buffers": [b.clone() for b in self.model.buffers()],
             "bufs": [self.optimizer.state[p]["momentum_buffer"].clone() for p in params],
             "ema": self.ema.snapshot(),
             "acc": [t.clone() for t in self.accumulators()],
@@ -192,6 +194,8 @@ class TrainStep:
     def restore(self, snap: dict) -> None:
         for p, v in zip(self.model.parameters(), snap["params"]):
             p.copy_(v)
+        for b, v in zip(self.model.buffers(), snap["buffers"]):
+            b.copy_(v)
         for p, v in zip(self.model.parameters(), snap["bufs"]):
             self.optimizer.state[p]["momentum_buffer"].copy_(v)
         self.ema.restore(snap["ema"])

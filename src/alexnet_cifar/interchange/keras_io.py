@@ -185,13 +185,14 @@ def _sha256(path: Path) -> str:
 def import_keras(
     file: str | Path,
     out: str | Path,
-    model_name: str | None = None,
+    model_name: str | AlexNetConfig | None = None,
     *,
     force: bool = False,
     flatten: str = "auto",
 ) -> dict:
-    """Read a Keras file, map it onto ``model_name`` (found from the shapes when None) and
-    write a run folder (model.pt, config.json, result.json) at ``out``; returns result.json.
+    """Read a Keras file, map it onto ``model_name`` (a preset's name or a shape; a preset
+    found from the kernel shapes when None) and write a run folder (model.pt, config.json,
+    result.json) at ``out``; returns result.json.
 
     ``flatten``: the order of the first dense layer's input rows, "hwc" (channels-last Keras
     models, the seed's), "chw" (convolutions channels-first, Flatten at its default), or "auto":
@@ -205,8 +206,10 @@ def import_keras(
     return _write_imported_run(file, out, model_name, config, state, source, force)
 
 
-def _map_file(weights: KerasWeights, file: Path, model_name: str | None, flatten: str):
-    """(preset, its config, our state dict, what to record of the source) for an open file."""
+def _map_file(
+    weights: KerasWeights, file: Path, model_name: str | AlexNetConfig | None, flatten: str
+):
+    """(variant, its config, our state dict, what to record of the source) for an open file."""
     if flatten != "auto":
         weights.flatten_order = flatten.upper()
     if not weights.layers:
@@ -220,7 +223,13 @@ def _map_file(weights: KerasWeights, file: Path, model_name: str | None, flatten
             )
         # alexnet_slim and alexnet_slim_regular share every shape; the first is the plain one.
         model_name = matches[0]
-    config = get_config(model_name, _num_classes(weights))
+    if isinstance(model_name, AlexNetConfig) and model_name.name in PRESETS:
+        model_name = model_name.name  # a preset: its class count is the file's
+    if isinstance(model_name, AlexNetConfig):
+        config, model_name = model_name, model_name.name
+    else:
+        config = get_config(model_name, _num_classes(weights))
+    _refuse_batch_norm(config)
     state = keras_to_state_dict(weights, config)
     source = {
         "file": str(file.resolve()),
@@ -287,6 +296,16 @@ def _write_imported_run(
 # ---------------------------------------------------------------------- export to Keras
 
 
+def _refuse_batch_norm(config: AlexNetConfig) -> None:
+    """The seed's Keras models have no BatchNormalization layers to read or write."""
+    if config.batch_norm:
+        raise KerasFileError(
+            f"{config.name} has batch_norm, which the seed's Keras models do not have: its "
+            "weights cannot be read from or written for them (export it as ONNX or "
+            "TorchScript instead)"
+        )
+
+
 def _snake(keras_class: str) -> str:
     """Keras' default layer name of a class: ``Conv2D`` -> ``conv2d``, ``MaxPooling2D`` ->
     ``max_pooling2d``."""
@@ -322,6 +341,7 @@ def export_keras_weights(model: AlexNet, path: str | Path) -> str:
 
     path = Path(path)
     refuse_run_file(path, "Keras weights")
+    _refuse_batch_norm(model.config)
     plan = _keras_layer_plan(model.config)
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:

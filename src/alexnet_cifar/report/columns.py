@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import cells
 from .document import Column, literal
-from .numbers import held_out
+from .numbers import NOT_IN_POST, held_out
 
 __all__ = ["best_accuracy_name", "post_columns", "result_columns"]
 
@@ -81,12 +81,17 @@ def post_columns(held: str) -> list[Column]:
     }[held]
     return [
         Column("variant", cells.variant),
-        Column("params: post", lambda s: cells.count(s["published_params"]), numeric=True),
+        Column("params: post", _post(lambda s: cells.count(s["published_params"])), True),
         Column("params: ours", lambda s: cells.count(s["params"]), numeric=True),
         Column("difference", lambda s: cells.signed_count(s["params_difference"]), True),
-        Column("test accuracy: post", lambda s: s["published_test_accuracy"] or "–", True),
+        Column("test accuracy: post", _post(lambda s: s["published_test_accuracy"] or "–"), True),
         Column(f"{ours}: ours", lambda s: cells.percent(s["best_test_accuracy"]), True),
         Column("difference", lambda s: cells.points(s["test_accuracy_difference"]), True),
-        Column("overfitting: post", lambda s: s["post_overfitting"] or "–"),
+        Column("overfitting: post", _post(lambda s: s["post_overfitting"] or "–")),
         Column("overfitting: ours", lambda s: s["overfitting_verdict"]),
     ]
+
+
+def _post(cell):
+    """A cell of the post's figures: "not in the post" for a variant of the user's own."""
+    return lambda s: cell(s) if s.get("in_post", True) else NOT_IN_POST

@@ -332,7 +332,9 @@ def _params_bars(ax, x, colors: list[str], summaries: list[dict]) -> list[float]
     ax.bar_label(
         bars_post,
         labels=[
-            f"{v:.1f}M" if s["published_params"] is not None else "–"
+            f"{v:.1f}M"
+            if s["published_params"] is not None
+            else ("–" if s.get("in_post", True) else "not in post")
             for v, s in zip(post, summaries)
         ],
         fontsize=8,

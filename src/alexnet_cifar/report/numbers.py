@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 
-from ..models import PRESETS, AlexNetConfig, layer_table
+from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
+from ..variants import layer_table
 from .runs import RunData
 
 __all__ = [
+    "NOT_IN_POST",
     "OVERFIT_RISE",
     "POST_BEST",
     "POST_BEST_ACCURACY",
@@ -44,6 +46,8 @@ POST_OVERFITTING: dict[str, str] = {
     "alexnet_thinner_2": "somewhat: test loss rises late",
     "alexnet_thinner_4": "none: test loss does not rise",
 }
+#: What the post's columns say of a variant of the user's own.
+NOT_IN_POST = "not in the post"
 # The post's setting: its recipe's epochs and batch size, all train and test images.
 SEED_EPOCHS, SEED_BATCH = Recipe().epochs, Recipe().batch_size
 SEED_TRAIN, SEED_TEST = 50_000, 10_000
@@ -135,6 +139,7 @@ def run_summary(run: RunData) -> dict:
     summary = {
         "label": run.label,
         "model": run.model,
+        "in_post": run.model in POST_OVERFITTING,  # one of the post's five, not the user's own
         "status": "finished" if run.finished else "unfinished",
         "epochs": n,
         "epochs_planned": run.epochs_planned,

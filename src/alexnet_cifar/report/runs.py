@@ -19,9 +19,9 @@ from ..files import (
     read_json_object,
     study_run_folders,
 )
-from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
 from ..training.runlog import read_metrics
+from ..variants import recorded_variant, variant_order
 
 __all__ = ["ClassResults", "RunData", "label_slug", "load_run", "load_runs"]
 
@@ -139,13 +139,9 @@ def _check_config(config: dict, config_file: Path) -> None:
     where = str(config_file)
     required = ("model", "model_config", "recipe")
     check_fields(config, CONFIG_FIELDS, where, required=required, error=ReportError)
-    if config["model"] not in PRESETS:
-        raise ReportError(
-            f"{where}: the field 'model' is {config['model']!r}, not one of this package's "
-            f"models ({', '.join(PRESETS)})"
-        )
-    try:
-        AlexNetConfig.from_dict(config["model_config"], f"{where}: the field 'model_config'")
+    try:  # a preset's name with that preset's shape, or a variant of its own
+        shape, named = f"{where}: the field 'model_config'", "the field 'model'"
+        recorded_variant(config["model"], config["model_config"], shape, named)
         Recipe.from_dict(config["recipe"], f"{where}: the field 'recipe'")
     except SettingError as e:
         raise ReportError(str(e)) from None
@@ -188,8 +184,7 @@ def load_runs(paths, warn=None) -> list[RunData]:
     for problem in problems:
         if warn is not None:
             warn(f"warning: left out of the report: {problem}")
-    order = {name: i for i, name in enumerate(PRESETS)}
-    runs.sort(key=lambda r: (order.get(r.model, len(order)), str(r.path)))
+    runs.sort(key=lambda r: (variant_order(r.model), str(r.path)))
     _assign_labels(runs)
     for i, r in enumerate(runs):
         r.color = f"C{i % 10}"

@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass
 
 from .._version import __version__
-from ..models import PRESETS
 from ..recipe import Recipe
+from ..variants import variant_order
 from . import cells
 from .columns import post_columns, result_columns
 from .document import Document, code, literal
 from .figures import CURVES, curve_labels
 from .numbers import (
+    NOT_IN_POST,
     POST_BEST,
     POST_BEST_ACCURACY,
     SEED_BATCH,
@@ -66,7 +67,7 @@ _HELD_WORDS = {"test": "test", "validation": "validation", "mixed": "validation 
 
 def title_and_intro(doc: Document, content: ReportContent) -> None:
     n = len(content.runs)
-    variants = sorted({s["model"] for s in content.summaries}, key=list(PRESETS).index)
+    variants = sorted({s["model"] for s in content.summaries}, key=variant_order)
     doc.heading(1, content.title)
     doc.paragraph(
         f"{n} run{'s' if n != 1 else ''} of {len(variants)} variant"
@@ -179,6 +180,11 @@ def against_the_post_section(doc: Document, content: ReportContent) -> None:
         f"for `alexnet_slim` (compared here as 90%) and {POST_BEST_ACCURACY} for `{POST_BEST}`; "
         "for the others it gives curves but no number (–). Differences are ours minus the "
         "post's, in percentage points (pts) for accuracy."
+        + (
+            f" A variant of your own is {NOT_IN_POST}."
+            if any(not s.get("in_post", True) for s in content.summaries)
+            else ""
+        )
     )
 
 

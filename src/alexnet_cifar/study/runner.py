@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..distributed import is_device_name
 from ..engine.options import engine_setting_kinds
-from ..errors import SettingError, UnknownModelError, param
+from ..errors import SettingError, param
 from ..files import (
     CONFIG_FILE,
     RESULT_FILE,
@@ -27,7 +27,7 @@ from ..files import (
     read_json_object,
     study_run_folder,
 )
-from ..models import get_config
+from ..models import PRESETS, AlexNetConfig, config_of
 from ..recipe import Recipe
 from ..report import build_report
 from ..training.checkpoint import RunLock
@@ -39,6 +39,7 @@ from ..training.resume import (
     kept_settings_of,
 )
 from ..training.trainer import TrainOptions
+from ..variants import recorded_variant
 from .executors import Job, Sequential
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "run_study",
     "study_seeds",
     "study_settings",
+    "study_variants",
 ]
 
 
@@ -73,16 +75,20 @@ run_folder = study_run_folder
 
 
 def plan_runs(
-    out: Path, models: list[str], seeds: list[int], options_for: Callable[[str, Path], TrainOptions]
+    out: Path,
+    models: list[str | AlexNetConfig],
+    seeds: list[int],
+    options_for: Callable[[AlexNetConfig, Path], TrainOptions],
 ) -> list[StudyRun]:
-    """One run per (variant, seed), variant by variant; ``options_for(model, run_dir)`` gives
-    a run's options, whose seed is then set."""
+    """One run per (variant, seed), variant by variant (presets' names or shapes);
+    ``options_for(variant, run_dir)`` gives a run's options, whose seed is then set."""
     several = len(seeds) > 1
     runs = []
-    for model in models:
+    for model in map(config_of, models):
         for seed in seeds:
-            folder = run_folder(out, model, seed, several)
-            runs.append(StudyRun(model, folder, replace(options_for(model, folder), seed=seed)))
+            folder = run_folder(out, model.name, seed, several)
+            options = replace(options_for(model, folder), seed=seed)
+            runs.append(StudyRun(model.name, folder, options))
     return runs
 
 
@@ -107,6 +113,7 @@ def study_seeds(seeds: list[int] | None, seed: int | None, prev: dict) -> list[i
 #: ``read_study_settings`` checks them; one seed per variant records "seed", several "seeds".
 STUDY_FIELDS = {
     "models": "strs",
+    "variants": "dict",  # {name: shape} of the models that are not presets
     "recipe": "dict",
     "seed": "int",
     "seeds": "ints",
@@ -117,7 +124,7 @@ STUDY_FIELDS = {
     "engine_requested": "dict",  # the engine flags given: a continued study keeps them
 }
 #: Fields written only when they hold something.
-_WRITTEN_WHEN_SET = ("seed", "seeds", "val_split")
+_WRITTEN_WHEN_SET = ("variants", "seed", "seeds", "val_split")
 #: Fields that must be a whole number at least this.
 _AT_LEAST = {"seed": 0, "limit_train": 1, "limit_test": 1, "val_split": 1, "eval_batch_size": 1}
 
@@ -141,11 +148,7 @@ def read_study_settings(out: Path) -> dict:
         error=SettingError,
     )
     _check_list(f, "models", settings["models"], 1)
-    for name in settings["models"]:
-        try:
-            get_config(name)
-        except UnknownModelError as e:
-            raise SettingError(f"{f}: the field 'models': {e.args[0]}") from None
+    study_variants(settings, f)
     if ("seed" in settings) == ("seeds" in settings):
         raise SettingError(f"{f}: the field 'seed' (one seed) or 'seeds' (several) is needed")
     if "seeds" in settings:
@@ -159,6 +162,25 @@ def read_study_settings(out: Path) -> dict:
     if device is not None and not is_device_name(device):
         raise SettingError(f"{f}: the field 'device_requested' should be auto, cpu or cuda[:N]")
     return settings
+
+
+def study_variants(settings: dict, f: Path | str = STUDY_FILE) -> list[AlexNetConfig]:
+    """The variants a study recorded (``settings``: its study.json): the presets by name,
+    the others by the shape recorded beside it, so that no variant file is needed again."""
+    shapes = settings.get("variants") or {}
+    variants = []
+    for name in settings.get("models") or []:
+        if name in PRESETS:
+            variants.append(PRESETS[name])
+        elif isinstance(shapes.get(name), dict):
+            where = f"{f}: the field 'variants', {name!r}"
+            variants.append(recorded_variant(name, shapes[name], where, "its name in 'models'"))
+        else:
+            raise SettingError(
+                f"{f}: the field 'models': unknown model {name!r} (no preset, and the field "
+                "'variants' holds no shape of that name)"
+            )
+    return variants
 
 
 def _check_list(f: Path, name: str, values: list, least: int) -> None:
@@ -175,8 +197,10 @@ def study_settings(runs: list[StudyRun]) -> dict:
     """What study.json records: the models, the seeds and the settings the runs share."""
     first = runs[0].options
     seeds = list(dict.fromkeys(r.seed for r in runs))
+    custom = {r.model: r.options.model_config for r in runs if r.options.model_config}
     values = {
         "models": list(dict.fromkeys(r.model for r in runs)),
+        "variants": {name: shape.to_dict() for name, shape in custom.items()} or None,
         "recipe": first.recipe.to_dict(),  # whole, so a continued study keeps every field
         "seed": first.seed if len(seeds) == 1 else None,
         "seeds": seeds if len(seeds) > 1 else None,
@@ -193,17 +217,20 @@ def study_settings(runs: list[StudyRun]) -> dict:
     }
 
 
-def check_kept_runs(out: Path, prev: dict, models: list[str], seeds: list[int]) -> None:
+def check_kept_runs(
+    out: Path, prev: dict, models: list[str | AlexNetConfig], seeds: list[int]
+) -> None:
     """Refuse an invocation that would leave out a run the study folder holds (a narrower
     ``--models`` or ``--seeds``): its report would drop finished runs without a word. A wider
     one adds runs."""
     several = "seeds" in prev
     had = prev.get("seeds") or [prev.get("seed", 0)]
+    names = [config_of(m).name for m in models]
     left_out = [
         (m, s)
         for m in prev.get("models") or []
         for s in had
-        if (m not in models or (several and s not in seeds))
+        if (m not in names or (several and s not in seeds))
         and _holds_run(run_folder(out, m, s, several))
     ]
     if left_out:

@@ -23,7 +23,9 @@ from ..files import (
     check_fields,
     read_json_object,
 )
+from ..models import AlexNetConfig
 from ..recipe import Recipe
+from ..variants import recorded_identity, shape_identity
 from .checkpoint import load_checkpoint
 
 __all__ = [
@@ -90,11 +92,15 @@ def run_identity(
     limit_test: int | None,
     recipe: Recipe,
     val_split: int | None = None,
+    shape: AlexNetConfig | None = None,
 ) -> dict:
-    """The fields that define what a run computes, flat (``recipe.lr``, ...)."""
+    """The fields that define what a run computes, flat (``recipe.lr``, ...); a variant that
+    is not a preset adds its ``shape`` (``model_config.widths``, ...)."""
     ident = dict(zip(IDENTITY_FIELDS, (model, num_classes, seed, limit_train, limit_test)))
     if val_split is not None:
         ident["val_split"] = val_split
+    if shape is not None:
+        ident.update(shape_identity(shape))
     ident.update({f"recipe.{k}": v for k, v in recipe.to_dict().items()})
     return ident
 
@@ -104,6 +110,7 @@ def identity_of_config(config: dict) -> dict:
     recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
     ident = {k: config.get(k) for k in IDENTITY_FIELDS}
     ident.update({k: config[k] for k in OPTIONAL_FIELDS if config.get(k) is not None})
+    ident.update(recorded_identity(config))
     ident.update({f"recipe.{k}": v for k, v in recipe.items()})
     return ident
 
@@ -325,6 +332,7 @@ def run_settings(run_dir: Path, warn=None) -> dict:
         k.removeprefix("recipe."): v for k, v in ident.items() if k.startswith("recipe.")
     }
     settings["num_classes"] = ident.get("num_classes", 10)
+    settings["model_config"] = state["model_config"]  # the variant's shape, for a resume by name
     if isinstance(state.get("engine_requested"), dict):
         settings["engine_requested"] = state["engine_requested"]
     if isinstance(state.get("settings"), dict):  # device, data folder, verify, eval batch

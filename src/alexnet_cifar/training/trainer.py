@@ -40,8 +40,9 @@ from ..files import (
     remove_empty_run_folder,
     remove_stale_temp_files,
 )
-from ..models import AlexNet, get_config
+from ..models import AlexNet, AlexNetConfig, get_config
 from ..recipe import Recipe
+from ..variants import check_images, custom_shape
 from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
 from .records import (
     RunState,
@@ -70,9 +71,13 @@ __all__ = [
 
 @dataclass
 class TrainOptions:
-    """Everything a training run needs; ``config.json`` records it."""
+    """Everything a training run needs; ``config.json`` records it.
 
-    model: str
+    ``model``: a preset's name, or a shape (an ``AlexNetConfig``, e.g. from a variant file),
+    which becomes its name and ``model_config`` (None for a preset).
+    """
+
+    model: str | AlexNetConfig
     out: Path
     recipe: Recipe = field(default_factory=Recipe)
     seed: int = 0
@@ -97,6 +102,16 @@ class TrainOptions:
     # stop cleanly after this epoch, with a checkpoint (the schedule stays the full run's);
     # not part of the run's identity: a later resume continues it
     stop_after: int | None = None
+    model_config: AlexNetConfig | None = None  # the shape of a variant that is not a preset
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, AlexNetConfig):
+            self.model, self.model_config = self.model.name, self.model
+        self.model_config = custom_shape(self.model, self.model_config, self.num_classes)
+
+    def model_shape(self) -> AlexNetConfig:
+        """The shape the run builds: its own, or its preset's."""
+        return self.model_config or get_config(self.model, self.num_classes)
 
     def run_identity(self) -> dict:
         """The fields that define what is computed: a resume must match them."""
@@ -108,6 +123,7 @@ class TrainOptions:
             self.limit_test,
             self.recipe,
             self.val_split,
+            self.model_config,
         )
 
 
@@ -160,13 +176,14 @@ class Trainer:
             opts.data_dir, verify=opts.verify, progress=not opts.quiet
         )
         data = data.subset(opts.limit_train, opts.limit_test, opts.seed, opts.val_split)
+        check_images(opts.model_shape(), data.x_train.shape[1:])
         self.classes = data.classes
         x_train, y_train, self.x_test, self.y_test, self.x_val, self.y_val = _on_device(data, dev)
         self.best = BestEpoch()  # with a split: the best validation epoch and its weights
         torch.manual_seed(opts.seed)
         if dev.type == "cuda":
             torch.cuda.manual_seed_all(opts.seed)
-        self.model = AlexNet(get_config(opts.model, opts.num_classes)).to(dev)
+        self.model = AlexNet(opts.model_shape()).to(dev)
         self.engine = Engine(
             self.model, recipe, dev, opts.engine, x_train, y_train, self.dist, warn=self.warn
         )
