@@ -241,7 +241,7 @@ def test_a_second_signal_while_held_stops_when_the_held_step_is_done():
     import signal as signals
 
     from alexnet_cifar.errors import TrainingInterrupted
-    from alexnet_cifar.training.trainer import StopSignals
+    from alexnet_cifar.training.stop_signals import StopSignals
 
     with StopSignals() as stop:
         os.kill(os.getpid(), signals.SIGINT)

@@ -212,7 +212,7 @@ def test_nonfinite_loss_is_caught_at_its_step(tmp_path):
     def poison(trainer, epoch, step):
         if (epoch, step) == (0, 1):
             with torch.no_grad():
-                trainer.model.layers.fc3.bias.fill_(float("nan"))
+                trainer.run.model.layers.fc3.bias.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3"):
         train(

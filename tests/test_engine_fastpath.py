@@ -427,18 +427,19 @@ def test_recipe_used_in_tests_has_ema_and_short_batch():
 
 def _run(tmp_path, name, monkeypatch, **kw):
     from alexnet_cifar.data import CIFAR10
-    from alexnet_cifar.training import trainer as train_module
+    from alexnet_cifar.training import checkpointer
+    from alexnet_cifar.training.trainer import train
 
     from .helpers import train_options
 
     saves = []
-    real = train_module.save_checkpoint
+    real = checkpointer.save_checkpoint
 
     def counted(run_dir, state, **k):
         saves.append(state["epoch"])
         return real(run_dir, state, **k)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", counted)
+    monkeypatch.setattr(checkpointer, "save_checkpoint", counted)
     x, y = _data(40)
     x, y, names = x.numpy(), y.numpy(), [str(i) for i in range(10)]
     data = CIFAR10(x, y, x[:20], y[:20], names)
@@ -451,7 +452,7 @@ def _run(tmp_path, name, monkeypatch, **kw):
         quiet=False,
         **kw,
     )
-    result = train_module.train(opts, data=data, log=lines.append)
+    result = train(opts, data=data, log=lines.append)
     return result, saves, lines
 
 

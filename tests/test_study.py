@@ -407,9 +407,9 @@ def _kill_once(marker, model: str, seed: int):
     after the first epoch's checkpoint is on disk (a Ray task retried must resume from it)."""
 
     def hook(trainer, epoch, step):
-        o = trainer.opts
+        o = trainer.run.opts
         if (o.model, o.seed, epoch, step) == (model, seed, 1, 1) and not marker.exists():
-            trainer.writer.wait()
+            trainer.checkpoints.wait()
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -278,7 +278,7 @@ def test_nonfinite_loss_stops_keeps_last_good_checkpoint(cifar10, tmp_path):
     def poison(trainer, epoch, step):
         if (epoch, step) == (1, 2):
             with torch.no_grad():
-                trainer.model.layers.conv3.weight.fill_(float("inf"))
+                trainer.run.model.layers.conv3.weight.fill_(float("inf"))
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 4") as e:
         train(train_options(out), data=cifar10, on_step=poison)
