@@ -6,6 +6,7 @@ import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
+from alexnet_cifar.engine import step as step_module
 from alexnet_cifar.engine.core import Engine, EngineOptions, EpochSums
 from alexnet_cifar.errors import SettingError
 from alexnet_cifar.optim import make_optimizer, plain_step, set_learning_rate
@@ -80,13 +81,21 @@ def test_engine_step_equals_plain_step(channels_last, fused):
     assert not torch.allclose(fresh.layers.fc3.weight, model.layers.fc3.weight)
 
 
-def test_device_side_batch_is_translate_plus_flip():
+def test_device_side_batch_is_translate_plus_flip(monkeypatch):
     name, bs, n = "alexnet", 8, 20
     x_u8, y = _dataset(n, seed=3)
     perm, dy, dx, flip = _epoch_draws(n, seed=4)
-    engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y)
+    model = build_model(name)
+    engine = Engine(model, Recipe(batch_size=bs), CPU, EngineOptions(precision="fp32"), x_u8, y)
     engine.begin_epoch(0, (perm, dy, dx, flip), start_step=2)
-    xb, yb = engine._inputs(n - 2 * bs)
+    seen = []  # what the model is given, and the labels the loss is computed against
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    loss = step_module.recipe_loss
+    monkeypatch.setattr(
+        step_module, "recipe_loss", lambda z, y, r: seen.append(y.clone()) or loss(z, y, r)
+    )
+    engine.step(2)  # the short last batch
+    xb, yb = seen
     sl = slice(2 * bs, n)
     want = hflip(translate(normalize(x_u8[perm[sl]]), dy[sl], dx[sl]), flip[sl])
     torch.testing.assert_close(xb, want, rtol=0, atol=1e-6)
@@ -180,6 +189,44 @@ def test_weight_average_follows_its_definition():
             assert torch.equal(p, e)
     for p, c in zip(model.parameters(), current):
         assert torch.equal(p, c)  # put back
+
+
+def _old_ema_update(avg, params, t, decay):
+    """The weight average's update as it was first written: avg * d + p * (1 - d)."""
+    t.add_(1)
+    d = torch.clamp((1 + t) / (10 + t), max=decay)
+    torch._foreach_mul_(avg, d)
+    torch._foreach_add_(avg, torch._foreach_mul(params, 1 - d))
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.999])
+def test_weight_average_update_computes_what_it_computed_before(decay):
+    """The in-place lerp gives the values of the first form (multiply, multiply, add) over the
+    ramp and past it, and a trace of it (what a captured step replays) follows the ramp."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from alexnet_cifar.engine.ema import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 7))
+    ema = WeightAverage(model, decay, CPU)
+    traced = WeightAverage(model, decay, CPU)
+    replay = make_fx(lambda: traced.update())()  # traced on its first step, which it runs
+    old = [p.detach().clone() for p in model.parameters()]
+    old_t = torch.zeros(())
+    _old_ema_update(old, [p.detach() for p in model.parameters()], old_t, decay)
+    ema.update()
+    for _ in range(1, 120):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        ema.update()
+        replay()
+        _old_ema_update(old, [p.detach() for p in model.parameters()], old_t, decay)
+    assert float(ema.t) == float(traced.t) == 120.0
+    for mine, theirs, before in zip(ema.avg, traced.avg, old):
+        torch.testing.assert_close(mine, before, rtol=2e-6, atol=1e-7)
+        torch.testing.assert_close(theirs, before, rtol=2e-6, atol=1e-7)
 
 
 def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):
