@@ -18,8 +18,8 @@ from ..engine.options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
 from ..recipe import RECIPES, Recipe, get_recipe
-from ..training.resume import KEPT_SETTINGS, kept_settings, settings_on_resume
-from ..training.trainer import TrainOptions
+from ..training.resume import KEPT, kept_settings, settings_on_resume
+from ..training.run import CHECKPOINT_EVERY, TrainOptions
 
 __all__ = [
     "add_device",
@@ -333,8 +333,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=non_negative_float("--checkpoint-every"),
         metavar="SECONDS",
-        help="write the checkpoint at most this often (default 60; 0: every epoch); always at "
-        "the end and on Ctrl-C or SIGTERM, so a hard kill loses at most that much training",
+        help=f"write the checkpoint at most this often (default {CHECKPOINT_EVERY:g}; 0: every "
+        "epoch); always at the end and on Ctrl-C or SIGTERM, so a hard kill loses at most that "
+        "much training; a resume keeps the run's",
     )
     add_engine_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -364,32 +365,28 @@ def train_options(
 ) -> TrainOptions:
     """TrainOptions from the shared training flags; a flag left out takes its value from
     ``prev`` (the settings of an earlier run or study ``where``: recipe, seed, limits, engine,
-    device, data folder, md5 check, evaluation batch), else the default. A device, md5 check
-    or evaluation batch given that differs from ``prev``'s is refused."""
+    and the kept settings of ``resume.KEPT``), else the default. A kept setting given that
+    differs from ``prev``'s is refused where it would change what is computed."""
 
     def given_or_prev(name: str, default=None):
         value = getattr(args, name)
         return value if value is not None else prev.get(name, default)
 
-    given = {name: getattr(args, name) for name in KEPT_SETTINGS}
+    given = {k.name: getattr(args, k.name) for k in KEPT}
     kept = settings_on_resume(kept_settings(prev), given, where or out) if prev else given
     return TrainOptions(
         model=model,
         out=out,
         recipe=_recipe(args, prev.get("recipe") or {}),
         seed=given_or_prev("seed", 0),
-        device=kept["device"] or "auto",
-        data_dir=kept["data_dir"],
-        verify=kept["verify"] is not False,
         limit_train=given_or_prev("limit_train"),
         limit_test=given_or_prev("limit_test"),
         val_split=given_or_prev("val_split"),
-        eval_batch_size=kept["eval_batch_size"],
         engine=engine_options(args, prev.get("engine_requested")),
         resume=resume,
         force=getattr(args, "force", False),
         quiet=args.quiet or getattr(args, "json", False),
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,
-        checkpoint_every=60.0 if args.checkpoint_every is None else args.checkpoint_every,
+        **{name: value for name, value in kept.items() if value is not None},  # else the default
     )

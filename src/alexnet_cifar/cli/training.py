@@ -12,6 +12,7 @@ from ..data import load_cifar10
 from ..distributed import resolve_device
 from ..engine.bench import BenchSettings, describe_device, format_row, run_bench
 from ..engine.evaluate import evaluate_model, evaluate_with_tta
+from ..engine.options import PRECISIONS
 from ..errors import SettingError, param
 from ..training.checkpoint import load_model_and_progress, trained_engine
 from ..training.records import best_words
@@ -136,7 +137,7 @@ def _add_evaluate_parser(sub) -> None:
     )
     e.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=["auto", *PRECISIONS],
         default="auto",
         help="auto (default): the precision the run trained in (its config.json), so the "
         "figures match the run's own; fp32 for a model file with no run folder",

@@ -22,7 +22,7 @@ from ..errors import CheckpointError
 from ..models import AlexNet, get_config
 from .checkpointer import restore_rng
 from .records import run_config
-from .resume import load_resume_state, record_data_folder
+from .resume import load_resume_state, record_kept_changes
 from .run import Run, TrainOptions
 from .runlog import RunLog
 from .selection import BestEpoch
@@ -101,8 +101,8 @@ def build_run(
         runlog.say(line)
     if state is None or not (out / files.CONFIG_FILE).is_file():
         runlog.write_config(run_config(run))
-    elif dist.is_main and opts.verify:  # the md5-checked files: the same data
-        record_data_folder(out, opts.data_dir)
+    elif dist.is_main:  # a new data folder (md5-checked: the same files), checkpoint cadence
+        record_kept_changes(out, opts)
     return run
 
 

@@ -132,7 +132,7 @@ def checkpoint_state(
     state = {
         "model_name": t.opts.model,
         "model_config": t.model.config.to_dict(),
-        "run_identity": t.opts.run_identity(),
+        "run_identity": t.run_identity(),
         "epoch": epoch,
         "step": step,
         **t.engine.state_dict(),
@@ -155,7 +155,7 @@ def save_final_model(t: Run, result: dict) -> None:
     meta = {
         "model_name": t.opts.model,
         "epochs": result["epochs"],
-        "run_identity": t.opts.run_identity(),
+        "run_identity": t.run_identity(),
         "classes": list(t.classes),
     }
     save_model_file(t.out / MODEL_FILE, t.model.config.to_dict(), state, meta)

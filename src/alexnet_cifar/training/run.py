@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import DistContext
+from ..distributed import DistContext, resolve_device
 from ..engine.core import Engine, EngineOptions, EpochSums
 from ..models import AlexNet
 from ..recipe import Recipe
@@ -17,7 +17,11 @@ from .resume import run_identity
 from .runlog import RunLog
 from .selection import BestEpoch
 
-__all__ = ["Run", "TrainOptions"]
+__all__ = ["CHECKPOINT_EVERY", "Run", "TrainOptions"]
+
+#: Seconds between checkpoints at most, by default: a hard kill loses at most this much
+#: training, and a fast epoch does not pay for copying the state to the host each time.
+CHECKPOINT_EVERY = 60.0
 
 
 @dataclass
@@ -44,20 +48,13 @@ class TrainOptions:
     tensorboard: bool = True
     # seconds between checkpoints at most (0: every epoch); one is always written at the end
     # and on a signal, so a kill -9 loses at most this much training
-    checkpoint_every: float = 60.0
+    checkpoint_every: float = CHECKPOINT_EVERY
     command: list[str] | None = None  # what config.json records as the command; None: sys.argv
 
     def run_identity(self) -> dict:
-        """The fields that define what is computed: a resume must match them."""
-        return run_identity(
-            self.model,
-            self.num_classes,
-            self.seed,
-            self.limit_train,
-            self.limit_test,
-            self.recipe,
-            self.val_split,
-        )
+        """The fields that define what is computed: a resume must match them. The engine's
+        numerics are those its options give on this run's device."""
+        return run_identity(self, self.engine.numerics(resolve_device(self.device)))
 
 
 @dataclass(frozen=True)
@@ -91,3 +88,8 @@ class Run:
     @property
     def epochs(self) -> int:
         return self.opts.recipe.epochs
+
+    def run_identity(self) -> dict:
+        """What this run computes (its checkpoint and model file record it), with the numerics
+        its engine uses."""
+        return run_identity(self.opts, self.engine.used_options.numerics(self.device))
