@@ -34,6 +34,7 @@ __all__ = [
     "UnknownModelError",
     "build_model",
     "final_map",
+    "fp32_mb",
     "get_config",
     "layer_table",
     "meta_model",
@@ -450,7 +451,12 @@ class LayerTable:
     @property
     def size_mb(self) -> float:
         """float32 weights in MB (10^6 bytes)."""
-        return self.params * 4 / 1e6
+        return fp32_mb(self.params)
+
+
+def fp32_mb(params: int) -> float:
+    """The size of ``params`` float32 weights in MB (10^6 bytes)."""
+    return params * 4 / 1e6
 
 
 def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> LayerTable:

@@ -7,7 +7,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import SettingError, param
 from .files import check_fields
 
-__all__ = ["Recipe", "seed_recipe", "RECIPES", "get_recipe"]
+__all__ = ["KERAS_EPSILON", "Recipe", "seed_recipe", "RECIPES", "get_recipe"]
+
+#: Keras' backend epsilon (``keras.backend.epsilon()``): its categorical cross-entropy on
+#: softmax outputs clips the probabilities to [eps, 1 - eps] before the log.
+KERAS_EPSILON = 1e-7
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Recipe:
     momentum_form: str = "keras"
     # Keras 2's categorical cross-entropy on softmax outputs clips probabilities to
     # [eps, 1 - eps] before the log; 0 gives the unclipped cross-entropy of the logits.
-    loss_clip_eps: float = 1e-7
+    loss_clip_eps: float = KERAS_EPSILON
     label_smoothing: float = 0.0
     augment: bool = True
     max_shift: float = 4.0  # pixels (Keras' shift range 0.125 x 32), U(-max_shift, max_shift)

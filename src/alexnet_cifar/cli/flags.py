@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..distributed import is_device_name
+from ..engine.evaluate import EVAL_BATCH
 from ..engine.options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
@@ -23,6 +24,7 @@ from ..training.run import CHECKPOINT_EVERY, TrainOptions
 
 __all__ = [
     "add_device",
+    "eval_batches",
     "add_engine_flags",
     "add_run_path",
     "add_train_flags",
@@ -262,6 +264,11 @@ def seed_recipe_text() -> str:
     )
 
 
+def eval_batches() -> str:
+    """The default evaluation batches in words: ``500 on CPU, 2000 on CUDA``."""
+    return ", ".join(f"{n} on {kind.upper()}" for kind, n in EVAL_BATCH.items())
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """The training flags shared by ``train`` and ``study`` (all but MODEL, --out, --resume,
     --force and --json)."""
@@ -319,7 +326,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-batch-size",
         type=int_at_least(1, "--eval-batch-size"),
-        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
+        help=f"batch size for evaluation (default {eval_batches()})",
     )
     p.add_argument(
         "--no-verify",

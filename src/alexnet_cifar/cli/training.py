@@ -11,7 +11,7 @@ import torch
 from ..data import load_cifar10
 from ..distributed import resolve_device
 from ..engine.bench import BenchSettings, describe_device, format_row, run_bench
-from ..engine.evaluate import evaluate_model, evaluate_with_tta
+from ..engine.evaluate import eval_batch_size, evaluate_model, evaluate_with_tta
 from ..engine.options import PRECISIONS
 from ..errors import SettingError, param
 from ..training.checkpoint import load_model_and_progress, trained_engine
@@ -25,6 +25,7 @@ from .flags import (
     add_run_path,
     add_train_flags,
     engine_options,
+    eval_batches,
     folder,
     int_at_least,
     model_list,
@@ -116,8 +117,7 @@ def _add_evaluate_parser(sub) -> None:
     e.add_argument(
         "--batch-size",
         type=int_at_least(1, "--batch-size"),
-        default=500,
-        help="images per forward pass (500)",
+        help=f"images per forward pass (default {eval_batches()})",
     )
     e.add_argument(
         "--limit-test",
@@ -193,7 +193,7 @@ def cmd_evaluate(args) -> int:
     with progress_bar(n, "evaluate", enabled=None, unit="img") as bar:
         settings = dict(
             classes=data.classes,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or eval_batch_size(dev),
             channels_last=bool(trained.get("channels_last", dev.type == "cuda")),
             precision=precision,
             on_batch=bar.update,

@@ -28,7 +28,7 @@ from ..recipe import Recipe
 from .capture import CudaGraphs, EmulatedGraphs, StepLadder
 from .ema import like
 from .epoch import EpochMeter, EpochSums
-from .evaluate import EvalResult, evaluate_model
+from .evaluate import EVAL_BATCH, EvalResult, evaluate_model
 from .options import EngineOptions
 from .step import TrainStep
 
@@ -218,7 +218,7 @@ class Engine:
         images: torch.Tensor,
         labels: torch.Tensor,
         classes: list[str] | None = None,
-        batch_size: int = 500,
+        batch_size: int = EVAL_BATCH["cpu"],
         on_batch=None,
         averaged: bool = True,
     ) -> EvalResult:

@@ -5,8 +5,8 @@ are the fast configuration for the device:
 
 - CUDA: bf16 autocast, channels_last, ``torch.compile`` and CUDA graphs;
 - a CPU with native bf16 arithmetic (AVX512-BF16 or AMX, detected): bf16 autocast and
-  channels_last, which measured 2.2-2.9x the fp32 step on the thin variants
-  (docs/performance.md);
+  channels_last, several times faster than the fp32 step on the thin variants (measured in
+  docs/performance.md);
 - any other CPU: fp32, where bf16 would be emulated and slower.
 
 Fused SGD is on everywhere, and CUDA graphs need it: PyTorch's other SGD reads a tensor learning
@@ -78,8 +78,9 @@ class EngineOptions:
         "str",
         "precision",
         "bf16 autocast, or fp32: the exact, Keras-faithful computation; auto (default): bf16 "
-        "on CUDA and on a CPU with native bf16 (AVX512-BF16 or AMX, where it trains 2-5x "
-        "faster), else fp32 (where bf16 would be emulated and slower)",
+        "on CUDA and on a CPU with native bf16 (AVX512-BF16 or AMX, where it trains several "
+        "times faster: docs/performance.md), else fp32 (where bf16 would be emulated and "
+        "slower)",
         ["auto", *PRECISIONS],
     )
     channels_last: bool | None = _opt(

@@ -39,7 +39,7 @@ class TrainOptions:
     limit_test: int | None = None
     val_split: int | None = None  # training images held out to choose the epoch; None: none
     num_classes: int = 10
-    eval_batch_size: int | None = None  # None: 500 on CPU, 2000 on CUDA
+    eval_batch_size: int | None = None  # None: the device's (engine.evaluate.EVAL_BATCH)
     engine: EngineOptions = field(default_factory=EngineOptions)
     resume: bool = False
     force: bool = False  # resume accepts more epochs

@@ -20,7 +20,7 @@ import torch
 from ..data import CIFAR10
 from ..distributed import DistContext, resolve_device
 from ..engine.core import EpochSums
-from ..engine.evaluate import EvalResult
+from ..engine.evaluate import EvalResult, eval_batch_size
 from ..errors import (
     CheckpointError,
     NonFiniteLossError,
@@ -212,7 +212,7 @@ class Trainer:
                 bar.update(rows)
                 self.stop.check_evaluation()
 
-            batch = run.opts.eval_batch_size or (2000 if run.device.type == "cuda" else 500)
+            batch = run.opts.eval_batch_size or eval_batch_size(run.device)
             return run.engine.evaluate(x, y, run.classes, batch, on_batch, averaged)
 
     def _stop_mid_epoch(self, epoch, step, epoch_state, sums: EpochSums | None = None) -> None:
