@@ -58,9 +58,4 @@ def test_bench_json_fields_are_consistent(capsys):
     assert out["cpu_native_bf16"] == cpu_has_native_bf16()
 
 
-def test_bench_refuses_unknown_models_and_gpu_options(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["bench", "--models", "alexnet,resnet", "--device", "cpu"])
-    assert e.value.code == 2 and "unknown model 'resnet'" in capsys.readouterr().err
-    assert main(["bench", "--cuda-graphs", "--device", "cpu"]) == 2
-    assert "CUDA graphs" in capsys.readouterr().err
+

@@ -8,7 +8,6 @@ from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
 from alexnet_cifar.engine import step as step_module
 from alexnet_cifar.engine.core import Engine, EngineOptions, EpochSums
-from alexnet_cifar.errors import SettingError
 from alexnet_cifar.optim import make_optimizer, plain_step, set_learning_rate
 from alexnet_cifar.recipe import Recipe
 from alexnet_cifar.training.trainer import TrainingInterrupted, TrainOptions, train
@@ -227,20 +226,6 @@ def test_weight_average_update_computes_what_it_computed_before(decay):
     for mine, theirs, before in zip(ema.avg, traced.avg, old):
         torch.testing.assert_close(mine, before, rtol=2e-6, atol=1e-7)
         torch.testing.assert_close(theirs, before, rtol=2e-6, atol=1e-7)
-
-
-def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):
-    # bf16 runs on any CPU; CUDA graphs need CUDA, refused before any training
-    with pytest.raises(SettingError, match="CUDA graphs"):
-        train(
-            TrainOptions(
-                model="alexnet",
-                out=tmp_path / "r",
-                device="cpu",
-                engine=EngineOptions(cuda_graphs=True),
-            ),
-            data=_fake_data(),
-        )
 
 
 def _fake_data():

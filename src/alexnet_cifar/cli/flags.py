@@ -18,7 +18,7 @@ from ..engine.evaluate import EVAL_BATCH
 from ..engine.options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError, UnknownModelError
 from ..models import get_config, parse_model_list
-from ..recipe import RECIPES, Recipe, get_recipe
+from ..recipe import RECIPES, TUNABLE, Recipe, get_recipe
 from ..training.resume import KEPT, kept_settings, settings_on_resume
 from ..training.run import CHECKPOINT_EVERY, TrainOptions
 
@@ -354,13 +354,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 def _recipe(args, prev_recipe: dict) -> Recipe:
     """The recipe a train-like command asks for: a resumed run's own, else the named one,
     with the flags given on top."""
+    tuned = {name: getattr(args, name) for name in TUNABLE}  # --epochs, --batch-size, --lr
     try:
         if prev_recipe and args.recipe in (None, prev_recipe.get("name", "seed")):
             # a resumed run keeps its whole recipe, drops included (kept across --force)
-            base = Recipe.from_dict(prev_recipe)
-            return base.with_(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-        name = args.recipe or prev_recipe.get("name", "seed")
-        return get_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+            return Recipe.from_dict(prev_recipe).with_(**tuned)
+        return get_recipe(args.recipe or prev_recipe.get("name", "seed"), **tuned)
     except AlexnetCifarError:
         raise
     except (TypeError, ValueError) as e:

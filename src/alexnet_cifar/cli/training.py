@@ -17,6 +17,7 @@ from ..errors import SettingError, param
 from ..training.checkpoint import load_model_and_progress, trained_engine
 from ..training.records import best_words
 from ..training.resume import run_settings
+from ..training.run import CHECKPOINT_EVERY
 from ..training.runlog import progress_bar
 from ..training.trainer import train
 from .flags import (
@@ -43,8 +44,9 @@ def add_parsers(sub) -> None:
         "train",
         help="train one variant (the seed recipe unless --recipe says otherwise)",
         description=f"Train one variant with the recipe --recipe names: {seed_recipe_text()}. "
-        "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every "
-        "epoch) and model.pt (the final weights).",
+        "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (after "
+        f"an epoch when {CHECKPOINT_EVERY:g} s have passed since the last one, see "
+        "--checkpoint-every; always at the end and on Ctrl-C) and model.pt (the final weights).",
     )
     t.add_argument("model", type=model_name, metavar="MODEL", help="variant (see 'models')")
     add_train_flags(t)
