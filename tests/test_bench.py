@@ -21,6 +21,7 @@ def _step_flops(model_name: str, batch: int) -> float:
     return counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_bench_json_fields_are_consistent(capsys):
     args = ["--models", "alexnet_thinner_4", "--batch-size", "8", "--steps", "1"]
     args += ["--rounds", "2", "--warmup", "0", "--device", "cpu", "--precision", "fp32"]

@@ -56,6 +56,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run):
     out = interrupted_run
     _flip_byte(out / "checkpoint.pt")

@@ -444,6 +444,7 @@ def test_evaluate_on_a_run_before_its_first_checkpoint_says_it_has_no_finished_e
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_evaluate_on_an_unfinished_run_says_how_far_it_is(cifar10_dir, interrupted_run, capsys):
     import json
 
@@ -458,6 +459,7 @@ def test_evaluate_on_an_unfinished_run_says_how_far_it_is(cifar10_dir, interrupt
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_evaluate_shows_a_progress_bar_on_a_terminal(cifar10_dir, tiny_run):
     import fcntl
     import pty

@@ -32,11 +32,18 @@ def _epoch_draws(n, seed=1):
     return (perm, *draw_seed_augmentation(n, g))
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(
+    "channels_last, fused",
+    [
+        (False, True),  # the quick tier's case; the other layouts and SGDs in the slow tier
+        pytest.param(True, True, marks=pytest.mark.slow),
+        pytest.param(False, False, marks=pytest.mark.slow),
+        pytest.param(True, False, marks=pytest.mark.slow),
+    ],
+)
 def test_engine_step_equals_plain_step(channels_last, fused):
-    name, bs = "alexnet_thinner_4", 16
-    n = 3 * bs + 5  # three full batches and a short last one
+    name, bs = "alexnet_thinner_4", 8
+    n = 2 * bs + 5  # two full batches and a short last one
     x_u8, y = _dataset(n)
     perm, dy, dx, flip = _epoch_draws(n)
     recipe = Recipe(epochs=3, batch_size=bs, lr=0.003)
@@ -101,6 +108,7 @@ def test_device_side_batch_is_translate_plus_flip(monkeypatch):
     assert torch.equal(yb, y[perm[sl]])
 
 
+@pytest.mark.slow
 def test_tensor_learning_rate_matches_float_learning_rate():
     torch.manual_seed(1)
     a = build_model("alexnet_thinner_4")
@@ -123,6 +131,7 @@ def test_tensor_learning_rate_matches_float_learning_rate():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_preparation_leaves_no_trace():
     name, bs, n = "alexnet_thinner_4", 16, 40
     x_u8, y = _dataset(n)
@@ -237,6 +246,7 @@ def _fake_data():
     )
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_is_caught_at_its_step(tmp_path):
     """A NaN in the weights shows as a non-finite loss at the very step it appears."""
     from alexnet_cifar.training.trainer import NonFiniteLossError

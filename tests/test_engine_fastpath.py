@@ -185,6 +185,7 @@ def test_resume_across_layouts_lays_state_out_like_parameters(first, then):
 # ---------------------------------------------------------------------- (a): graph emulation
 
 
+@pytest.mark.slow
 def test_emulated_graph_replays_equal_eager_steps():
     """Two epochs (short last batch, per-step lr, EMA, dropout): exact with the tensor lr."""
     eager, eager_sums = _train(_engine(FP32))
@@ -198,6 +199,7 @@ def test_emulated_graph_replays_equal_eager_steps():
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_emulated_graph_bakes_in_a_float_learning_rate():
     """The reason for the tensor lr: a float is read once, at capture, and never again."""
     engine = _engine(replace(FP32, cuda_graphs=True), EmulatedGraphs())
@@ -465,6 +467,7 @@ def _run(tmp_path, name, monkeypatch, **kw):
     return result, saves, lines
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_by_time_and_always_at_the_end(tmp_path, monkeypatch):
     import json
 

@@ -25,6 +25,7 @@ def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run,
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}
@@ -63,6 +64,7 @@ def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir,
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_other_class_count_is_refused(cifar10, interrupted_run):
     with pytest.raises(CheckpointError, match="num_classes: checkpoint has 10, this run asks 5"):
         train(train_options(interrupted_run, resume=True, num_classes=5), data=cifar10)
@@ -274,6 +276,7 @@ def _fake_run(tmp_path, *flags) -> tuple[dict, list[str]]:
         (["--precision", "fp32"], ["--channels-last"], "channels_last: checkpoint has False"),
     ],
 )
+@pytest.mark.slow
 def test_a_resume_that_would_change_the_numerics_is_refused(tmp_path, started, asked, named):
     """Precision and memory layout change the numbers a step computes: a resume that changes
     either is refused naming it, like any other field of the run's identity (evaluate follows
@@ -295,6 +298,7 @@ def test_a_resume_that_would_change_the_numerics_is_refused(tmp_path, started, a
     assert figures["precision"] == result["engine_used"]["precision"] == started[1]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_the_numerics_were_recorded_is_judged_by_its_config(tmp_path):
     """A run started by an earlier version holds no precision in its checkpoint: its
     config.json's engine says which it used, and a resume in another precision is refused."""
@@ -311,6 +315,7 @@ def test_a_checkpoint_from_before_the_numerics_were_recorded_is_judged_by_its_co
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_checkpoint_cadence_and_records_a_new_one(tmp_path):
     """--checkpoint-every left out on resume is the run's own (recorded in config.json, as the
     other kept settings are); one given is accepted (nothing computed changes) and recorded."""

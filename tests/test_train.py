@@ -272,6 +272,7 @@ def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, referen
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_nonfinite_loss_stops_keeps_last_good_checkpoint(cifar10, tmp_path):
     out = tmp_path / "run"
 
@@ -386,6 +387,7 @@ def test_config_json_records_the_code_that_trained_it(tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_config_json_records_the_command_given_in_the_options(cifar10, tmp_path):
     from alexnet_cifar.recipe import Recipe
 
