@@ -56,5 +56,12 @@ def test_too_few_or_identical_values_give_none_never_nan():
     assert two["ci_high"] == 1.0 and two["ci_clipped"] and not two["ci_informative"]
     same = welch([0.5, 0.5], [0.5, 0.5])
     assert same["difference"] == 0 and same["p_value"] is same["t"] is same["ci_low"] is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a report prints no warning for nearly equal runs
+        u = math.nextafter(0.5, 1.0)  # the next float: runs that differ by rounding only
+        close = welch([0.5, u, 0.5], [0.5, 0.5, u, u])
+    assert close["difference"] is not None
     one = welch([0.5], [0.4, 0.6])
     assert one["difference"] == pytest.approx(0.0) and one["p_value"] is None
