@@ -1,8 +1,15 @@
-"""Shared fixtures (plain helpers are in helpers.py). Tests that need the real CIFAR-10 read it
-from $CIFAR10_DIR.
+"""Shared fixtures (plain helpers are in helpers.py), and the quick tier's time budget. Tests
+that need the real CIFAR-10 read it from $CIFAR10_DIR.
 
 In CI (CI=true) a missing data set fails those tests loudly; on a developer's machine without
 the data they are skipped with the reason.
+
+The quick tier (``-m "not slow"``) must stay quick: when it is selected, each test's CPU time
+(its fixtures, every thread of this process and the subprocesses it waited for) and the whole
+run's are measured, and a run over budget fails, naming the tests that cost most. CPU time, not
+wall time: the machines that run the suite are shared, and waiting for a busy core costs no
+CPU. ``ALEXNET_CIFAR_CPU_BUDGET_SCALE`` scales both budgets for a slower CPU than the one they
+were set on.
 """
 
 from __future__ import annotations
@@ -13,6 +20,70 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: CPU seconds the whole quick tier may take, and one quick test with its fixtures. Measured
+#: on 2 cores (README, Development): set with a margin over that, far below the slow tier's.
+QUICK_TIER_CPU_BUDGET = 130.0
+QUICK_TEST_CPU_BUDGET = 8.0
+_costs: dict[str, float] = {}
+_start: list[float] = []
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of the children it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _quick_tier(config) -> bool:
+    return " ".join((config.getoption("markexpr") or "").split()) == "not slow"
+
+
+def _scale() -> float:
+    return float(os.environ.get("ALEXNET_CIFAR_CPU_BUDGET_SCALE") or 1.0)
+
+
+def pytest_sessionstart(session):
+    _start.append(_cpu_seconds())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = _cpu_seconds()
+    yield
+    _costs[item.nodeid] = _cpu_seconds() - start
+
+
+def _over_budget(config) -> tuple[float, list[tuple[str, float]]]:
+    """The quick tier's CPU seconds so far, and the tests over their own budget."""
+    total = _cpu_seconds() - _start[0] if _start else 0.0
+    over = [(n, c) for n, c in _costs.items() if c > QUICK_TEST_CPU_BUDGET * _scale()]
+    return total, sorted(over, key=lambda nc: -nc[1])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _quick_tier(session.config) and exitstatus == 0:
+        total, over = _over_budget(session.config)
+        if over or total > QUICK_TIER_CPU_BUDGET * _scale():
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _quick_tier(config) or not _costs:
+        return
+    total, over = _over_budget(config)
+    tr, scale = terminalreporter, _scale()
+    tr.section("quick tier: CPU time")
+    tr.write_line(
+        f"{total:.0f} CPU s in all (budget {QUICK_TIER_CPU_BUDGET * scale:.0f}); "
+        f"{len(_costs)} tests, each at most {QUICK_TEST_CPU_BUDGET * scale:g} CPU s"
+    )
+    for nodeid, cost in over:
+        tr.write_line(f"OVER BUDGET {cost:6.1f} CPU s  {nodeid}: mark it slow, or make it quick")
+    if total > QUICK_TIER_CPU_BUDGET * scale:
+        tr.write_line("OVER BUDGET: the quick tier as a whole; the costliest tests:")
+        for nodeid, cost in sorted(_costs.items(), key=lambda nc: -nc[1])[:10]:
+            tr.write_line(f"  {cost:6.1f} CPU s  {nodeid}")
 
 
 def _real_dir() -> Path | None:

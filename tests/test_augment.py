@@ -166,12 +166,14 @@ def test_bad_shapes_are_refused():
 
 
 def test_the_draws_default_to_the_seed_recipe():
-    # The shift and flip defaults are the seed recipe's fields, not numbers of augment's own.
-    import inspect
-
+    """Drawn without a shift or flip rate, the draws are those of the seed recipe's."""
     from alexnet_cifar.recipe import Recipe
 
-    assert not hasattr(augment, "SEED_MAX_SHIFT") and not hasattr(augment, "SEED_FLIP_P")
-    defaults = inspect.signature(draw_seed_augmentation).parameters
-    assert defaults["max_shift"].default == Recipe().max_shift
-    assert defaults["flip_p"].default == Recipe().flip_p
+    seed = Recipe()
+    plain = draw_seed_augmentation(500, torch.Generator().manual_seed(3))
+    given = draw_seed_augmentation(
+        500, torch.Generator().manual_seed(3), None, seed.max_shift, seed.flip_p
+    )
+    other = draw_seed_augmentation(500, torch.Generator().manual_seed(3), None, 2.0, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(plain, given))
+    assert not all(torch.equal(a, b) for a, b in zip(plain, other))

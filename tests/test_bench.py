@@ -21,6 +21,7 @@ def _step_flops(model_name: str, batch: int) -> float:
     return counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_bench_json_fields_are_consistent(capsys):
     args = ["--models", "alexnet_thinner_4", "--batch-size", "8", "--steps", "1"]
     args += ["--rounds", "2", "--warmup", "0", "--device", "cpu", "--precision", "fp32"]
@@ -58,9 +59,4 @@ def test_bench_json_fields_are_consistent(capsys):
     assert out["cpu_native_bf16"] == cpu_has_native_bf16()
 
 
-def test_bench_refuses_unknown_models_and_gpu_options(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["bench", "--models", "alexnet,resnet", "--device", "cpu"])
-    assert e.value.code == 2 and "unknown model 'resnet'" in capsys.readouterr().err
-    assert main(["bench", "--cuda-graphs", "--device", "cpu"]) == 2
-    assert "CUDA graphs" in capsys.readouterr().err
+

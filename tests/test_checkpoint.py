@@ -56,6 +56,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_both_checkpoints_damaged_is_a_clear_error(cifar10_dir, interrupted_run):
     out = interrupted_run
     _flip_byte(out / "checkpoint.pt")
@@ -241,7 +242,7 @@ def test_a_second_signal_while_held_stops_when_the_held_step_is_done():
     import signal as signals
 
     from alexnet_cifar.errors import TrainingInterrupted
-    from alexnet_cifar.training.trainer import StopSignals
+    from alexnet_cifar.training.stop_signals import StopSignals
 
     with StopSignals() as stop:
         os.kill(os.getpid(), signals.SIGINT)

@@ -54,14 +54,12 @@ def test_help_lists_commands(capsys):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["train", "alexnet_big"], "Valid models: alexnet, alexnet_slim"),
         (["train", "alexnet", "--epochs", "0"], "--epochs must be at least 1"),
         (["train", "alexnet", "--epochs", "-3"], "--epochs must be at least 1"),
         (["train", "alexnet", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["train", "alexnet", "--epochs", "ten"], "whole number"),
         (["train", "alexnet", "--device", "tpu"], "unknown device 'tpu'"),
         (["train", "alexnet", "--lr", "-1"], "positive"),
-        (["summary", "vgg"], "unknown model 'vgg'"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -83,6 +81,64 @@ def test_missing_data_says_how_to_get_it(tmp_path):
         env=NO_NET,
     )
     _fails_cleanly(p, "CIFAR10_DIR", "cifar-10-batches-bin")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "alexnet_big"],
+        ["summary", "alexnet_big"],
+        ["bench", "--models", "alexnet,alexnet_big", "--device", "cpu"],
+        ["study", "--models", "alexnet,alexnet_big"],
+        ["import-keras", "weights.h5", "--model", "alexnet_big", "--out", "r"],
+    ],
+)
+def test_an_unknown_model_is_named_with_the_valid_ones_by_every_command(capsys, args):
+    p = cli(capsys, *args)
+    _fails_cleanly(p, "unknown model 'alexnet_big'", f"Valid models: {', '.join(PRESETS)}")
+    assert len(p.stderr.strip().splitlines()) == 1 and not p.stdout
+
+
+def test_an_unknown_model_in_python_lists_the_valid_ones():
+    from alexnet_cifar import build_model
+    from alexnet_cifar.models import UnknownModelError
+
+    with pytest.raises(UnknownModelError) as e:
+        build_model("alexnet_slimm")
+    assert all(n in str(e.value) for n in PRESETS)
+
+
+def test_cuda_graphs_are_refused_on_the_cpu_wherever_they_can_be_asked(capsys, tmp_path):
+    """By the engine's options, and by train and bench before any step: one line, no run
+    folder left behind (bf16 runs on any CPU; CUDA graphs need CUDA)."""
+    from alexnet_cifar.engine.options import EngineOptions
+    from alexnet_cifar.errors import SettingError
+
+    with pytest.raises(SettingError, match="CUDA graphs need a CUDA device"):
+        EngineOptions(cuda_graphs=True).resolve(torch.device("cpu"))
+    write_binary_folder(tmp_path / "data", n_per_file=4)
+    data = ["--data-dir", str(tmp_path / "data"), "--no-verify", "--quiet"]
+    p = cli(capsys, "train", "alexnet", "--device", "cpu", "--cuda-graphs", *data,
+            "--out", str(tmp_path / "run"))  # fmt: skip
+    _fails_cleanly(p, "CUDA graphs need a CUDA device: use --no-cuda-graphs")
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    p = cli(capsys, "bench", "--cuda-graphs", "--device", "cpu")
+    _fails_cleanly(p, "CUDA graphs need a CUDA device: use --no-cuda-graphs")
+
+
+def test_train_help_says_when_checkpoints_are_written(capsys):
+    """By time, not every epoch: the help's default is the one a run uses."""
+    from alexnet_cifar.cli import flags
+
+    p = cli(capsys, "train", "--help")
+    text = " ".join(p.stdout.split())
+    every = float(re.search(r"checkpoint\.pt \(after an epoch when ([\d.]+) s have", text)[1])
+    assert "(every epoch)" not in text and f"(default {every:g}; 0: every epoch)" in text
+    parser, sub = flags.make_parser()
+    train = sub.add_parser("train")
+    flags.add_train_flags(train)
+    args = train.parse_args([])
+    assert flags.train_options(args, "alexnet", "run", {}, False).checkpoint_every == every
 
 
 def test_cuda_requested_without_gpu(capsys, tmp_path, monkeypatch):
@@ -388,6 +444,7 @@ def test_evaluate_on_a_run_before_its_first_checkpoint_says_it_has_no_finished_e
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_evaluate_on_an_unfinished_run_says_how_far_it_is(cifar10_dir, interrupted_run, capsys):
     import json
 
@@ -402,6 +459,7 @@ def test_evaluate_on_an_unfinished_run_says_how_far_it_is(cifar10_dir, interrupt
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_evaluate_shows_a_progress_bar_on_a_terminal(cifar10_dir, tiny_run):
     import fcntl
     import pty

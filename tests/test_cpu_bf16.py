@@ -42,6 +42,7 @@ def _updates(data, precision: str, draw_seed: int, steps: int):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_bf16_steps_stay_close_to_the_fp32_steps(cifar10):
     """Tolerance: bf16 keeps 8 bits of mantissa (a relative rounding of 2^-9, 0.2%, on each
     activation and weight copy; oneDNN accumulates in fp32), so the step's update differs from

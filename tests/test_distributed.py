@@ -146,3 +146,28 @@ def test_distributed_run_interrupted_and_resumed(cifar10_dir, ddp_run, tmp_path)
     # the same ranks, the same steps: what the uninterrupted distributed run computed
     _close_rows(out, ddp_run, rel=1e-9)
     _close_params(load_model(out).state_dict(), load_model(ddp_run).state_dict(), 0, 0)
+
+
+def test_the_ranks_agree_on_a_stop_every_few_steps_and_at_each_epoch_end():
+    """What a data-parallel run reads back inside an epoch for a Ctrl-C: one all-reduce every
+    5 steps on the CPU, every 50 on CUDA (the README says so), and one at each epoch's end; a
+    single process reads nothing for it."""
+    from alexnet_cifar.distributed import DistContext
+    from alexnet_cifar.training.stop_signals import StopProtocol, StopSignals
+
+    class Ranks(DistContext):  # two ranks, as far as the stop protocol looks
+        calls = 0
+
+        def agreed_signal(self, signum, device):
+            Ranks.calls += 1
+            return signum
+
+    for device, every in (("cpu", 5), ("cuda", 50)):
+        Ranks.calls = 0
+        stop = StopProtocol(StopSignals(), Ranks(world_size=2), torch.device(device))
+        assert not any(stop.requested(step, last=False) for step in range(100))
+        assert Ranks.calls == 100 // every
+        stop.requested(99, last=True)
+        assert Ranks.calls == 100 // every + 1
+    alone = StopProtocol(StopSignals(), DistContext(), torch.device("cpu"))
+    assert not any(alone.requested(step, last=False) for step in range(10))

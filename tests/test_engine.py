@@ -8,6 +8,7 @@ import torch
 
 from alexnet_cifar import build_model
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
+from alexnet_cifar.engine import step as step_module
 from alexnet_cifar.engine.core import Engine, EngineOptions, EpochSums
 from alexnet_cifar.errors import SettingError
 from alexnet_cifar.models import PRESETS, AlexNet, config_of
@@ -43,11 +44,18 @@ def _epoch_draws(n, seed=1):
 
 
 @pytest.mark.parametrize("name", ["alexnet_thinner_4", THINNER_4_BN])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(
+    "channels_last, fused",
+    [
+        (False, True),  # the quick tier's case; the other layouts and SGDs in the slow tier
+        pytest.param(True, True, marks=pytest.mark.slow),
+        pytest.param(False, False, marks=pytest.mark.slow),
+        pytest.param(True, False, marks=pytest.mark.slow),
+    ],
+)
 def test_engine_step_equals_plain_step(name, channels_last, fused):
-    bs = 16
-    n = 3 * bs + 5  # three full batches and a short last one
+    bs = 8
+    n = 2 * bs + 5  # two full batches and a short last one
     x_u8, y = _dataset(n)
     perm, dy, dx, flip = _epoch_draws(n)
     recipe = Recipe(epochs=3, batch_size=bs, lr=0.003)
@@ -94,19 +102,28 @@ def test_engine_step_equals_plain_step(name, channels_last, fused):
         assert not torch.allclose(bn.running_mean, moved.running_mean)
 
 
-def test_device_side_batch_is_translate_plus_flip():
+def test_device_side_batch_is_translate_plus_flip(monkeypatch):
     name, bs, n = "alexnet", 8, 20
     x_u8, y = _dataset(n, seed=3)
     perm, dy, dx, flip = _epoch_draws(n, seed=4)
-    engine = Engine(build_model(name), Recipe(batch_size=bs), CPU, EngineOptions(), x_u8, y)
+    model = build_model(name)
+    engine = Engine(model, Recipe(batch_size=bs), CPU, EngineOptions(precision="fp32"), x_u8, y)
     engine.begin_epoch(0, (perm, dy, dx, flip), start_step=2)
-    xb, yb = engine._inputs(n - 2 * bs)
+    seen = []  # what the model is given, and the labels the loss is computed against
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    loss = step_module.recipe_loss
+    monkeypatch.setattr(
+        step_module, "recipe_loss", lambda z, y, r: seen.append(y.clone()) or loss(z, y, r)
+    )
+    engine.step(2)  # the short last batch
+    xb, yb = seen
     sl = slice(2 * bs, n)
     want = hflip(translate(normalize(x_u8[perm[sl]]), dy[sl], dx[sl]), flip[sl])
     torch.testing.assert_close(xb, want, rtol=0, atol=1e-6)
     assert torch.equal(yb, y[perm[sl]])
 
 
+@pytest.mark.slow
 def test_tensor_learning_rate_matches_float_learning_rate():
     torch.manual_seed(1)
     a = build_model("alexnet_thinner_4")
@@ -129,6 +146,7 @@ def test_tensor_learning_rate_matches_float_learning_rate():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet_thinner_4", THINNER_4_BN])
 def test_preparation_leaves_no_trace(name):
     bs, n = 16, 40
@@ -231,18 +249,42 @@ def test_batch_norm_under_data_parallelism_needs_cuda():
     _synchronise_batch_norm(build_model("alexnet_thinner_4"), CPU)  # nothing to synchronise
 
 
-def test_cli_refuses_gpu_only_options_on_cpu(tmp_path):
-    # bf16 runs on any CPU; CUDA graphs need CUDA, refused before any training
-    with pytest.raises(SettingError, match="CUDA graphs"):
-        train(
-            TrainOptions(
-                model="alexnet",
-                out=tmp_path / "r",
-                device="cpu",
-                engine=EngineOptions(cuda_graphs=True),
-            ),
-            data=_fake_data(),
-        )
+def _old_ema_update(avg, params, t, decay):
+    """The weight average's update as it was first written: avg * d + p * (1 - d)."""
+    t.add_(1)
+    d = torch.clamp((1 + t) / (10 + t), max=decay)
+    torch._foreach_mul_(avg, d)
+    torch._foreach_add_(avg, torch._foreach_mul(params, 1 - d))
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.999])
+def test_weight_average_update_computes_what_it_computed_before(decay):
+    """The in-place lerp gives the values of the first form (multiply, multiply, add) over the
+    ramp and past it, and a trace of it (what a captured step replays) follows the ramp."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from alexnet_cifar.engine.ema import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 7))
+    ema = WeightAverage(model, decay, CPU)
+    traced = WeightAverage(model, decay, CPU)
+    replay = make_fx(lambda: traced.update())()  # traced on its first step, which it runs
+    old = [p.detach().clone() for p in model.parameters()]
+    old_t = torch.zeros(())
+    _old_ema_update(old, [p.detach() for p in model.parameters()], old_t, decay)
+    ema.update()
+    for _ in range(1, 120):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        ema.update()
+        replay()
+        _old_ema_update(old, [p.detach() for p in model.parameters()], old_t, decay)
+    assert float(ema.t) == float(traced.t) == 120.0
+    for mine, theirs, before in zip(ema.avg, traced.avg, old):
+        torch.testing.assert_close(mine, before, rtol=2e-6, atol=1e-7)
+        torch.testing.assert_close(theirs, before, rtol=2e-6, atol=1e-7)
 
 
 def _fake_data():
@@ -254,6 +296,7 @@ def _fake_data():
     )
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_is_caught_at_its_step(tmp_path):
     """A NaN in the weights shows as a non-finite loss at the very step it appears."""
     from alexnet_cifar.training.trainer import NonFiniteLossError
@@ -261,7 +304,7 @@ def test_nonfinite_loss_is_caught_at_its_step(tmp_path):
     def poison(trainer, epoch, step):
         if (epoch, step) == (0, 1):
             with torch.no_grad():
-                trainer.model.layers.fc3.bias.fill_(float("nan"))
+                trainer.run.model.layers.fc3.bias.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3"):
         train(

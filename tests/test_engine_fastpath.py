@@ -1,6 +1,8 @@
 """The CUDA fast path, rehearsed on the CPU: its option rules, the layout of a resumed state,
 the fallback ladder (each rung forced), graph emulation, host reads, the process-wide flags,
-and the progress bar of a resumed epoch. Each test names the risk of issue 17 it covers."""
+and the progress bar of a resumed epoch. The sections name the risks of the CUDA path they cover:
+1 fused SGD and a tensor learning rate, 2 the layout of a resumed state, 5 the process-wide
+flags, 6 a capture nested in ours, 7 the cost of checkpoints; (a)-(f) the rehearsals on the CPU."""
 
 from dataclasses import replace
 
@@ -133,13 +135,31 @@ def test_compile_modes_that_capture_are_mapped_inside_our_graphs():
         EngineOptions(compile_mode="fastest").resolve(CUDA)
 
 
-def test_engine_settings_have_one_owner():
-    from alexnet_cifar.cli import flags
-    from alexnet_cifar.training import resume
+def test_every_engine_setting_is_a_flag_and_a_resumable_field(tmp_path):
+    """Each field of EngineOptions with a flag is set by its flag on the command line, and a
+    run's config.json holding every field is read back on resume."""
+    import argparse
+    import json
 
-    names = set(EngineOptions.__dataclass_fields__)
-    assert set(resume.ENGINE_SETTINGS) == names == set(engine_setting_kinds())
-    assert set(flags.ENGINE_FLAGS) == {s["name"] for s in engine_flag_specs()} == names
+    from alexnet_cifar.cli.flags import add_engine_flags, engine_options
+    from alexnet_cifar.training.resume import run_settings
+
+    p = argparse.ArgumentParser()
+    add_engine_flags(p)
+    for spec in engine_flag_specs():
+        default = getattr(EngineOptions(), spec["name"])
+        if spec["kind"] == "bool":
+            args, want = [f"--{spec['flag']}"], True
+        elif spec["kind"] == "bool?":
+            args, want = [f"--no-{spec['flag']}"], False
+        else:  # a choice, or a free name (the compile backend)
+            want = next(c for c in spec["choices"] or ["a-backend"] if c != default)
+            args = [f"--{spec['flag']}", want]
+        assert getattr(engine_options(p.parse_args(args)), spec["name"]) == want, spec
+    requested = EngineOptions(compile=True, compile_mode="max-autotune").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({"engine_requested": requested}))
+    assert run_settings(tmp_path)["engine_requested"] == requested
+    assert set(requested) == set(engine_setting_kinds())
 
 
 # ---------------------------------------------------------------------- risk 2 / (f): layout
@@ -166,6 +186,7 @@ def test_resume_across_layouts_lays_state_out_like_parameters(first, then):
 # ---------------------------------------------------------------------- (a): graph emulation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn", [False, True])
 def test_emulated_graph_replays_equal_eager_steps(bn):
     """Two epochs (short last batch, per-step lr, EMA, dropout): exact with the tensor lr;
@@ -181,6 +202,7 @@ def test_emulated_graph_replays_equal_eager_steps(bn):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_emulated_graph_bakes_in_a_float_learning_rate():
     """The reason for the tensor lr: a float is read once, at capture, and never again."""
     engine = _engine(replace(FP32, cuda_graphs=True), EmulatedGraphs())
@@ -380,18 +402,12 @@ def test_root_cause_is_the_first_exception_of_the_chain():
 
 
 def test_process_flags_are_set_once_with_one_api():
-    import pathlib
-
-    import alexnet_cifar
-
-    src = pathlib.Path(alexnet_cifar.__file__).parent
-    for path in src.glob("engine*.py"):
-        text = path.read_text()
-        if path.name != "engine_options.py":
-            assert "torch.backends" not in text, path.name  # no engine sets them
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     conv = cudnn.conv
     before = (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark)
+    # no engine sets them: building one, preparing and running its steps leaves them alone
+    _train(_engine(FP32), 1)
+    assert (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark) == before
     try:
         set_process_flags(CPU)
         assert (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark) == before
@@ -420,28 +436,24 @@ def test_progress_bar_of_a_resumed_epoch_counts_the_resumed_images():
     assert shown["loss"] == f"{sums.loss:.4f}" and shown["acc"] == f"{sums.accuracy:.4f}"
 
 
-def test_recipe_used_in_tests_has_ema_and_short_batch():
-    r = get_recipe("fast", epochs=2, batch_size=BS)
-    assert r.ema_decay > 0 and N % BS and isinstance(r, Recipe)
-
-
 # ---------------------------------------------------------------------- risk 7 and the records
 
 
 def _run(tmp_path, name, monkeypatch, **kw):
     from alexnet_cifar.data import CIFAR10
-    from alexnet_cifar.training import trainer as train_module
+    from alexnet_cifar.training import checkpointer
+    from alexnet_cifar.training.trainer import train
 
     from .helpers import train_options
 
     saves = []
-    real = train_module.save_checkpoint
+    real = checkpointer.save_checkpoint
 
     def counted(run_dir, state, **k):
         saves.append(state["epoch"])
         return real(run_dir, state, **k)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", counted)
+    monkeypatch.setattr(checkpointer, "save_checkpoint", counted)
     x, y = _data(40)
     x, y, names = x.numpy(), y.numpy(), [str(i) for i in range(10)]
     data = CIFAR10(x, y, x[:20], y[:20], names)
@@ -454,10 +466,11 @@ def _run(tmp_path, name, monkeypatch, **kw):
         quiet=False,
         **kw,
     )
-    result = train_module.train(opts, data=data, log=lines.append)
+    result = train(opts, data=data, log=lines.append)
     return result, saves, lines
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_by_time_and_always_at_the_end(tmp_path, monkeypatch):
     import json
 

@@ -13,7 +13,7 @@ from alexnet_cifar.cli.flags import flag_name
 from alexnet_cifar.engine.options import EngineOptions
 from alexnet_cifar.errors import ExecutorError, SettingError, TrainingInterrupted
 from alexnet_cifar.recipe import Recipe
-from alexnet_cifar.study.executors import EXECUTORS, Job, RayExecutor, Sequential
+from alexnet_cifar.study.executors import Job, RayExecutor, Sequential
 from alexnet_cifar.training.trainer import TrainOptions
 
 from .helpers import interrupt_at, metric_rows, write_binary_folder
@@ -70,10 +70,6 @@ def test_sequential_runs_stop_and_continue_as_if_never_stopped(tmp_path, data_di
         assert re.search(r", \d+\.\d s$", line)
     assert len(said) == 4
     assert metric_rows(tmp_path / "run1") == metric_rows(tmp_path / "run2")
-
-
-def test_the_executors_by_name():
-    assert EXECUTORS == ("sequential", "ray")
 
 
 @pytest.mark.parametrize("share", ["0", "-1", "1.5", "inf", "nan"])

@@ -87,6 +87,7 @@ def test_onnx_file_describes_itself(onnx_export):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_torchscript_matches_pytorch(tmp_path, cifar10, capsys):
     model = confident_model("alexnet_thinner_4", seed=8)
     run = make_run(tmp_path / "run", model)

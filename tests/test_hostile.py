@@ -373,7 +373,7 @@ def test_weights_broken_by_the_last_update_are_not_a_success(cifar10, tmp_path):
     def break_after_the_last_step(trainer, epoch, step):
         if (epoch, step) == (2, 4):  # the loss of this step was finite; the update is not
             with torch.no_grad():
-                trainer.model.layers.fc3.weight.fill_(float("nan"))
+                trainer.run.model.layers.fc3.weight.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLossError, match="epoch 3"):
         train(train_options(out), data=cifar10, on_step=break_after_the_last_step)

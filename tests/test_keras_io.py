@@ -374,6 +374,7 @@ def test_export_keras_loads_in_keras(keras_dir, suffix):
     assert want.max(1).mean() > 0.5 and diff <= TOL
 
 
+@pytest.mark.slow
 def test_export_keras_round_trip(tmp_path, capsys):
     torch.manual_seed(3)
     model = build_model("alexnet_thinner_4")

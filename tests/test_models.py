@@ -15,7 +15,6 @@ from alexnet_cifar.models import (
     AlexNetConfig,
     Conv2dSame,
     MaxPool2dSame,
-    UnknownModelError,
     tf_same_padding,
 )
 from alexnet_cifar.variants import layer_table
@@ -56,12 +55,6 @@ def test_published_count_is_not_part_of_the_shape():
     cfg = PRESETS["alexnet"]
     assert "published_params" not in cfg.to_dict()
     assert AlexNetConfig.from_dict(cfg.to_dict()) == cfg
-
-
-def test_no_unused_module_constants():
-    import alexnet_cifar.models as models
-
-    assert not hasattr(models, "_FULL")  # an unused copy of the default widths
 
 
 @pytest.mark.parametrize(
@@ -142,13 +135,6 @@ def test_logits_shape_and_num_classes():
     model = build_model("alexnet", num_classes=7).eval()
     out = model(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, 7)
-
-
-def test_unknown_model_lists_valid_names():
-    with pytest.raises(UnknownModelError) as e:
-        build_model("alexnet_slimm")
-    msg = str(e.value)
-    assert "alexnet_slim" in msg and all(n in msg for n in PRESETS)
 
 
 # ---------------------------------------------------------------------- TF "same" padding

@@ -1,14 +1,19 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from alexnet_cifar import build_model
+from alexnet_cifar.models import AlexNet
 from alexnet_cifar.optim import (
     keras_crossentropy,
     make_optimizer,
     set_learning_rate,
 )
 from alexnet_cifar.recipe import Recipe
+
+from .helpers import TINY
 
 
 def keras_sgd_numpy(w0, grads, lrs, momentum=0.9):
@@ -69,10 +74,12 @@ def test_seed_schedule():
 
 
 def test_l2_gradient_equals_weight_decay_group():
-    """Keras' loss + 1e-4 sum(w^2) on conv kernels == our SGD weight_decay=2e-4 on them."""
+    """Keras' loss + 1e-4 sum(w^2) on conv kernels == our SGD weight_decay=2e-4 on them (on the
+    smallest model of the same construction, with the thinner variants' L2)."""
     torch.manual_seed(0)
-    ref = build_model("alexnet_thinner_4").double()
-    ours = build_model("alexnet_thinner_4").double()
+    regular = replace(TINY, l2=build_model("alexnet_thinner_4").config.l2)
+    ref = AlexNet(regular).double()
+    ours = AlexNet(regular).double()
     ours.load_state_dict(ref.state_dict())
     ref.eval(), ours.eval()  # no dropout: same function
     x = torch.randn(8, 3, 32, 32, dtype=torch.float64)

@@ -347,3 +347,35 @@ def test_make_demo_resumes_only_a_run_it_has_started(tmp_path):
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "checkpoint.pt").write_bytes(b"")
     assert "--resume" in demo()
+
+
+# ---------------------------------------------------------------------- facts the README states
+
+
+def test_the_variants_table_is_what_the_models_command_prints():
+    """Parameters, MACs and fp32 MB of the README's table, as `alexnet-cifar models` and
+    `summary` print them (one rounding: 21.95 MB is 22.0 in both)."""
+    from .helpers import run_main
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("## The five variants")[1].split("\n\n")[1].splitlines()[2:]
+    readme = {}
+    for row in table:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        readme[cells[0].strip("`")] = (cells[2], cells[3].replace(" ", ""), cells[4])
+    printed = {}
+    for line in run_main("models").stdout.splitlines()[1:]:
+        name, params, macs, mb = line.split()[:4]
+        printed[name] = (params, macs, mb)
+        summary = run_main("summary", name).stdout
+        assert f"float32 size: {mb} MB" in summary
+    assert readme == printed
+
+
+def test_the_normalisation_the_readme_states_is_the_one_used():
+    from alexnet_cifar.augment import SEED_MEAN, SEED_STD
+
+    text = (REPO / "README.md").read_text()
+    mean, std = ", ".join(f"{v:g}" for v in SEED_MEAN), ", ".join(f"{v:g}" for v in SEED_STD)
+    assert f"mean {mean}; std {std}" in text  # the seed recipe's table
+    assert f"mean ({mean}) and std ({std})" in text  # export's input

@@ -4,7 +4,6 @@ without a word. Run folders are built synthetically (see test_report.make_run)."
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -449,20 +448,6 @@ def test_every_cell_formatter_says_diverged_for_nan():
               cells.giga_macs, cells.p_value):  # fmt: skip
         assert f(nan) == "diverged" and f(math.inf) == "diverged" and f(None) == "–"
     assert cells.percent(0.9123) == "91.23%" and cells.points(0.0123) == "+1.23 pts"
-    from alexnet_cifar.report import compose, seed_sections
+    from alexnet_cifar.report import seed_sections
 
-    for module in (compose, seed_sections):  # no formatters of their own
-        assert not {"_pct", "_pts", "_percent", "_points"} & set(vars(module)), module
     assert seed_sections._number(nan, "share") == "diverged"
-
-
-def test_figure_helpers_used_by_seed_figures_are_public():
-    source = (REPO / "src/alexnet_cifar/report/seed_figures.py").read_text()
-    names = [
-        alias.name
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.ImportFrom) and node.module == "figures"
-        for alias in node.names
-    ]
-    assert names and all(not n.startswith("_") for n in names)
-    assert set(names) <= set(figures_module.__all__)

@@ -25,6 +25,7 @@ def test_existing_run_needs_resume_and_matching_settings(cifar10, reference_run,
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir, interrupted_run):
     out = interrupted_run
     env = {"CIFAR10_DIR": str(cifar10_dir)}
@@ -63,6 +64,7 @@ def test_resume_with_another_model_or_recipe_is_refused_naming_both(cifar10_dir,
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_other_class_count_is_refused(cifar10, interrupted_run):
     with pytest.raises(CheckpointError, match="num_classes: checkpoint has 10, this run asks 5"):
         train(train_options(interrupted_run, resume=True, num_classes=5), data=cifar10)
@@ -245,3 +247,95 @@ def test_a_new_data_folder_with_the_same_checked_files_is_accepted_and_recorded(
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data_dir"] == str(tmp_path / "moved")
     assert config["changes"][-1]["data_dir"] == [str(cifar10_dir), str(tmp_path / "moved")]
+
+
+# ---------------------------------------------------------------------- numerics and cadence
+# Small made-up data (100 training and 20 test images) through the command line, in-process.
+
+
+def _fake_run(tmp_path, *flags) -> tuple[dict, list[str]]:
+    """A one-epoch run of made-up data in ``tmp_path/run`` with ``flags``: (its config.json,
+    the arguments that name the run and its data for a resume)."""
+    import json
+
+    from .helpers import write_binary_folder
+
+    if not (tmp_path / "data").exists():
+        write_binary_folder(tmp_path / "data")
+    where = ["--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data"), "--no-verify"]
+    args = ["alexnet_thinner_4", "--epochs", "1", "--batch-size", "50", "--device", "cpu"]
+    p = run_main("train", *args, *where, "--quiet", "--no-tensorboard", *flags)
+    assert p.returncode == 0, p.stderr
+    return json.loads((tmp_path / "run" / "config.json").read_text()), ["alexnet_thinner_4", *where]
+
+
+@pytest.mark.parametrize(
+    "started, asked, named",
+    [
+        (["--precision", "bf16"], ["--precision", "fp32"], "precision: checkpoint has 'bf16'"),
+        (["--precision", "fp32"], ["--channels-last"], "channels_last: checkpoint has False"),
+    ],
+)
+@pytest.mark.slow
+def test_a_resume_that_would_change_the_numerics_is_refused(tmp_path, started, asked, named):
+    """Precision and memory layout change the numbers a step computes: a resume that changes
+    either is refused naming it, like any other field of the run's identity (evaluate follows
+    config.json, which records the engine the run used, so the two must not part)."""
+    import json
+
+    _, run = _fake_run(tmp_path, *started)
+    p = run_main("train", *run, "--resume", "--force", "--epochs", "2", *asked)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert named in p.stderr, p.stderr
+    # without the change, the same resume trains on, and evaluate gives the run's own figures
+    p = run_main("train", *run, "--resume", "--force", "--epochs", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    ev = run_main("evaluate", run[2], *run[3:], "--json")
+    assert ev.returncode == 0, ev.stderr
+    figures = json.loads(ev.stdout)
+    assert (figures["loss"], figures["accuracy"]) == (result["test_loss"], result["test_accuracy"])
+    assert figures["precision"] == result["engine_used"]["precision"] == started[1]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_the_numerics_were_recorded_is_judged_by_its_config(tmp_path):
+    """A run started by an earlier version holds no precision in its checkpoint: its
+    config.json's engine says which it used, and a resume in another precision is refused."""
+    from alexnet_cifar.training.checkpoint import read_state, save_checkpoint
+
+    _, run = _fake_run(tmp_path, "--precision", "bf16")
+    state = read_state(tmp_path / "run" / "checkpoint.pt")
+    for name in ("precision", "channels_last"):
+        del state["run_identity"][name]
+    save_checkpoint(tmp_path / "run", {k: v for k, v in state.items() if k != "format"})
+    p = run_main("train", *run, "--resume", "--force", "--epochs", "2", "--precision", "fp32")
+    assert p.returncode == 2 and "precision: checkpoint has 'bf16'" in p.stderr, p.stderr
+    p = run_main("train", *run, "--resume", "--force", "--epochs", "2", "--quiet")
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_the_checkpoint_cadence_and_records_a_new_one(tmp_path):
+    """--checkpoint-every left out on resume is the run's own (recorded in config.json, as the
+    other kept settings are); one given is accepted (nothing computed changes) and recorded."""
+    import json
+
+    from alexnet_cifar.training.checkpoint import read_state
+
+    config, run = _fake_run(tmp_path, "--checkpoint-every", "0")
+    assert config["checkpoint_every"] == 0
+    p = run_main("train", *run, "--resume", "--force", "--epochs", "3", "--quiet")
+    assert p.returncode == 0, p.stderr
+    # every epoch checkpointed: the one before the last is epoch 2's (by time: epoch 1's)
+    assert read_state(tmp_path / "run" / "checkpoint.prev.pt")["epoch"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["checkpoint_every"] == 0  # only the epochs changed
+    assert [list(c)[0] for c in config["changes"]] == ["recipe.epochs"]
+    p = run_main(
+        "train", *run, "--resume", "--force", "--epochs", "4", "--checkpoint-every", "5", "--quiet"
+    )
+    assert p.returncode == 0, p.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["checkpoint_every"] == 5
+    assert config["changes"][-1]["checkpoint_every"] == [0, 5]

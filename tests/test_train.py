@@ -272,13 +272,14 @@ def test_sigterm_saves_says_how_to_resume_and_exits_nonzero(cifar10_dir, referen
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_nonfinite_loss_stops_keeps_last_good_checkpoint(cifar10, tmp_path):
     out = tmp_path / "run"
 
     def poison(trainer, epoch, step):
         if (epoch, step) == (1, 2):
             with torch.no_grad():
-                trainer.model.layers.conv3.weight.fill_(float("inf"))
+                trainer.run.model.layers.conv3.weight.fill_(float("inf"))
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 4") as e:
         train(train_options(out), data=cifar10, on_step=poison)
@@ -386,6 +387,7 @@ def test_config_json_records_the_code_that_trained_it(tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_config_json_records_the_command_given_in_the_options(cifar10, tmp_path):
     from alexnet_cifar.recipe import Recipe
 

@@ -68,6 +68,7 @@ def _evaluated_again(folder, data, weights=None):
     return evaluate_model(model, data.x_test, data.y_test, classes=list(data.classes))
 
 
+@pytest.mark.slow
 def test_config_records_what_the_run_was(finished, synthetic):
     out, _ = finished
     root, data = synthetic

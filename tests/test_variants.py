@@ -126,6 +126,7 @@ def test_a_custom_variants_identity_holds_its_shape_as_its_record_does(tmp_path)
                 "limit_train": None,
                 "limit_test": None,
                 "recipe": Recipe(epochs=2).to_dict(),
+                "engine_used": {k: ident[k] for k in ("precision", "channels_last")},
             }
         )
     )

@@ -25,6 +25,9 @@ from .safe_pickle import unpickle
 __all__ = [
     "CIFAR10",
     "CLASSES",
+    "IMAGE_SHAPE",
+    "TEST_IMAGES",
+    "TRAIN_IMAGES",
     "DataError",
     "DataNotFoundError",
     "balanced_subset",
@@ -49,8 +52,12 @@ CLASSES = (
 
 BINARY_DIR = "cifar-10-batches-bin"
 PYTHON_DIR = "cifar-10-batches-py"
-RECORD_BYTES = 1 + 3 * 32 * 32
-OFFICIAL_RECORDS = 10_000
+#: CIFAR-10's sizes: its images (height, width, RGB) and how many each official split holds.
+IMAGE_SHAPE = (32, 32, 3)
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000
+PIXELS = 32 * 32 * 3  # the bytes of one image, channel-major in the files
+RECORD_BYTES = 1 + PIXELS  # the binary files' records: a label byte, then the image
+OFFICIAL_RECORDS = 10_000  # per official file: five training batches and the test batch
 
 # Published md5 of every official file (binary release; python release as torchvision lists it).
 BINARY_MD5 = {
@@ -315,7 +322,7 @@ def _binary_records(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     data = _read_checked(path, BINARY_MD5.get(path.name), verify)
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = _check_labels(records[:, 0], path)
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW -> HWC
     return np.ascontiguousarray(images), labels
 
 
@@ -362,9 +369,9 @@ def _python_records(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in batch or "labels" not in batch:
         raise DataError(f"{path} lacks 'data' or 'labels': not a CIFAR-10 batch")
     data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != PIXELS:
         shape = getattr(data, "shape", type(data).__name__)
-        raise DataError(f"{path}: 'data' should be an N x 3072 array, found {shape}")
+        raise DataError(f"{path}: 'data' should be an N x {PIXELS} array, found {shape}")
     if data.dtype != np.uint8:
         raise DataError(f"{path}: 'data' should be uint8, found {data.dtype}")
     try:

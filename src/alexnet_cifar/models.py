@@ -40,6 +40,7 @@ __all__ = [
     "final_map",
     "ShapeError",
     "config_of",
+    "fp32_mb",
     "get_config",
     "meta_model",
     "model_names",
@@ -500,3 +501,8 @@ def meta_model(config: AlexNetConfig) -> AlexNet:
     """The model built on the meta device: its shapes without memory or initialisation."""
     with torch.device("meta"):
         return AlexNet(config)
+
+
+def fp32_mb(params: int) -> float:
+    """The size of ``params`` float32 weights in MB (10^6 bytes)."""
+    return params * 4 / 1e6

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import AlexNet
-from .recipe import Recipe
+from .recipe import KERAS_EPSILON, Recipe
 
 __all__ = [
     "keras_crossentropy",
@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 
-def keras_crossentropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7):
+def keras_crossentropy(
+    logits: torch.Tensor, target: torch.Tensor, eps: float = KERAS_EPSILON
+):
     """Per-sample categorical cross-entropy as Keras 2 computes it on a softmax output.
 
     Keras 2 clips the probabilities to [eps, 1 - eps] before the log, so a sample whose true
@@ -127,7 +129,9 @@ def set_learning_rate(
             torch._foreach_mul_(buffers, old / lr)
 
 
-def plain_step(model: AlexNet, optimizer: torch.optim.Optimizer, x, y, eps: float = 1e-7):
+def plain_step(
+    model: AlexNet, optimizer: torch.optim.Optimizer, x, y, eps: float = KERAS_EPSILON
+):
     """The textbook eager fp32 step: the reference the engine must equal, and bench's baseline.
 
     ``x`` is a normalised (and augmented) float batch; the L2 term goes through autograd.

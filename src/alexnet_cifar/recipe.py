@@ -7,12 +7,27 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import SettingError, param
 from .files import check_fields
 
-__all__ = ["Recipe", "seed_recipe", "RECIPES", "get_recipe"]
+__all__ = ["KERAS_EPSILON", "TUNABLE", "Recipe", "seed_recipe", "RECIPES", "get_recipe"]
+
+#: Keras' backend epsilon (``keras.backend.epsilon()``): its categorical cross-entropy on
+#: softmax outputs clips the probabilities to [eps, 1 - eps] before the log.
+KERAS_EPSILON = 1e-7
+
+#: The fields a parameter of their own name sets on top of a named recipe (``epochs=``,
+#: ``--epochs``); the others come with the recipe (or a run's recorded one).
+TUNABLE = ("epochs", "batch_size", "lr")
+
+
+def _named(field: str, value=None) -> str:
+    """A field in a message: the parameter that sets it, else the recipe's field."""
+    if field in TUNABLE:
+        return param(field) if value is None else param(field, value)
+    return f"the recipe's {field}" + ("" if value is None else f" {value!r}")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training recipe. The defaults are the seed's (SEED_SPEC.md, "Training recipe").
+    """A training recipe. The defaults are the seed post's (README.md, "The seed recipe").
 
     lr_milestones: epochs (0-indexed) at which the learning rate is multiplied by ``lr_decay``;
     None puts the drops at 1/3 and 2/3 of ``epochs`` (rounded up), so 300 epochs give 100, 200.
@@ -37,7 +52,7 @@ class Recipe:
     momentum_form: str = "keras"
     # Keras 2's categorical cross-entropy on softmax outputs clips probabilities to
     # [eps, 1 - eps] before the log; 0 gives the unclipped cross-entropy of the logits.
-    loss_clip_eps: float = 1e-7
+    loss_clip_eps: float = KERAS_EPSILON
     label_smoothing: float = 0.0
     augment: bool = True
     max_shift: float = 4.0  # pixels (Keras' shift range 0.125 x 32), U(-max_shift, max_shift)
@@ -52,29 +67,33 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("step", "warmup_linear"):
             raise SettingError(
-                f"{param('lr_schedule')} must be 'step' or 'warmup_linear', "
+                f"{_named('lr_schedule')} must be 'step' or 'warmup_linear', "
                 f"not {self.lr_schedule!r}"
             )
         if self.momentum_form not in ("keras", "torch"):
             raise SettingError(
-                f"{param('momentum_form')} must be 'keras' or 'torch', not {self.momentum_form!r}"
+                f"{_named('momentum_form')} must be 'keras' or 'torch', "
+                f"not {self.momentum_form!r}"
             )
         for name in ("ema_decay", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
-                raise SettingError(f"{param(name)} must lie in [0, 1), not {getattr(self, name)}")
+                value = getattr(self, name)
+                raise SettingError(f"{_named(name)} must lie in [0, 1), not {value}")
         if self.label_smoothing > 0 and self.loss_clip_eps > 0:
             raise SettingError(
-                f"{param('label_smoothing')} uses the unclipped cross-entropy: set "
-                f"{param('loss_clip_eps', 0)}"
+                f"{_named('label_smoothing')} uses the unclipped cross-entropy: set "
+                f"{_named('loss_clip_eps')} to 0"
             )
         if self.epochs < 1:
-            raise SettingError(f"{param('epochs')} must be at least 1, not {self.epochs}")
+            raise SettingError(f"{_named('epochs')} must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
-            raise SettingError(f"{param('batch_size')} must be at least 1, not {self.batch_size}")
+            raise SettingError(
+                f"{_named('batch_size')} must be at least 1, not {self.batch_size}"
+            )
         if not self.lr > 0:
-            raise SettingError(f"{param('lr')} must be positive, not {self.lr}")
+            raise SettingError(f"{_named('lr')} must be positive, not {self.lr}")
         if not 0 <= self.momentum < 1:
-            raise SettingError(f"{param('momentum')} must lie in [0, 1), not {self.momentum}")
+            raise SettingError(f"{_named('momentum')} must lie in [0, 1), not {self.momentum}")
         if self.lr_milestones is not None:
             object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
 

@@ -33,6 +33,7 @@ from .models import (
     Conv2dSame,
     Dense,
     config_of,
+    fp32_mb,
     get_config,
     meta_model,
 )
@@ -293,7 +294,7 @@ class LayerTable:
     @property
     def size_mb(self) -> float:
         """float32 weights in MB (10^6 bytes)."""
-        return self.params * 4 / 1e6
+        return fp32_mb(self.params)
 
 
 def layer_table(name_or_config: str | AlexNetConfig, num_classes: int = 10) -> LayerTable:

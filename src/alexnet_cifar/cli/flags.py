@@ -14,16 +14,18 @@ from pathlib import Path
 
 from .._version import __version__
 from ..distributed import is_device_name
+from ..engine.evaluate import EVAL_BATCH
 from ..engine.options import EngineOptions, engine_flag_specs
 from ..errors import AlexnetCifarError, SettingError
 from ..models import AlexNetConfig
-from ..recipe import RECIPES, Recipe, get_recipe
-from ..training.resume import KEPT_SETTINGS, kept_settings, settings_on_resume
-from ..training.trainer import TrainOptions
+from ..recipe import RECIPES, TUNABLE, Recipe, get_recipe
+from ..training.resume import KEPT, kept_settings, settings_on_resume
+from ..training.run import CHECKPOINT_EVERY, TrainOptions
 from ..variants import resolve_variant, variant_list
 
 __all__ = [
     "add_device",
+    "eval_batches",
     "add_engine_flags",
     "add_run_path",
     "add_train_flags",
@@ -263,6 +265,11 @@ def seed_recipe_text() -> str:
     )
 
 
+def eval_batches() -> str:
+    """The default evaluation batches in words: ``500 on CPU, 2000 on CUDA``."""
+    return ", ".join(f"{n} on {kind.upper()}" for kind, n in EVAL_BATCH.items())
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """The training flags shared by ``train`` and ``study`` (all but MODEL, --out, --resume,
     --force and --json)."""
@@ -320,7 +327,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-batch-size",
         type=int_at_least(1, "--eval-batch-size"),
-        help="batch size for evaluation (default 500 on CPU, 2000 on CUDA)",
+        help=f"batch size for evaluation (default {eval_batches()})",
     )
     p.add_argument(
         "--no-verify",
@@ -334,8 +341,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=non_negative_float("--checkpoint-every"),
         metavar="SECONDS",
-        help="write the checkpoint at most this often (default 60; 0: every epoch); always at "
-        "the end and on Ctrl-C or SIGTERM, so a hard kill loses at most that much training",
+        help=f"write the checkpoint at most this often (default {CHECKPOINT_EVERY:g}; 0: every "
+        "epoch); always at the end and on Ctrl-C or SIGTERM, so a hard kill loses at most that "
+        "much training; a resume keeps the run's",
     )
     p.add_argument(
         "--stop-after",
@@ -357,13 +365,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 def _recipe(args, prev_recipe: dict) -> Recipe:
     """The recipe a train-like command asks for: a resumed run's own, else the named one,
     with the flags given on top."""
+    tuned = {name: getattr(args, name) for name in TUNABLE}  # --epochs, --batch-size, --lr
     try:
         if prev_recipe and args.recipe in (None, prev_recipe.get("name", "seed")):
             # a resumed run keeps its whole recipe, drops included (kept across --force)
-            base = Recipe.from_dict(prev_recipe)
-            return base.with_(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-        name = args.recipe or prev_recipe.get("name", "seed")
-        return get_recipe(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+            return Recipe.from_dict(prev_recipe).with_(**tuned)
+        return get_recipe(args.recipe or prev_recipe.get("name", "seed"), **tuned)
     except AlexnetCifarError:
         raise
     except (TypeError, ValueError) as e:
@@ -375,33 +382,29 @@ def train_options(
 ) -> TrainOptions:
     """TrainOptions from the shared training flags; a flag left out takes its value from
     ``prev`` (the settings of an earlier run or study ``where``: recipe, seed, limits, engine,
-    device, data folder, md5 check, evaluation batch), else the default. A device, md5 check
-    or evaluation batch given that differs from ``prev``'s is refused."""
+    and the kept settings of ``resume.KEPT``), else the default. A kept setting given that
+    differs from ``prev``'s is refused where it would change what is computed."""
 
     def given_or_prev(name: str, default=None):
         value = getattr(args, name)
         return value if value is not None else prev.get(name, default)
 
-    given = {name: getattr(args, name) for name in KEPT_SETTINGS}
+    given = {k.name: getattr(args, k.name) for k in KEPT}
     kept = settings_on_resume(kept_settings(prev), given, where or out) if prev else given
     return TrainOptions(
         model=model,
         out=out,
         recipe=_recipe(args, prev.get("recipe") or {}),
         seed=given_or_prev("seed", 0),
-        device=kept["device"] or "auto",
-        data_dir=kept["data_dir"],
-        verify=kept["verify"] is not False,
         limit_train=given_or_prev("limit_train"),
         limit_test=given_or_prev("limit_test"),
         val_split=given_or_prev("val_split"),
-        eval_batch_size=kept["eval_batch_size"],
         engine=engine_options(args, prev.get("engine_requested")),
         resume=resume,
         force=getattr(args, "force", False),
         quiet=args.quiet or getattr(args, "json", False),
         progress=False if args.no_progress else None,
         tensorboard=not args.no_tensorboard,
-        checkpoint_every=60.0 if args.checkpoint_every is None else args.checkpoint_every,
         stop_after=args.stop_after,
+        **{name: value for name, value in kept.items() if value is not None},  # else the default
     )

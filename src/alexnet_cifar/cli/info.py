@@ -41,9 +41,10 @@ def cmd_models(args) -> int:
     if args.config is not None:
         print(shape_json(args.config), end="")
         return 0
-    rows = []
+    rows, sizes = [], []
     for name, cfg in PRESETS.items():
         t = layer_table(name)
+        sizes.append(t.size_mb)  # rounded once, as printed (summary prints the same)
         rows.append(
             {
                 "name": name,
@@ -62,12 +63,9 @@ def cmd_models(args) -> int:
         print_json(rows)
         return 0
     print(f"{'model':<22}{'params':>13}{'MACs/image':>13}{'fp32 MB':>10}  init, L2")
-    for r in rows:
+    for r, mb in zip(rows, sizes):
         extra = r["conv_init"] + (f", L2 {r['l2']:g}" if r["l2"] else "")
-        print(
-            f"{r['name']:<22}{r['params']:>13,}{r['macs'] / 1e9:>12.3f}G{r['size_mb']:>10.1f}  "
-            f"{extra}"
-        )
+        print(f"{r['name']:<22}{r['params']:>13,}{r['macs'] / 1e9:>12.3f}G{mb:>10.1f}  {extra}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..augment import SEED_MEAN, SEED_STD
 from ..distributed import resolve_device
 from ..errors import SettingError
 from ..interchange.export import (
@@ -48,10 +49,9 @@ def add_parsers(sub) -> None:
         "export",
         help="write a trained model as ONNX or TorchScript",
         description="Write a trained model for another runtime. Input 'input': float32 "
-        "(N, 3, 32, 32), RGB on 0..255 normalised per channel with mean (125.307, 122.95, "
-        "113.865) and std (62.9932, 62.0887, 66.7048); output 'probabilities': float32 "
-        "(N, classes), softmax. The batch size N is free. ONNX needs "
-        f"{INSTALL_HINT}.",
+        f"(N, 3, 32, 32), RGB on 0..255 normalised per channel with mean {SEED_MEAN} and std "
+        f"{SEED_STD}; output 'probabilities': float32 (N, classes), softmax. The batch size N "
+        f"is free. ONNX needs {INSTALL_HINT}.",
     )
     add_run_path(e)
     e.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="file format")

@@ -10,7 +10,7 @@ from ..errors import SettingError, param
 from ..models import PRESETS
 from ..report import POST_BEST, PUBLISHED_ACCURACY, build_report
 from ..study import executors
-from ..study.executors import EXECUTORS, RayExecutor
+from ..study.executors import EXECUTORS, RAY_PORT, RayExecutor
 from ..study.pool import LocalPool
 from ..study.runner import (
     check_kept_runs,
@@ -88,8 +88,8 @@ def add_parsers(sub) -> None:
     )
     r_.add_argument(
         "--address",
-        help="the Ray cluster (HOST:6379 of 'ray start --head', or auto); default: RAY_ADDRESS, "
-        "else a cluster started here, else a new Ray on this machine",
+        help=f"the Ray cluster (HOST:{RAY_PORT} of 'ray start --head', or auto); default: "
+        "RAY_ADDRESS, else a cluster started here, else a new Ray on this machine",
     )
     r_.add_argument(
         "--gpus-per-run",

@@ -12,11 +12,13 @@ import torch
 from ..data import load_cifar10
 from ..distributed import resolve_device
 from ..engine.bench import BenchSettings, describe_device, format_row, run_bench
-from ..engine.evaluate import evaluate_model, evaluate_with_tta
+from ..engine.evaluate import eval_batch_size, evaluate_model, evaluate_with_tta
+from ..engine.options import PRECISIONS
 from ..errors import SettingError, param
 from ..training.checkpoint import load_model_and_progress, trained_engine
 from ..training.records import best_words
 from ..training.resume import run_settings
+from ..training.run import CHECKPOINT_EVERY
 from ..training.runlog import progress_bar
 from ..training.trainer import train
 from ..variants import is_variant_file, resolve_variant
@@ -26,6 +28,7 @@ from .flags import (
     add_run_path,
     add_train_flags,
     engine_options,
+    eval_batches,
     folder,
     int_at_least,
     invocation,
@@ -43,8 +46,9 @@ def add_parsers(sub) -> None:
         "train",
         help="train one variant (the seed recipe unless --recipe says otherwise)",
         description=f"Train one variant with the recipe --recipe names: {seed_recipe_text()}. "
-        "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (every "
-        "epoch) and model.pt (the final weights).",
+        "The run folder gets config.json, metrics.csv, TensorBoard events, checkpoint.pt (after "
+        f"an epoch when {CHECKPOINT_EVERY:g} s have passed since the last one, see "
+        "--checkpoint-every; always at the end and on Ctrl-C) and model.pt (the final weights).",
     )
     t.add_argument(
         "model",
@@ -123,8 +127,7 @@ def _add_evaluate_parser(sub) -> None:
     e.add_argument(
         "--batch-size",
         type=int_at_least(1, "--batch-size"),
-        default=500,
-        help="images per forward pass (500)",
+        help=f"images per forward pass (default {eval_batches()})",
     )
     e.add_argument(
         "--limit-test",
@@ -144,7 +147,7 @@ def _add_evaluate_parser(sub) -> None:
     )
     e.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=["auto", *PRECISIONS],
         default="auto",
         help="auto (default): the precision the run trained in (its config.json), so the "
         "figures match the run's own; fp32 for a model file with no run folder",
@@ -212,7 +215,7 @@ def cmd_evaluate(args) -> int:
     with progress_bar(n, "evaluate", enabled=None, unit="img") as bar:
         settings = dict(
             classes=data.classes,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or eval_batch_size(dev),
             channels_last=bool(trained.get("channels_last", dev.type == "cuda")),
             precision=precision,
             on_batch=bar.update,

@@ -10,6 +10,7 @@ is the median over rounds of the mean step time of a round. The ratio a/b is the
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..augment import normalize
+from ..data import IMAGE_SHAPE, TRAIN_IMAGES
 from ..models import AlexNet, AlexNetConfig, config_of
 from ..optim import plain_step
 from ..provenance import versions
@@ -29,7 +31,7 @@ from .options import cpu_has_native_bf16, set_process_flags
 
 __all__ = ["BenchSettings", "run_bench", "matmul_peak_tflops", "describe_device", "format_row"]
 
-CIFAR_TRAIN_BYTES = 50_000 * 32 * 32 * 3  # the training set on the device as uint8
+CIFAR_TRAIN_BYTES = TRAIN_IMAGES * math.prod(IMAGE_SHAPE)  # the training set on the device, uint8
 
 
 @dataclass
@@ -105,7 +107,7 @@ def bench_model(variant: str | AlexNetConfig, s: BenchSettings) -> dict:
     n = bs * total
     g = torch.Generator().manual_seed(s.seed)
     # Random images, never zeros: the arithmetic must be the real one.
-    x_u8 = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8).to(dev)
+    x_u8 = torch.randint(0, 256, (n, *IMAGE_SHAPE), generator=g, dtype=torch.uint8).to(dev)
     y = torch.randint(0, 10, (n,), generator=g).to(dev)
     flops = 6 * layer_table(config).macs * bs
 

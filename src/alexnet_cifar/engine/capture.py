@@ -36,7 +36,9 @@ __all__ = [
     "EngineFallbackError",
     "SelfCheckError",
     "StepLadder",
+    "restore",
     "root_cause",
+    "snapshot",
 ]
 
 #: Relative tolerance of the self-check on the parameters after one step, by precision.
@@ -215,7 +217,7 @@ class StepLadder:
     def _attempt(self, b: int, compiled: bool, graphed: bool):
         """Prepare one rung on a snapshot, restored whatever happens."""
         step = self.step
-        snap = step.snapshot()
+        snap = snapshot(step)
         try:
             if graphed:
                 replay = self.graphs.capture(lambda: step.run(b), self._before)
@@ -230,7 +232,7 @@ class StepLadder:
                 self.graphs.recover()
             raise
         finally:
-            step.restore(snap)
+            restore(step, snap)
             step.optimizer.zero_grad(set_to_none=True)
             if self.graphs is not None:
                 self.graphs.sync()
@@ -244,7 +246,7 @@ class StepLadder:
         """One replay and one plain call of the same step, from the same snapshot, must agree
         and must each advance the step counter by one."""
         step = self.step
-        snap = step.snapshot()
+        snap = snapshot(step)
         try:
             step.step_t.zero_()  # the epoch's first batch: in range for every batch size
             start = 0
@@ -252,14 +254,14 @@ class StepLadder:
             self.graphs.sync()
             moved = int(step.step_t) - start
             replayed = [t.float().clone() for t in _trained_tensors(step.model)]
-            step.restore(snap)
+            restore(step, snap)
             step.eager(b)
             self.graphs.sync()
             plain = [t.float() for t in _trained_tensors(step.model)]
             num = sum(float((a - c).pow(2).sum()) for a, c in zip(replayed, plain))
             den = sum(float(c.pow(2).sum()) for c in plain)
         finally:
-            step.restore(snap)
+            restore(step, snap)
         if moved != 1:
             raise SelfCheckError(
                 f"a replay moved the step counter by {moved}, not 1: the graph is empty or stale"
@@ -288,3 +290,40 @@ class StepLadder:
         self.warn(f"warning: {here} failed ({cause}); falling back to {there}")
         self.rung += 1
         self.prepared.clear()  # every batch size moves down together
+
+
+# ---------------------------------------------------------------------- snapshots
+
+
+def snapshot(step: TrainStep) -> dict:
+    """Everything a step changes (weights, a batch normalisation's running statistics,
+    momentum, average, counters, random states): what the ladder restores after each
+    preparation, so a run computes as if none had run."""
+    params = list(step.model.parameters())
+    cuda = step.device.type == "cuda"
+    return {
+        "params": [p.detach().clone() for p in params],
+        "buffers": [b.clone() for b in step.model.buffers()],
+        "bufs": [step.optimizer.state[p]["momentum_buffer"].clone() for p in params],
+        "ema": step.ema.snapshot(),
+        "acc": [t.clone() for t in step.accumulators()],
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(step.device) if cuda else None,
+    }
+
+
+@torch.no_grad()
+def restore(step: TrainStep, snap: dict) -> None:
+    """Put back what :func:`snapshot` took, into the step's own tensors."""
+    for p, v in zip(step.model.parameters(), snap["params"]):
+        p.copy_(v)
+    for b, v in zip(step.model.buffers(), snap["buffers"]):
+        b.copy_(v)
+    for p, v in zip(step.model.parameters(), snap["bufs"]):
+        step.optimizer.state[p]["momentum_buffer"].copy_(v)
+    step.ema.restore(snap["ema"])
+    for t, v in zip(step.accumulators(), snap["acc"]):
+        t.copy_(v)
+    torch.set_rng_state(snap["rng_cpu"])
+    if snap["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(snap["rng_cuda"], step.device)

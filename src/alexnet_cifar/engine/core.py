@@ -1,12 +1,12 @@
 """The training engine: the seed recipe's step, made fast without changing what it computes.
 
-One step (``step``) gathers the batch from the uint8 data set on the device, normalises,
-shifts and flips it, runs forward, the Keras loss, backward, Keras-form SGD and the weight
-average (``ema``), and adds the loss and hits to accumulators on the device. It takes no
-argument from the host and reads nothing back, so on CUDA it is captured as one graph per batch
-size, with the model compiled inside and autocast to bf16; a ladder falls back a rung at a time
-when that fails where it runs, and records why (``capture``). The epoch's totals, clock
-and metrics are read on the host side (``epoch``).
+One step (``step.TrainStep.run``, which reads as the step's walk-through) gathers the batch
+from the uint8 data set on the device, normalises, shifts and flips it, runs forward, the Keras
+loss, backward, Keras-form SGD and the weight average (``ema``), and adds the loss and hits to
+accumulators on the device. It takes no argument from the host and reads nothing back, so on
+CUDA it is captured as one graph per batch size, with the model compiled inside and autocast to
+bf16; a ladder falls back a rung at a time when that fails where it runs, and records why
+(``capture``). The epoch's totals, clock and metrics are read on the host side (``epoch``).
 
 Each speed-up is an option (``EngineOptions``); ``auto`` picks the fast configuration for the
 device. ``precision="fp32"`` with no compile and no graphs is the plain computation.
@@ -27,8 +27,9 @@ from ..errors import SettingError
 from ..models import AlexNet
 from ..recipe import Recipe
 from .capture import CudaGraphs, EmulatedGraphs, StepLadder
+from .ema import like
 from .epoch import EpochMeter, EpochSums
-from .evaluate import EvalResult, evaluate_model
+from .evaluate import EVAL_BATCH, EvalResult, evaluate_model
 from .options import EngineOptions
 from .step import TrainStep
 
@@ -125,42 +126,54 @@ class Engine:
             if b not in self.ladder.prepared:
                 self.ladder.prepare(b)
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
         """What a checkpoint needs of the training state: weights, optimiser (with its
-        momentum) and the weight average."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.core.optimizer_state(),
-            "engine": self.core.ema.state(),
-        }
+        momentum; plain-float learning rates, device independent) and the weight average."""
+        sd = self.optimizer.state_dict()
+        for g in sd["param_groups"]:
+            g["lr"] = float(g["lr"])
+        return {"model": self.model.state_dict(), "optimizer": sd, "engine": self.core.ema.state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Load a checkpoint's training state into this engine's own tensors, each laid out
         like its parameter whatever layout the checkpoint was saved in."""
         self.model.load_state_dict(state["model"])
-        self.core.load_optimizer_state(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         self.core.ema.load(state.get("engine"))
 
-    def optimizer_state(self) -> dict:
-        return self.core.optimizer_state()
-
-    def load_optimizer_state(self, sd: dict) -> None:
-        self.core.load_optimizer_state(sd)
-
-    def ema_state(self) -> dict:
-        return self.core.ema.state()
-
-    def load_ema_state(self, state: dict | None) -> None:
-        self.core.ema.load(state)
+    def _load_optimizer_state(self, sd: dict) -> None:
+        """Load ``sd`` into the optimiser's own tensors: the learning-rate tensors and the
+        momentum buffers stay the same objects (a captured step reads them) and keep their
+        parameters' layout, whichever layout the checkpoint was saved in."""
+        opt = self.optimizer
+        lrs = [g["lr"] for g in opt.param_groups]
+        own = {p: opt.state[p].get("momentum_buffer") for p in self.model.parameters()}
+        opt.load_state_dict(sd)
+        for g, old in zip(opt.param_groups, lrs):
+            value = float(g["lr"])
+            if isinstance(old, torch.Tensor):
+                old.fill_(value)
+                g["lr"] = old
+            else:
+                g["lr"] = value
+        for p, mine in own.items():
+            st = opt.state[p]
+            loaded = st.get("momentum_buffer")
+            if loaded is None:
+                continue
+            if mine is not None and mine.shape == loaded.shape:
+                with torch.no_grad():
+                    mine.copy_(loaded)  # copy_ keeps the destination's strides
+                st["momentum_buffer"] = mine
+            else:
+                st["momentum_buffer"] = like(loaded, p)
+        self.core.init_momentum()
 
     def set_lr(self, lr: float) -> None:
         self.core.set_lr(lr)
 
     # ------------------------------------------------------------------ the step
-    def _inputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.core.inputs(b)
-
     def batch_rows(self, step: int) -> int:
         """Rows of the global batch of step ``step`` (the last one of an epoch may be short)."""
         return min(self.batch_size, self.n - step * self.batch_size)
@@ -199,19 +212,8 @@ class Engine:
             buffer.copy_(values.to(self.device), non_blocking=True)
         self.meter.begin(start_step, resumed or EpochSums())
 
-    @property
-    def seen(self) -> int:
-        return self.meter.seen
-
-    @property
-    def local_seen(self) -> int:
-        return self.meter.local_seen
-
     def epoch_seconds(self) -> float:
         return self.meter.epoch_seconds()
-
-    def images_per_second(self) -> float:
-        return self.meter.images_per_second()
 
     def read_metrics(self) -> tuple[EpochSums, int]:
         return self.meter.read_metrics()
@@ -231,7 +233,7 @@ class Engine:
         images: torch.Tensor,
         labels: torch.Tensor,
         classes: list[str] | None = None,
-        batch_size: int = 500,
+        batch_size: int = EVAL_BATCH["cpu"],
         on_batch=None,
         averaged: bool = True,
     ) -> EvalResult:

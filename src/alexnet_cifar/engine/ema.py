@@ -7,7 +7,17 @@ import contextlib
 
 import torch
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "like"]
+
+
+@torch.no_grad()
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``value`` copied into a new tensor on ``param``'s device, in its dtype and memory layout
+    (strides): what CUDA's fused SGD requires of a momentum buffer, and what keeps an average
+    laid out like its parameter, whatever layout a checkpoint was saved in."""
+    out = torch.empty_like(param, memory_format=torch.preserve_format)
+    out.copy_(value)
+    return out
 
 
 class WeightAverage:
@@ -27,15 +37,8 @@ class WeightAverage:
         buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.params = [*model.parameters(), *buffers]
         self.decay = decay
-        self.avg = [self._like(p, p) for p in self.params] if decay > 0 else None
+        self.avg = [like(p, p) for p in self.params] if decay > 0 else None
         self.t = torch.zeros((), dtype=torch.float32, device=device)  # averaging steps
-
-    @staticmethod
-    @torch.no_grad()
-    def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(param, memory_format=torch.preserve_format)
-        out.copy_(value)
-        return out
 
     @torch.no_grad()
     def update(self) -> None:
@@ -44,9 +47,11 @@ class WeightAverage:
             return
         self.t.add_(1)
         d = torch.clamp((1 + self.t) / (10 + self.t), max=self.decay)
-        params = [p.detach() for p in self.params]
-        torch._foreach_mul_(self.avg, d)
-        torch._foreach_add_(self.avg, torch._foreach_mul(params, 1 - d))
+        # avg = d * avg + (1 - d) * p, computed in place as avg + (1 - d) * (p - avg). The
+        # weight stays a tensor on the device (one per average: the only overload that takes
+        # tensors), so a captured step replays the ramp; a Python number would be read back.
+        w = 1 - d
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], [w] * len(self.avg))
 
     def state(self) -> dict:
         """The average and its step count, for a checkpoint."""

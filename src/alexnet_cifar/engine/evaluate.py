@@ -17,14 +17,26 @@ from ..distributed import DistContext, shard
 from ..errors import SettingError
 from ..models import AlexNet, probabilities
 from ..optim import keras_crossentropy
+from ..recipe import KERAS_EPSILON
 
 __all__ = [
+    "EVAL_BATCH",
     "EvalResult",
+    "eval_batch_size",
     "evaluate_model",
     "evaluate_with_tta",
     "flip_averaged",
     "logits_in_batches",
 ]
+
+
+#: Images per forward pass of an evaluation by default, by device type.
+EVAL_BATCH = {"cpu": 500, "cuda": 2000}
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """The default evaluation batch on ``device`` (:data:`EVAL_BATCH`)."""
+    return EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
 
 
 @dataclass
@@ -61,7 +73,7 @@ class EvalResult:
 def logits_in_batches(
     model: torch.nn.Module,
     images: torch.Tensor,
-    batch_size: int = 500,
+    batch_size: int = EVAL_BATCH["cpu"],
     channels_last: bool = False,
     flip: bool = False,
     precision: str = "fp32",
@@ -126,8 +138,8 @@ def evaluate_with_tta(
     labels: torch.Tensor | np.ndarray,
     *,
     classes: list[str] | None = None,
-    batch_size: int = 500,
-    loss_clip_eps: float = 1e-7,
+    batch_size: int = EVAL_BATCH["cpu"],
+    loss_clip_eps: float = KERAS_EPSILON,
     channels_last: bool = False,
     precision: str = "fp32",
     dist: DistContext | None = None,
@@ -160,8 +172,8 @@ def evaluate_model(
     labels: torch.Tensor | np.ndarray,
     *,
     classes: list[str] | None = None,
-    batch_size: int = 500,
-    loss_clip_eps: float = 1e-7,
+    batch_size: int = EVAL_BATCH["cpu"],
+    loss_clip_eps: float = KERAS_EPSILON,
     channels_last: bool = False,
     precision: str = "fp32",
     tta_flip: bool = False,
@@ -185,7 +197,7 @@ def result_from_logits(
     logits: torch.Tensor,
     labels: torch.Tensor,
     classes: list[str] | None,
-    loss_clip_eps: float = 1e-7,
+    loss_clip_eps: float = KERAS_EPSILON,
     dist: DistContext | None = None,
 ) -> EvalResult:
     """Loss (with the model's L2 term), accuracy and confusion matrix of given predictions,

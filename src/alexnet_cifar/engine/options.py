@@ -5,8 +5,8 @@ are the fast configuration for the device:
 
 - CUDA: bf16 autocast, channels_last, ``torch.compile`` and CUDA graphs;
 - a CPU with native bf16 arithmetic (AVX512-BF16 or AMX, detected): bf16 autocast and
-  channels_last, which measured 2.2-2.9x the fp32 step on the thin variants
-  (docs/performance.md);
+  channels_last, several times faster than the fp32 step on the thin variants (measured in
+  docs/performance.md);
 - any other CPU: fp32, where bf16 would be emulated and slower.
 
 Fused SGD is on everywhere, and CUDA graphs need it: PyTorch's other SGD reads a tensor learning
@@ -27,12 +27,16 @@ from ..errors import SettingError, param
 
 __all__ = [
     "COMPILE_MODES",
+    "PRECISIONS",
     "EngineOptions",
     "cpu_has_native_bf16",
     "engine_flag_specs",
     "engine_setting_kinds",
     "set_process_flags",
 ]
+
+#: The precisions a step runs in: fp32, the exact computation, and bf16 autocast.
+PRECISIONS = ("fp32", "bf16")
 
 #: torch.compile modes, and what each becomes inside our own CUDA graph: a mode that captures
 #: graphs itself would nest a second capture inside ours.
@@ -74,9 +78,10 @@ class EngineOptions:
         "str",
         "precision",
         "bf16 autocast, or fp32: the exact, Keras-faithful computation; auto (default): bf16 "
-        "on CUDA and on a CPU with native bf16 (AVX512-BF16 or AMX, where it trains 2-5x "
-        "faster), else fp32 (where bf16 would be emulated and slower)",
-        ["auto", "fp32", "bf16"],
+        "on CUDA and on a CPU with native bf16 (AVX512-BF16 or AMX, where it trains several "
+        "times faster: docs/performance.md), else fp32 (where bf16 would be emulated and "
+        "slower)",
+        ["auto", *PRECISIONS],
     )
     channels_last: bool | None = _opt(
         None,
@@ -118,13 +123,7 @@ class EngineOptions:
         ``graphs_available``: whether step graphs can be captured (default: on CUDA)."""
         cuda = device.type == "cuda"
         graphs_ok = cuda if graphs_available is None else graphs_available
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if cuda or cpu_has_native_bf16() else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise SettingError(
-                f"{param('precision')} must be auto, fp32 or bf16, not {precision!r}"
-            )
+        numerics = self.numerics(device)
         graphs = self.cuda_graphs
         if graphs is None:  # auto: where they can run, and not against an explicit non-fused SGD
             graphs = graphs_ok and world_size == 1 and self.fused_optimizer is not False
@@ -147,20 +146,33 @@ class EngineOptions:
                 f"{param('compile_mode')} must be one of {modes}, not {self.compile_mode!r}"
             )
         mode = COMPILE_MODES[self.compile_mode] if graphs else self.compile_mode
-        channels_last = self.channels_last
-        if channels_last is None:
-            # On the CPU channels_last pays with bf16 (oneDNN's bf16 kernels are NHWC), not
-            # reliably in fp32 (docs/performance.md).
-            channels_last = cuda or precision == "bf16"
         return replace(
             self,
-            precision=precision,
-            channels_last=channels_last,
+            **numerics,
             compile=self.compile if self.compile is not None else cuda,
             compile_mode=mode,
             cuda_graphs=graphs,
             fused_optimizer=True if graphs else (self.fused_optimizer is not False),
         )
+
+    def numerics(self, device: torch.device) -> dict:
+        """``{"precision", "channels_last"}`` on ``device``, each auto made concrete: the two
+        settings that change the numbers a step computes (the others change only how fast),
+        so they are part of a run's identity."""
+        cuda = device.type == "cuda"
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if cuda or cpu_has_native_bf16() else "fp32"
+        if precision not in PRECISIONS:
+            raise SettingError(
+                f"{param('precision')} must be auto, {' or '.join(PRECISIONS)}, not {precision!r}"
+            )
+        channels_last = self.channels_last
+        if channels_last is None:
+            # On the CPU channels_last pays with bf16 (oneDNN's bf16 kernels are NHWC), not
+            # reliably in fp32 (docs/performance.md).
+            channels_last = cuda or precision == "bf16"
+        return {"precision": precision, "channels_last": bool(channels_last)}
 
     def compile_kwargs(self) -> dict:
         """torch.compile's arguments. Under our CUDA graphs, inductor is told not to capture

@@ -1,10 +1,10 @@
 """The engine's step and the buffers it reads and writes, all allocated once on the device.
 
-One step is: gather the batch from the uint8 data set on the device, normalise, shift and flip
-it, forward, the Keras loss, backward, Keras-form SGD, the weight average, and add the loss and
-the hits to accumulators that stay on the device. The step finds its batch through a step
-counter that also lives on the device, so it takes no argument from the host and reads nothing
-back: what a CUDA graph capture needs (``capture``).
+:meth:`TrainStep.run` is one training step, read top to bottom: gather the batch from the uint8
+data set on the device, normalise, augment, forward, the Keras loss, backward, Keras-form SGD
+and the weight average, then add the loss and the hits to accumulators that stay on the device.
+The step finds its batch through a step counter that also lives on the device, so it takes no
+argument from the host and reads nothing back: what a CUDA graph capture needs (``capture``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,7 @@ from ..recipe import Recipe
 from .ema import WeightAverage
 from .options import EngineOptions
 
-__all__ = ["TrainStep", "like_param"]
-
-
-def like_param(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """``value`` on ``param``'s device, in its dtype and memory layout (strides): what CUDA's
-    fused SGD requires of a momentum buffer, whatever layout the checkpoint was saved in."""
-    out = torch.empty_like(param, memory_format=torch.preserve_format)
-    with torch.no_grad():
-        out.copy_(value)
-    return out
+__all__ = ["TrainStep"]
 
 
 class TrainStep:
@@ -87,63 +78,30 @@ class TrainStep:
                 if st.get("momentum_buffer") is None:
                     st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def optimizer_state(self) -> dict:
-        """The optimiser's state_dict with plain-float learning rates (device independent)."""
-        sd = self.optimizer.state_dict()
-        for g in sd["param_groups"]:
-            g["lr"] = float(g["lr"])
-        return sd
-
-    def load_optimizer_state(self, sd: dict) -> None:
-        """Load ``sd`` into the optimiser's own tensors: the learning-rate tensors and the
-        momentum buffers stay the same objects (a captured step reads them) and keep their
-        parameters' layout, whichever layout the checkpoint was saved in."""
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        own = {p: self.optimizer.state[p].get("momentum_buffer") for p in self.model.parameters()}
-        self.optimizer.load_state_dict(sd)
-        for g, old in zip(self.optimizer.param_groups, lrs):
-            value = float(g["lr"])
-            if isinstance(old, torch.Tensor):
-                old.fill_(value)
-                g["lr"] = old
-            else:
-                g["lr"] = value
-        for p, mine in own.items():
-            st = self.optimizer.state[p]
-            loaded = st.get("momentum_buffer")
-            if loaded is None:
-                continue
-            if mine is not None and mine.shape == loaded.shape:
-                with torch.no_grad():
-                    mine.copy_(loaded)  # copy_ keeps the destination's strides
-                st["momentum_buffer"] = mine
-            else:
-                st["momentum_buffer"] = like_param(loaded, p)
-        self.init_momentum()
-
     def set_lr(self, lr: float) -> None:
         set_learning_rate(self.optimizer, lr, self.recipe.momentum_form == "keras")
 
     # ------------------------------------------------------------------ the step
-    def inputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the global batch (of ``b`` rows) at ``step_t``: gathered,
-        normalised, shifted and flipped on the device."""
-        offset, size = shard(b, self.dist.world_size, self.dist.rank)
-        pos = self.step_t * self.batch_size + offset + self._arange[:size]
-        idx = self.perm[pos]
-        x = normalize(self.x_train[idx])
-        if self.recipe.augment:
-            x = translate_flip(x, self.dy[pos], self.dx[pos], self.flip[pos])
-        return x.contiguous(memory_format=self.memory_format), self.y_train[idx]
-
     def run(self, b: int) -> None:
-        """One step on the global batch at ``step_t`` of ``b`` rows; device state only."""
+        """One training step on the global batch at ``step_t`` (``b`` rows, this rank's share
+        of them under data parallelism); it changes device state only and reads nothing back.
+        The gradients must be fresh (:meth:`eager`, or a captured graph's own zeroing)."""
         recipe, world = self.recipe, self.dist.world_size
         offset, size = shard(b, world, self.dist.rank)
         if self.dist.enabled:
-            self.model.set_batch_shard(b, offset)
-        x, y = self.inputs(b)
-        # No autocast weight cache: it would hold tensors across a graph capture.
+            self.model.set_batch_shard(b, offset)  # dropout masks drawn for the global batch
+        # 1. gather: this rank's rows of the batch, through the epoch's shuffled order
+        pos = self.step_t * self.batch_size + offset + self._arange[:size]
+        idx = self.perm[pos]
+        y = self.y_train[idx]
+        # 2. normalise: uint8 0..255 to (x - mean) / std per channel, as float NCHW
+        x = normalize(self.x_train[idx])
+        # 3. augment: the epoch's drawn shift (bilinear, 0 outside: the mean colour), then flip
+        if recipe.augment:
+            x = translate_flip(x, self.dy[pos], self.dx[pos], self.flip[pos])
+        x = x.contiguous(memory_format=self.memory_format)
+        # 4. forward, under bf16 autocast where asked (no weight cache: it would hold tensors
+        #    across a graph capture)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
             if self.bf16
@@ -151,17 +109,21 @@ class TrainStep:
         )
         with autocast:
             logits = self.forward(x)
+        # 5. loss: the recipe's cross-entropy (Keras' clipped one for the seed), summed
         ce_sum = recipe_loss(logits, y, recipe).sum()
-        # The mean over the global batch: DDP averages the ranks' gradients, hence x world.
+        # 6. backward of the mean over the global batch (DDP averages the ranks' gradients,
+        #    hence x world); the L2 term's gradient is the optimiser's weight decay
         (ce_sum * (world / b)).backward()
+        # 7. metrics, on the device: Keras' loss adds the L2 term at the weights the loss was
+        #    computed with; the first step with a non-finite loss is kept
         with torch.no_grad():
-            # Keras' loss adds the L2 term at the weights the loss was computed with.
             loss = ce_sum.detach() + self.model.l2_penalty() * size
             self.loss_sum.add_(loss.double())
             self.correct.add_((logits.argmax(1) == y).sum())
             first_bad = (~torch.isfinite(loss)) & (self.bad_step < 0)
             self.bad_step.copy_(torch.where(first_bad, self.step_t, self.bad_step))
             self.step_t.add_(1)
+        # 8. update: Keras-form SGD, then the weight average of the updated weights
         self.optimizer.step()
         self.ema.update()
 
@@ -172,35 +134,3 @@ class TrainStep:
 
     def accumulators(self) -> tuple[torch.Tensor, ...]:
         return (self.step_t, self.loss_sum, self.correct, self.bad_step)
-
-    # ------------------------------------------------------------------ snapshots
-    def snapshot(self) -> dict:
-        """Everything a step changes (weights, a batch normalisation's running statistics,
-        momentum, average, counters, random states)."""
-        params = list(self.model.parameters())
-        return {
-            "params": [p.detach().clone() for p in params],
-            "buffers": [b.clone() for b in self.model.buffers()],
-            "bufs": [self.optimizer.state[p]["momentum_buffer"].clone() for p in params],
-            "ema": self.ema.snapshot(),
-            "acc": [t.clone() for t in self.accumulators()],
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
-        }
-
-    @torch.no_grad()
-    def restore(self, snap: dict) -> None:
-        for p, v in zip(self.model.parameters(), snap["params"]):
-            p.copy_(v)
-        for b, v in zip(self.model.buffers(), snap["buffers"]):
-            b.copy_(v)
-        for p, v in zip(self.model.parameters(), snap["bufs"]):
-            self.optimizer.state[p]["momentum_buffer"].copy_(v)
-        self.ema.restore(snap["ema"])
-        for t, v in zip(self.accumulators(), snap["acc"]):
-            t.copy_(v)
-        torch.set_rng_state(snap["rng_cpu"])
-        if snap["rng_cuda"] is not None:
-            torch.cuda.set_rng_state(snap["rng_cuda"], self.device)

@@ -3,9 +3,9 @@
 Both files take one input and give one output:
 
 * input ``input``: float32, shape (N, 3, 32, 32), N free: RGB images scaled to 0..255 and then
-  normalised per channel with the seed's statistics, ``(x - mean) / std``, mean
-  (125.307, 122.95, 113.865), std (62.9932, 62.0887, 66.7048) (what
-  ``alexnet_cifar.augment.normalize`` does);
+  normalised per channel with the seed's statistics, ``(x - mean) / std`` with
+  ``augment.SEED_MEAN`` and ``augment.SEED_STD`` (what ``alexnet_cifar.augment.normalize``
+  does);
 * output ``probabilities``: float32, shape (N, num_classes), the softmax the Keras model ends in.
 
 ONNX files use opset 18 (the exporter's own; at least 17 as asked), carry the class names and

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ReportError
 from ..files import atomic_write_bytes, read_json_object
+from ..models import fp32_mb
 from ..recipe import Recipe
 from .numbers import held_out
 from .runs import RunData, label_slug
@@ -349,7 +350,7 @@ def _checkpoint_bars(ax, x, colors: list[str], summaries: list[dict]) -> list[fl
     """model.pt on disk beside params x 4 bytes, in MB; returns every bar's height."""
     w = _BAR_WIDTH
     disk = [s["checkpoint_mb"] or 0 for s in summaries]
-    fp32 = [s["params"] * 4 / 1e6 for s in summaries]
+    fp32 = [fp32_mb(s["params"]) for s in summaries]
     bars_disk = ax.bar(x - w / 2, disk, w, color=colors, label="model.pt on disk")
     bars_fp32 = ax.bar(
         x + w / 2,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from ..data import TEST_IMAGES, TRAIN_IMAGES
 from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
 from ..variants import layer_table
@@ -50,7 +51,7 @@ POST_OVERFITTING: dict[str, str] = {
 NOT_IN_POST = "not in the post"
 # The post's setting: its recipe's epochs and batch size, all train and test images.
 SEED_EPOCHS, SEED_BATCH = Recipe().epochs, Recipe().batch_size
-SEED_TRAIN, SEED_TEST = 50_000, 10_000
+SEED_TRAIN, SEED_TEST = TRAIN_IMAGES, TEST_IMAGES
 #: A run overfits when its final test loss exceeds its lowest test loss by more than this share.
 OVERFIT_RISE = 0.05
 

@@ -35,6 +35,7 @@ __all__ = [
     "EXECUTORS",
     "Job",
     "RESULT_KEYS",
+    "RAY_PORT",
     "RayExecutor",
     "Sequential",
     "StopOnTerm",
@@ -224,6 +225,10 @@ def gpu_share(value) -> float:
     return f
 
 
+#: The port of a Ray cluster's head unless 'ray start --head --port' says otherwise.
+RAY_PORT = 6379
+
+
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
     """A Ray address HOST:PORT (or ray://HOST:PORT) that nothing answers at fails here, in
     seconds, instead of Ray's own retries for a minute or more."""
@@ -239,7 +244,7 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         raise ExecutorError(
             f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): check "
             "that 'ray start --head' runs on that machine, that the port is the head's "
-            "(6379 by default) and that no firewall is in the way"
+            f"({RAY_PORT} by default) and that no firewall is in the way"
         ) from None
 
 
@@ -293,7 +298,7 @@ class RayExecutor:
             where = f" at {self.address}" if self.address else ""
             raise ExecutorError(
                 f"cannot start or reach Ray{where}: {str(e).splitlines()[0]}. On a cluster, "
-                f"give the head's address ({param('address')} HOST:6379) after 'ray start'."
+                f"give the head's address ({param('address')} HOST:{RAY_PORT}) after 'ray start'."
             ) from None
         return True
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .. import files
+from ..engine.options import PRECISIONS
 from ..errors import AlexnetCifarError, CheckpointError, RunLockedError, param
 from ..files import CHECKPOINT, CONFIG_FILE, LOCK_FILE, MODEL_FILE, PREV_CHECKPOINT, atomic_write
 from ..models import AlexNet, AlexNetConfig, meta_model
@@ -364,7 +365,7 @@ def trained_engine(path: str | Path) -> dict | None:
     except AlexnetCifarError:  # damaged: no record to follow, the caller's default holds
         return None
     engine = record.get("engine_used") or record.get("engine")
-    if not isinstance(engine, dict) or engine.get("precision") not in ("fp32", "bf16"):
+    if not isinstance(engine, dict) or engine.get("precision") not in PRECISIONS:
         return None
     return engine
 

@@ -1,31 +1,22 @@
-"""What a training run records of itself, built from a :class:`~alexnet_cifar.train.Trainer`'s
-state: config.json (everything needed to rerun it and to know what it was), the checkpoint's
-contents, result.json (its final and best accuracy, time, device, classes) and model.pt."""
+"""What a training run records of itself, built from its :class:`~.run.Run`: config.json
+(everything needed to rerun it and to know what it was), the checkpoint's contents,
+result.json (its final and best accuracy, time, device, classes) and model.pt."""
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import torch
-
-from ..distributed import DistContext
-from ..engine.core import Engine
 from ..engine.evaluate import EvalResult
 from ..files import MODEL_FILE
-from ..models import AlexNet
 from ..provenance import code_source, versions
 from .checkpoint import save_model_file
 from .resume import kept_settings_of
+from .run import Run
 from .runlog import METRIC_COLUMNS
-from .selection import BestEpoch
 
 __all__ = [
-    "RunState",
-    "best_words",
+        "best_words",
     "checkpoint_state",
     "engine_fields",
     "run_config",
@@ -35,24 +26,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RunState:
-    """What a run's records are built from: the trainer's state as it stands, typed."""
-
-    opts: Any  # the run's train.TrainOptions (train imports this module, not the reverse)
-    out: Path
-    model: AlexNet
-    device: torch.device
-    dist: DistContext
-    engine: Engine
-    classes: list[str]
-    history: list[dict]
-    best: BestEpoch
-    y_test: torch.Tensor
-    y_val: torch.Tensor
-
-
-def run_config(t: RunState) -> dict:
+def run_config(t: Run) -> dict:
     """config.json: everything needed to rerun the run and to know what it was."""
     o = t.opts
     return {
@@ -79,7 +53,7 @@ def run_config(t: RunState) -> dict:
     }
 
 
-def engine_fields(t: RunState) -> dict:
+def engine_fields(t: Run) -> dict:
     """The engine as asked (``engine_requested``, the options given: what a resume reuses),
     as used (``engine`` and ``engine_used``: the rung of the ladder that runs, every auto
     resolved) and each fallback from the resolved request with its reason."""
@@ -93,7 +67,7 @@ def engine_fields(t: RunState) -> dict:
     }
 
 
-def run_result(t: RunState, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
+def run_result(t: Run, ev: EvalResult, best_ev: EvalResult | None = None) -> dict:
     """result.json: the final and best test accuracy, time, device, per-class results; with a
     split, the test set on the final weights (``ev``) and on the best epoch's (``best_ev``)."""
     final = t.history[-1]
@@ -134,7 +108,7 @@ def run_result(t: RunState, ev: EvalResult, best_ev: EvalResult | None = None) -
     return result
 
 
-def stopped_result(t: RunState) -> dict:
+def stopped_result(t: Run) -> dict:
     """What a run stopped by ``stop_after`` returns (it writes no result.json: it is
     unfinished): where it stands, ``epoch E of N``, and its last and best epochs on the
     images it evaluates each epoch (the validation images with a split, else the test set)."""
@@ -192,14 +166,14 @@ def best_words(result: dict) -> str:
 
 
 def checkpoint_state(
-    t: RunState, epoch: int, step: int, rng: dict, epoch_so_far: dict | None
+    t: Run, epoch: int, step: int, rng: dict, epoch_so_far: dict | None
 ) -> dict:
     """Everything a resume needs: weights, optimiser, random states, where the run is (epoch,
     step, the epoch's totals so far), its history, identity and engine settings."""
     state = {
         "model_name": t.opts.model,
         "model_config": t.model.config.to_dict(),
-        "run_identity": t.opts.run_identity(),
+        "run_identity": t.run_identity(),
         "epoch": epoch,
         "step": step,
         **t.engine.state_dict(),
@@ -214,7 +188,7 @@ def checkpoint_state(
     return state
 
 
-def save_final_model(t: RunState, result: dict) -> None:
+def save_final_model(t: Run, result: dict) -> None:
     """model.pt: the weights that were evaluated (the weight average, where the recipe keeps
     one), with what it takes to rebuild the model."""
     with t.engine.evaluated_weights():
@@ -222,7 +196,7 @@ def save_final_model(t: RunState, result: dict) -> None:
     meta = {
         "model_name": t.opts.model,
         "epochs": result["epochs"],
-        "run_identity": t.opts.run_identity(),
+        "run_identity": t.run_identity(),
         "classes": list(t.classes),
     }
     save_model_file(t.out / MODEL_FILE, t.model.config.to_dict(), state, meta)

@@ -1,15 +1,19 @@
-"""Whether a run folder can be continued as asked: the run's identity, compared field by field.
+"""Whether a run folder can be continued as asked: the run's identity, compared field by field,
+and the settings beside it that a resume keeps (one table, :data:`KEPT`).
 
 A run's identity is what decides what it computes: the model, the class count, the seed, the
-subsets and every field of the recipe. A resume must ask for the same identity; the one change
-it accepts, with ``force``, is more epochs (the learning-rate drops stay where they were, so
-the epochs already trained stay what they were). A study compares its runs the same way.
+subsets, every field of the recipe, and the precision and memory layout its engine computes
+in. A resume must ask for the same identity; the one change it accepts, with ``force``, is more
+epochs (the learning-rate drops stay where they were, so the epochs already trained stay what
+they were). A study compares its runs the same way.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..distributed import resolve_device
@@ -23,22 +27,23 @@ from ..files import (
     check_fields,
     read_json_object,
 )
-from ..models import AlexNetConfig
 from ..recipe import Recipe
 from ..variants import recorded_identity, shape_identity
 from .checkpoint import load_checkpoint
 
 __all__ = [
     "IDENTITY_FIELDS",
+    "KEPT",
     "KEPT_FIELDS",
-    "KEPT_SETTINGS",
+    "NUMERICS",
     "SAFE_CHANGES",
     "RUN_SETTINGS",
+    "Kept",
     "data_folder",
     "kept_settings",
     "kept_settings_of",
     "record_change",
-    "record_data_folder",
+    "record_kept_changes",
     "differences",
     "has_checkpoint",
     "identity_of_config",
@@ -48,8 +53,8 @@ __all__ = [
     "settings_on_resume",
 ]
 
-#: The run's identity outside its recipe (what config.json and the checkpoint record of it),
-#: and the kind of each.
+#: The run's identity outside its recipe and its numerics (what config.json and the checkpoint
+#: record of it), and the kind of each.
 IDENTITY_KINDS = {
     "model": "str",
     "num_classes": "int",
@@ -58,15 +63,49 @@ IDENTITY_KINDS = {
     "limit_test": "int?",
 }
 IDENTITY_FIELDS = tuple(IDENTITY_KINDS)
+#: The engine's settings that change the numbers a run computes (``EngineOptions.numerics``,
+#: resolved for the device): part of the identity. Runs recorded before they were compare
+#: without them where their config.json does not say.
+NUMERICS = ("precision", "channels_last")
 
-#: The fields that record the settings a resume keeps beside the identity (config.json,
-#: study.json), and their kinds.
-KEPT_FIELDS = {
-    "device_requested": "str?",
-    "data_dir": "str?",
-    "verify": "bool",
-    "eval_batch_size": "int?",
-}
+
+def data_folder(data_dir) -> str | None:
+    """The data folder as a run records it: the one given (or ``$CIFAR10_DIR``), absolute, so
+    that a resume from anywhere finds it; None for the per-user cache."""
+    chosen = data_dir if data_dir is not None else os.environ.get("CIFAR10_DIR") or None
+    return None if chosen is None else os.path.abspath(os.path.expanduser(str(chosen)))
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A setting of a run beside its identity that a resume keeps: a flag left out takes the
+    run's value. ``change`` says what a resume does with another value:
+
+    - ``refused``: it would change what is computed;
+    - ``same device``: refused unless both name the same device here;
+    - ``md5-checked``: accepted when the data is md5-checked (the same files), and recorded;
+    - ``recorded``: accepted (nothing computed changes), and config.json records it;
+    - ``this time``: accepted for this invocation; config.json keeps the run's.
+    """
+
+    name: str  # the option (a field of TrainOptions) and, as --name, its flag
+    field: str  # the field of config.json and study.json
+    kind: str  # its kind there (files.check_fields)
+    change: str
+    record: Callable = lambda value: value  # the option's value as the files record it
+
+
+#: The settings a resume keeps: the one table config.json, study.json, the checkpoint, the
+#: command line and the resume read.
+KEPT = (
+    Kept("device", "device_requested", "str?", "same device"),
+    Kept("data_dir", "data_dir", "str?", "md5-checked", data_folder),
+    Kept("verify", "verify", "bool", "this time"),  # --no-verify only skips a check
+    Kept("eval_batch_size", "eval_batch_size", "int?", "refused"),
+    Kept("checkpoint_every", "checkpoint_every", "number", "recorded"),
+)
+#: The fields that record the kept settings (config.json, study.json), and their kinds.
+KEPT_FIELDS = {k.field: k.kind for k in KEPT}
 #: The fields of config.json that a resumed run takes its settings from, and their kinds.
 RUN_SETTINGS = {
     **IDENTITY_KINDS,
@@ -84,24 +123,16 @@ SAFE_CHANGES = {"recipe.epochs"}
 OPTIONAL_FIELDS = ("val_split",)
 
 
-def run_identity(
-    model: str,
-    num_classes: int,
-    seed: int,
-    limit_train: int | None,
-    limit_test: int | None,
-    recipe: Recipe,
-    val_split: int | None = None,
-    shape: AlexNetConfig | None = None,
-) -> dict:
-    """The fields that define what a run computes, flat (``recipe.lr``, ...); a variant that
-    is not a preset adds its ``shape`` (``model_config.widths``, ...)."""
-    ident = dict(zip(IDENTITY_FIELDS, (model, num_classes, seed, limit_train, limit_test)))
-    if val_split is not None:
-        ident["val_split"] = val_split
-    if shape is not None:
-        ident.update(shape_identity(shape))
-    ident.update({f"recipe.{k}": v for k, v in recipe.to_dict().items()})
+def run_identity(options, numerics: dict) -> dict:
+    """The fields that define what a run computes, flat (``recipe.lr``, ...), read by name from
+    ``options`` (a TrainOptions), with the engine's ``numerics`` on the run's device; a variant
+    that is not a preset adds its shape (``model_config.widths``, ...)."""
+    ident = {name: getattr(options, name) for name in IDENTITY_FIELDS}
+    ident.update({k: options.val_split for k in OPTIONAL_FIELDS if options.val_split is not None})
+    if options.model_config is not None:
+        ident.update(shape_identity(options.model_config))
+    ident.update({f"recipe.{k}": v for k, v in options.recipe.to_dict().items()})
+    ident.update({k: numerics[k] for k in NUMERICS})
     return ident
 
 
@@ -112,13 +143,24 @@ def identity_of_config(config: dict) -> dict:
     ident.update({k: config[k] for k in OPTIONAL_FIELDS if config.get(k) is not None})
     ident.update(recorded_identity(config))
     ident.update({f"recipe.{k}": v for k, v in recipe.items()})
+    ident.update(_recorded_numerics(config))
     return ident
 
 
+def _recorded_numerics(config: dict) -> dict:
+    """The numerics a run's config.json records of the engine it used ({} if none)."""
+    engine = config.get("engine_used") or config.get("engine")
+    if not isinstance(engine, dict):
+        return {}
+    return {k: engine[k] for k in NUMERICS if engine.get(k) is not None}
+
+
 def differences(have: dict, want: dict) -> list[str]:
-    """The identity fields where ``have`` (a run) and ``want`` (what is asked) differ."""
+    """The identity fields where ``have`` (a run) and ``want`` (what is asked) differ. A run
+    recorded before its numerics were part of the identity is compared without them."""
     extra = [k for k in OPTIONAL_FIELDS if k in have and k not in want]
-    return [k for k in [*want, *extra] if have.get(k) != want.get(k)]
+    keys = [k for k in [*want, *extra] if k in have or k not in NUMERICS]
+    return [k for k in keys if have.get(k) != want.get(k)]
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -146,7 +188,9 @@ def load_resume_state(
         say(f"nothing to resume in {run_dir}: starting a new run there")
         return None, recipe
     state, path = load_checkpoint(run_dir, warn=warn)
-    theirs = state.get("run_identity") or {}
+    theirs = dict(state.get("run_identity") or {})
+    if not all(k in theirs for k in NUMERICS):  # a checkpoint from before: its config says
+        theirs.update(_recorded_numerics(_config_or_empty(run_dir)))
     if force and theirs.get("recipe.epochs") != recipe.epochs:
         recipe = _extended(run_dir, path, state, theirs, recipe, say)
     asked = identity(recipe)
@@ -212,75 +256,65 @@ def record_change(run_dir: Path, field: str, value, change: tuple | None = None)
 
 # ---------------------------------------------------------------------- settings kept on resume
 
-#: The settings of a run beside its identity that a resume keeps: a flag left out takes the
-#: run's value; one given that differs is refused, or accepted where nothing computed changes.
-KEPT_SETTINGS = ("device", "data_dir", "verify", "eval_batch_size")
 
-
-def data_folder(data_dir) -> str | None:
-    """The data folder as a run records it: the one given (or ``$CIFAR10_DIR``), absolute, so
-    that a resume from anywhere finds it; None for the per-user cache."""
-    chosen = data_dir if data_dir is not None else os.environ.get("CIFAR10_DIR") or None
-    return None if chosen is None else os.path.abspath(os.path.expanduser(str(chosen)))
+def _config_or_empty(run_dir: Path) -> dict:
+    try:
+        return read_json_object(Path(run_dir) / CONFIG_FILE)
+    except AlexnetCifarError:  # missing or damaged: rewritten on resume
+        return {}
 
 
 def kept_settings_of(options) -> dict:
     """The kept settings of a run's options (a TrainOptions), as config.json and study.json
     record them."""
-    return {
-        "device_requested": options.device,
-        "data_dir": data_folder(options.data_dir),
-        "verify": options.verify,
-        "eval_batch_size": options.eval_batch_size,
-    }
+    return {k.field: k.record(getattr(options, k.name)) for k in KEPT}
 
 
-def record_data_folder(run_dir: Path, data_dir) -> None:
-    """A resumed run that read its (md5-checked) data from another folder than config.json
-    names: config.json now names that folder, and lists the change."""
-    try:
-        recorded = read_json_object(Path(run_dir) / CONFIG_FILE).get("data_dir")
-    except AlexnetCifarError:
-        return
-    if data_folder(data_dir) != recorded:
-        record_change(run_dir, "data_dir", data_folder(data_dir))
+def record_kept_changes(run_dir: Path, options) -> None:
+    """A resumed run whose settings differ from its config.json where a resume accepts and
+    records a change (another md5-checked data folder, another checkpoint cadence):
+    config.json now holds the new value, and lists the change."""
+    config = _config_or_empty(run_dir)
+    for k in KEPT:
+        if k.change == "recorded" or (k.change == "md5-checked" and options.verify):
+            value = k.record(getattr(options, k.name))
+            if k.field in config and config[k.field] != value:
+                record_change(run_dir, k.field, value)
 
 
 def kept_settings(config: dict) -> dict:
-    """The kept settings a run (or a study) recorded; None where it recorded nothing. Runs
-    from before ``device_requested`` was recorded keep the kind of device they ran on."""
-    device = config.get("device_requested")
-    if device is None and isinstance(config.get("device"), str):
-        device = config["device"].split(":")[0]
-    return {
-        "device": device,
-        "data_dir": config.get("data_dir"),
-        "verify": config.get("verify"),
-        "eval_batch_size": config.get("eval_batch_size"),
-    }
+    """The kept settings a run (or a study) recorded, by option name; None where it recorded
+    nothing. Runs from before ``device_requested`` was recorded keep the kind of device they
+    ran on."""
+    kept = {k.name: config.get(k.field) for k in KEPT}
+    if kept["device"] is None and isinstance(config.get("device"), str):
+        kept["device"] = config["device"].split(":")[0]
+    return kept
 
 
 def settings_on_resume(recorded: dict, given: dict, where) -> dict:
-    """The kept settings for a continued run: ``given`` (None: the flag was left out) over
-    ``recorded`` (:func:`kept_settings`). Refuses a device or evaluation batch that would
-    change what is computed; accepts ``verify=False`` (it skips a check), and a new data
-    folder when the data is md5-checked (the same files)."""
-    chosen = {k: given.get(k) if given.get(k) is not None else recorded.get(k) for k in given}
+    """The kept settings for a continued run, by option name: ``given`` (None: the flag was
+    left out) over ``recorded`` (:func:`kept_settings`). Refuses a change that :data:`KEPT`
+    says would change what is computed, naming each."""
+    chosen = {}
+    for k in KEPT:
+        asked = given.get(k.name)
+        chosen[k.name] = asked if asked is not None else recorded.get(k.name)
     refused = []
-    # --no-verify only skips a check: accepted (the md5 check is what a new data folder needs)
-    for name in ("device", "eval_batch_size"):
-        have, asked = recorded.get(name), given.get(name)
-        if asked is None or have == asked or (have is None and name != "eval_batch_size"):
+    for k in KEPT:
+        have, asked = recorded.get(k.name), given.get(k.name)
+        if asked is None or have == asked:
             continue
-        if name == "device" and _same_device(have, asked):
-            continue
-        refused.append(_refusal(name, have, asked))
-    have, asked = recorded.get("data_dir"), given.get("data_dir")
-    if asked is not None and data_folder(asked) != have and chosen.get("verify") is False:
-        refused.append(
-            f"{param('data_dir', asked)}: without the md5 check "
-            f"({param('verify', False)}) a new data folder cannot be told to hold the same files"
-        )
+        if k.change == "refused" or (k.change == "same device" and have is not None):
+            if k.change == "same device" and _same_device(have, asked):
+                continue
+            shown = "the default" if have is None else param(k.name, have)
+            refused.append(f"{param(k.name, asked)}: the run has {shown}")
+        elif k.change == "md5-checked" and k.record(asked) != have and chosen["verify"] is False:
+            refused.append(
+                f"{param(k.name, asked)}: without the md5 check ({param('verify', False)}) a "
+                "new data folder cannot be told to hold the same files"
+            )
     if refused:
         raise SettingError(
             f"cannot continue {where} with other settings than it was started with: "
@@ -289,11 +323,6 @@ def settings_on_resume(recorded: dict, given: dict, where) -> dict:
             f"{param('out')}."
         )
     return chosen
-
-
-def _refusal(name: str, have, asked) -> str:
-    shown = "the default" if have is None else param(name, have)
-    return f"{param(name, asked)}: the run has {shown}"
 
 
 def _same_device(a: str, b: str) -> bool:
@@ -335,6 +364,6 @@ def run_settings(run_dir: Path, warn=None) -> dict:
     settings["model_config"] = state["model_config"]  # the variant's shape, for a resume by name
     if isinstance(state.get("engine_requested"), dict):
         settings["engine_requested"] = state["engine_requested"]
-    if isinstance(state.get("settings"), dict):  # device, data folder, verify, eval batch
+    if isinstance(state.get("settings"), dict):  # the kept settings (KEPT_FIELDS)
         settings.update(state["settings"])
     return settings

@@ -1,31 +1,26 @@
 """The training loop: the seed recipe, epoch by epoch, with checkpoints that resume exactly.
 
-Data flows one way: uint8 images on the device -> the engine's step (normalise and augment the
-batch, model, Keras loss and Keras-form SGD, metrics summed on the device) -> the epoch's
-totals, read once -> evaluation -> metrics.csv, TensorBoard and a checkpoint. All randomness of
-the data (shuffle, shifts, flips) comes from one CPU generator, drawn once per epoch, so a run
-gives the same draws on any device and a resumed run redraws exactly what the interrupted one
-drew.
+``train`` locks the run folder, builds the run (``build``), and hands it to a :class:`Trainer`,
+which runs the epochs. Data flows one way: uint8 images on the device -> the engine's step
+(normalise and augment the batch, model, Keras loss and Keras-form SGD, metrics summed on the
+device) -> the epoch's totals, read once -> evaluation -> metrics.csv, TensorBoard and a
+checkpoint (``checkpointer``). A signal stops the run at a safe point (``stop_signals``).
 """
 
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .. import files
-from ..data import CIFAR10, load_cifar10
-from ..distributed import DistContext, init_distributed, resolve_device
-from ..engine.core import Engine, EngineOptions, EpochSums
-from ..engine.evaluate import EvalResult
-from ..engine.options import set_process_flags
+from ..data import CIFAR10
+from ..distributed import DistContext, resolve_device
+from ..engine.core import EpochSums
+from ..engine.evaluate import EvalResult, eval_batch_size
 from ..errors import (
     CheckpointError,
     NonFiniteLossError,
@@ -35,27 +30,17 @@ from ..errors import (
 )
 from ..files import (
     CHECKPOINT,
-    MODEL_FILE,
     prepare_run_folder,
     remove_empty_run_folder,
     remove_stale_temp_files,
 )
-from ..models import AlexNet, AlexNetConfig, get_config
-from ..recipe import Recipe
-from ..variants import check_images, custom_shape
-from .checkpoint import BackgroundWriter, RunLock, save_checkpoint
-from .records import (
-    RunState,
-    checkpoint_state,
-    run_config,
-    run_result,
-    save_final_model,
-    stopped_result,
-)
-from .resume import load_resume_state, record_data_folder, run_identity
+from .build import build_run, device_and_ranks
+from .checkpoint import RunLock
+from .checkpointer import Checkpointer
+from .records import run_result, save_final_model, stopped_result
+from .run import Run, TrainOptions
 from .runlog import METRIC_COLUMNS, RunLog, epoch_line, progress_bar
-from .selection import BestEpoch
-from .stop_signals import StopSignals
+from .stop_signals import EvaluationStopped, StopProtocol, StopSignals
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -69,229 +54,116 @@ __all__ = [
 ]
 
 
-@dataclass
-class TrainOptions:
-    """Everything a training run needs; ``config.json`` records it.
+def train(
+    options: TrainOptions,
+    data: CIFAR10 | None = None,
+    on_step: Callable[[Trainer, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train as ``options`` say; returns the result summary (also written to result.json).
 
-    ``model``: a preset's name, or a shape (an ``AlexNetConfig``, e.g. from a variant file),
-    which becomes its name and ``model_config`` (None for a preset).
+    ``data``: CIFAR-10 already loaded; ``on_step(trainer, epoch, step)``: called after each
+    step (tests use it to interrupt); ``log``: where the run's lines go (default: stdout).
     """
-
-    model: str | AlexNetConfig
-    out: Path
-    recipe: Recipe = field(default_factory=Recipe)
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    verify: bool = True
-    limit_train: int | None = None
-    limit_test: int | None = None
-    val_split: int | None = None  # training images held out to choose the epoch; None: none
-    num_classes: int = 10
-    eval_batch_size: int | None = None  # None: 500 on CPU, 2000 on CUDA
-    engine: EngineOptions = field(default_factory=EngineOptions)
-    resume: bool = False
-    force: bool = False  # resume accepts more epochs
-    quiet: bool = False
-    progress: bool | None = None  # None: a bar when stderr is a terminal
-    tensorboard: bool = True
-    # seconds between checkpoints at most (0: every epoch); one is always written at the end
-    # and on a signal, so a kill -9 loses at most this much training
-    checkpoint_every: float = 60.0
-    command: list[str] | None = None  # what config.json records as the command; None: sys.argv
-    # stop cleanly after this epoch, with a checkpoint (the schedule stays the full run's);
-    # not part of the run's identity: a later resume continues it
-    stop_after: int | None = None
-    model_config: AlexNetConfig | None = None  # the shape of a variant that is not a preset
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model, AlexNetConfig):
-            self.model, self.model_config = self.model.name, self.model
-        self.model_config = custom_shape(self.model, self.model_config, self.num_classes)
-
-    def model_shape(self) -> AlexNetConfig:
-        """The shape the run builds: its own, or its preset's."""
-        return self.model_config or get_config(self.model, self.num_classes)
-
-    def run_identity(self) -> dict:
-        """The fields that define what is computed: a resume must match them."""
-        return run_identity(
-            self.model,
-            self.num_classes,
-            self.seed,
-            self.limit_train,
-            self.limit_test,
-            self.recipe,
-            self.val_split,
-            self.model_config,
-        )
+    out = Path(options.out)
+    device, dist = device_and_ranks(options.device)
+    runlog = RunLog(
+        out,
+        enabled=dist.is_main,
+        tensorboard=options.tensorboard,
+        quiet=options.quiet,
+        print_line=log,
+    )
+    with _run_folder(out, dist), StopSignals() as signals:
+        try:
+            run = build_run(options, device, dist, runlog, data)
+            checkpoints = Checkpointer(run, signals)
+            try:
+                trainer = Trainer(run, checkpoints, StopProtocol(signals, dist, device), on_step)
+                return trainer.train()
+            finally:
+                checkpoints.close(quietly=sys.exc_info()[0] is not None)
+        finally:
+            runlog.close()
 
 
-class _EvaluationStopped(Exception):
-    """A signal arrived during the evaluation; the epoch's training is saved, not evaluated."""
+@contextmanager
+def _run_folder(out: Path, dist: DistContext) -> Iterator[None]:
+    """The run folder, locked by rank 0 (the only rank that writes) for the whole run. A run
+    that never started leaves no empty folder behind. Closes the process group at the end."""
+    lock = None
+    created = not out.exists()
+    finished = False
+    try:
+        if dist.is_main:
+            prepare_run_folder(out)
+            lock = RunLock(out).acquire()
+            remove_stale_temp_files(out)  # ours: the lock says no writer is alive
+        yield
+        finished = True
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+            if created:
+                remove_empty_run_folder(out)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        dist.close(finished=finished)
 
 
 class Trainer:
-    """One training run in one run folder. ``run()`` trains to the end (or to an interruption)."""
+    """The epochs of one built run: each epoch's steps, its evaluation, its records and (when
+    due) its checkpoint; a stop when a signal asks; the final evaluation and model."""
 
     def __init__(
         self,
-        options: TrainOptions,
-        data: CIFAR10 | None = None,
+        run: Run,
+        checkpoints: Checkpointer,
+        stop: StopProtocol,
         on_step: Callable[[Trainer, int, int], None] | None = None,
-        log: Callable[[str], None] | None = None,
     ):
-        self.opts = options
-        self.out = Path(options.out)
-        self.device, self.dist = _device_and_ranks(options.device)
+        self.run = run
+        self.checkpoints = checkpoints
+        self.stop = stop
         self.on_step = on_step
-        self._given_data = data
-        self.history: list[dict] = []
-        self.last_eval: EvalResult | None = None
-        self.runlog = RunLog(
-            self.out,
-            enabled=self.dist.is_main,
-            tensorboard=options.tensorboard,
-            quiet=options.quiet,
-            print_line=log,
-        )
-        self.say, self.warn = self.runlog.say, self.runlog.warn
+        self.last_eval: EvalResult | None = None  # the last epoch's, when it was the test set
 
-    # ------------------------------------------------------------------ setup
-    def _setup(self) -> None:
-        opts, dev = self.opts, self.device
-        set_process_flags(dev)  # once, before any step is run or measured
-        said: list[str] = []  # the engine's line comes first, then what the resume found
-        state, recipe = load_resume_state(
-            self.out,
-            opts.recipe,
-            lambda r: replace(opts, recipe=r).run_identity(),
-            opts.resume,
-            opts.force,
-            said.append,
-            self.warn,
-        )
-        self.opts = opts = replace(opts, recipe=recipe)  # the caller's options stay as they were
-        data = self._given_data or load_cifar10(
-            opts.data_dir, verify=opts.verify, progress=not opts.quiet
-        )
-        data = data.subset(opts.limit_train, opts.limit_test, opts.seed, opts.val_split)
-        check_images(opts.model_shape(), data.x_train.shape[1:])
-        self.classes = data.classes
-        x_train, y_train, self.x_test, self.y_test, self.x_val, self.y_val = _on_device(data, dev)
-        self.best = BestEpoch()  # with a split: the best validation epoch and its weights
-        torch.manual_seed(opts.seed)
-        if dev.type == "cuda":
-            torch.cuda.manual_seed_all(opts.seed)
-        self.model = AlexNet(opts.model_shape()).to(dev)
-        self.engine = Engine(
-            self.model, recipe, dev, opts.engine, x_train, y_train, self.dist, warn=self.warn
-        )
-        self.data_gen = torch.Generator().manual_seed(opts.seed + 1)
-        self.start_epoch, self.start_step, self.resumed_sums = 0, 0, EpochSums()
-        if state is not None:
-            self._restore(state)
-            if self.start_epoch < recipe.epochs and self.dist.is_main:
-                # A finished run extended with more epochs: its result and final model
-                # describe the shorter run (the checkpoint holds its weights).
-                for name in (files.RESULT_FILE, MODEL_FILE):
-                    (self.out / name).unlink(missing_ok=True)
-        self.saved_epoch = self.start_epoch if state is not None else 0
-        if self.start_epoch < self._last_epoch():
-            self.engine.prepare()  # compile and capture now: the configuration used is known
-        self.say(_engine_line(self))
-        for line in said:
-            self.say(line)
-        if state is None or not (self.out / files.CONFIG_FILE).is_file():
-            self.runlog.write_config(run_config(self.state()))
-        elif self.dist.is_main and opts.verify:  # the md5-checked files: the same data
-            record_data_folder(self.out, opts.data_dir)
-
-    def _restore(self, st: dict) -> None:
-        try:
-            self.engine.load_state_dict(st)
-            _restore_rng(st["rng"], self.data_gen, self.device)
-            self.start_epoch, self.start_step = int(st["epoch"]), int(st["step"])
-            self.resumed_sums = EpochSums.from_dict(st.get("partial"))
-            self.history = list(st.get("history", []))
-            self.best = BestEpoch(st.get("best_val"))
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(
-                f"the checkpoint in {self.out} does not fit this run ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else 'missing field'})"
-            ) from e
-
-    # ------------------------------------------------------------------ the loop
-    def run(self) -> dict:
-        self.writer = BackgroundWriter()
-        lock = None
-        created = not self.out.exists()
-        try:
-            if self.dist.is_main:  # only rank 0 writes, so only rank 0 holds the folder's lock
-                prepare_run_folder(self.out)
-                lock = RunLock(self.out).acquire()
-                remove_stale_temp_files(self.out)  # ours: the lock says no writer is alive
-            with StopSignals() as self.signals:
-                try:
-                    self._setup()
-                    return self._run()
-                finally:
-                    self.writer.wait(quietly=sys.exc_info()[0] is not None, warn=self.warn)
-                    self.runlog.close()
-        except BaseException:
-            if lock is not None:
-                lock.release()
-                lock = None
-                if created:  # a run that never started leaves no empty folder behind
-                    remove_empty_run_folder(self.out)
-            raise
-        finally:
-            if lock is not None:
-                lock.release()
-            self.dist.close(finished=sys.exc_info()[0] is None)
-
-    def _checkpoint_due(self) -> bool:
-        """Whether ``checkpoint_every`` seconds have passed since the last checkpoint (or
-        the start): copying the state to the host every epoch would cost as much as a fast
-        epoch's training."""
-        return time.monotonic() - self._last_save >= self.opts.checkpoint_every
-
-    def _last_epoch(self) -> int:
-        """The epoch this invocation trains up to: the run's last, or ``stop_after``."""
-        epochs, stop = self.opts.recipe.epochs, self.opts.stop_after
-        return epochs if stop is None else min(epochs, stop)
-
-    def _run(self) -> dict:
-        self._last_save = time.monotonic()
-        self.runlog.open_tensorboard(self.start_epoch)
-        last = self._last_epoch()
-        for epoch in range(self.start_epoch, last):
+    def train(self) -> dict:
+        """Train from where the run starts to its last epoch; the result (result.json)."""
+        run = self.run
+        run.runlog.open_tensorboard(run.start_epoch)
+        last = run.opts.last_epoch  # the run's last epoch, or where --stop-after stops it
+        for epoch in range(run.start_epoch, last):
             row = self._train_epoch(epoch)
-            self.history.append(row)
-            if self.opts.val_split is not None:
-                self.best.offer(row, self.engine)
-            self.runlog.log_epoch(self.history)
-            stop = self._stop_requested(0, last=True)
-            if stop or epoch + 1 == last or self._checkpoint_due():
-                self._save(epoch + 1, 0, self.data_gen.get_state(), None)
-            recent = [r["seconds"] for r in self.history[-5:]]
-            self.say(epoch_line(row, self.opts.recipe.epochs, recent))
+            run.history.append(row)
+            if run.opts.val_split is not None:
+                run.best.offer(row, run.engine)
+            run.runlog.log_epoch(run.history)
+            stop = self.stop.requested(0, last=True)
+            if stop or epoch + 1 == last or self.checkpoints.due():
+                self.checkpoints.save(epoch + 1, 0, run.data_gen.get_state(), None)
+            recent = [r["seconds"] for r in run.history[-5:]]
+            run.runlog.say(epoch_line(row, run.epochs, recent))
             if stop:
-                self.dist.barrier()  # the checkpoint is on disk before any rank leaves
+                run.dist.barrier()  # the checkpoint is on disk before any rank leaves
                 self._interrupted(f"after epoch {epoch + 1}")
-        if self.start_epoch < self.opts.recipe.epochs and last < self.opts.recipe.epochs:
+        if run.start_epoch < run.epochs and last < run.epochs:
             return self._stopped()
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> dict:
-        engine, spe = self.engine, self.engine.steps_per_epoch
-        epoch_state = self.data_gen.get_state()
-        resumed = epoch == self.start_epoch and self.start_step > 0
-        start_step = self.start_step if resumed else 0
-        draws = engine.draw_epoch(self.data_gen)
-        engine.begin_epoch(epoch, draws, start_step, self.resumed_sums if resumed else None)
-        self.model.train()
-        desc = f"epoch {epoch + 1}/{self.opts.recipe.epochs}"
+        run = self.run
+        engine, spe = run.engine, run.engine.steps_per_epoch
+        epoch_state = run.data_gen.get_state()
+        resumed = epoch == run.start_epoch and run.start_step > 0
+        start_step = run.start_step if resumed else 0
+        draws = engine.draw_epoch(run.data_gen)
+        engine.begin_epoch(epoch, draws, start_step, run.resumed_sums if resumed else None)
+        run.model.train()
+        desc = f"epoch {epoch + 1}/{run.epochs}"
         with self._bar(spe, desc, start_step) as bar:
             for step in range(start_step, spe):
                 engine.step(step)
@@ -299,20 +171,20 @@ class Trainer:
                     self.on_step(self, epoch, step)
                 snap = engine.peek_metrics()
                 if snap is not None:
-                    if snap[2] >= 0 and not self.dist.enabled:  # ranks agree at the epoch end
+                    if snap[2] >= 0 and not run.dist.enabled:  # ranks agree at the epoch end
                         raise self._nonfinite(epoch, snap[2])
                     bar.set_postfix(**engine.progress_postfix(snap), refresh=False)
                 bar.update(1)
-                if step + 1 < spe and self._stop_requested(step, last=False):
+                if step + 1 < spe and self.stop.requested(step, last=False):
                     self._stop_mid_epoch(epoch, step + 1, epoch_state)
         sums, bad = engine.read_metrics()
         if bad >= 0:
             raise self._nonfinite(epoch, bad)
         try:
-            ev = self._evaluate(f"{desc}: {'validation' if self.opts.val_split else 'test'}")
-        except _EvaluationStopped:
+            ev = self._evaluate(f"{desc}: {'validation' if run.opts.val_split else 'test'}")
+        except EvaluationStopped:
             self._stop_mid_epoch(epoch, spe, epoch_state, sums)
-        if not (math.isfinite(ev.loss) and _weights_finite(self.model)):
+        if not (math.isfinite(ev.loss) and _weights_finite(run.model)):
             raise self._nonfinite(epoch, None)  # the epoch's last update broke the weights
         self.last_eval = ev
         return {
@@ -321,173 +193,83 @@ class Trainer:
             "accuracy": sums.accuracy,
             "val_loss": ev.loss,
             "val_accuracy": ev.accuracy,
-            "lr": self.opts.recipe.lr_at(epoch, spe - 1, spe),
+            "lr": run.opts.recipe.lr_at(epoch, spe - 1, spe),
             "seconds": round(engine.epoch_seconds(), 3),
         }
 
     def _bar(self, total: int, desc: str, initial: int = 0, unit: str = "step"):
-        enabled = False if self.opts.quiet or not self.dist.is_main else self.opts.progress
+        opts = self.run.opts
+        enabled = False if opts.quiet or not self.run.dist.is_main else opts.progress
         return progress_bar(total, desc, enabled=enabled, initial=initial, unit=unit)
 
     def _evaluate(self, desc: str, on_test: bool = False, averaged: bool = True) -> EvalResult:
         """The epoch's evaluation set (or with ``on_test`` the test set) as the recipe
         evaluates it. A signal stops a single process within one batch (under data
         parallelism the ranks finish the evaluation together)."""
-        x, y = (self.x_test, self.y_test) if on_test else (self.x_val, self.y_val)
-        n = len(y) * (2 if self.opts.recipe.tta_flip else 1)
+        run = self.run
+        x, y = (run.x_test, run.y_test) if on_test else (run.x_val, run.y_val)
+        n = len(y) * (2 if run.opts.recipe.tta_flip else 1)
         with self._bar(n, desc, unit="img") as bar:
 
             def on_batch(rows: int) -> None:
                 bar.update(rows)
-                if self.signals.signum is not None and not self.dist.enabled:
-                    raise _EvaluationStopped
+                self.stop.check_evaluation()
 
-            batch = self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
-            return self.engine.evaluate(x, y, self.classes, batch, on_batch, averaged)
-
-    def _stop_requested(self, step: int, last: bool) -> bool:
-        """Whether a signal asks to stop here. Ranks agree, every few steps, on one step."""
-        every = 50 if self.device.type == "cuda" else 5
-        if self.dist.enabled and not last and step % every:
-            return False
-        self.signals.signum = self.dist.agreed_signal(self.signals.signum, self.device)
-        return self.signals.signum is not None
+            batch = run.opts.eval_batch_size or eval_batch_size(run.device)
+            return run.engine.evaluate(x, y, run.classes, batch, on_batch, averaged)
 
     def _stop_mid_epoch(self, epoch, step, epoch_state, sums: EpochSums | None = None) -> None:
         """Checkpoint the epoch so far (its draws' state, the step, the totals) and stop."""
         if sums is None:
-            sums, bad = self.engine.read_metrics()
+            sums, bad = self.run.engine.read_metrics()
             if bad >= 0:
                 raise self._nonfinite(epoch, bad)
-        self._save(epoch, step, epoch_state, sums.to_dict())
-        self.dist.barrier()
-        spe = self.engine.steps_per_epoch
+        self.checkpoints.save(epoch, step, epoch_state, sums.to_dict())
+        self.run.dist.barrier()
+        spe = self.run.engine.steps_per_epoch
         where = "before its evaluation" if step >= spe else f"after step {step}"
         self._interrupted(f"in epoch {epoch + 1} {where}")
 
-    # ------------------------------------------------------------------ checkpoints, logs
-    def state(self) -> RunState:
-        """The run as its records (config.json, checkpoint, result.json, model.pt) see it."""
-        return RunState(
-            opts=self.opts,
-            out=self.out,
-            model=self.model,
-            device=self.device,
-            dist=self.dist,
-            engine=self.engine,
-            classes=list(self.classes),
-            history=self.history,
-            best=self.best,
-            y_test=self.y_test,
-            y_val=self.y_val,
-        )
-
-    def _save(self, epoch: int, step: int, data_state: torch.Tensor, epoch_so_far: dict | None):
-        if not self.dist.is_main:
-            return
-        rng = _rng_state(data_state, self.device)
-        state = checkpoint_state(self.state(), epoch, step, rng, epoch_so_far)
-        self.writer.wait()  # the previous write (a second Ctrl-C may cut this wait short)
-        with self.signals.held():  # hashed and written in a thread while the next epoch trains
-            save_checkpoint(self.out, state, writer=self.writer)
-        self._last_save = time.monotonic()
-        if step == 0:
-            self.saved_epoch = epoch
-
     def _interrupted(self, where: str) -> None:
-        self.writer.wait()  # the checkpoint named below is on disk
-        signum = self.signals.signum or signal.SIGINT
-        raise TrainingInterrupted(
-            f"{signal.Signals(signum).name}: stopped {where} and saved {self.out / CHECKPOINT}.",
-            signum,
-            run_dir=self.out,
-            model=self.opts.model,
-        )
+        self.checkpoints.wait()  # the checkpoint named below is on disk
+        raise self.stop.interrupted(where, self.run.out, self.run.opts.model)
 
     def _nonfinite(self, epoch: int, step: int | None) -> NonFiniteLossError:
-        return _nonfinite_error(self.out, epoch, step, self.saved_epoch)
+        return _nonfinite_error(self.run.out, epoch, step, self.checkpoints.saved_epoch)
 
     def _stopped(self) -> dict:
         """The end of a run stopped by ``stop_after``: its checkpoint is on disk, it writes
         no result.json (it is unfinished, and its test set stays unread) and says where it
         stands."""
-        self.writer.wait()
-        if not self.history:
-            raise CheckpointError(f"{self.out} holds no finished epoch")
-        result = stopped_result(self.state())
-        self.say(result["note"])
+        self.checkpoints.wait()
+        if not self.run.history:
+            raise CheckpointError(f"{self.run.out} holds no finished epoch")
+        result = stopped_result(self.run)
+        self.run.runlog.say(result["note"])
         return result
 
     def _finish(self) -> dict:
-        self.writer.wait()
-        if not self.history:
-            raise CheckpointError(f"{self.out} holds no finished epoch")
+        run = self.run
+        self.checkpoints.wait()
+        if not run.history:
+            raise CheckpointError(f"{run.out} holds no finished epoch")
         best_ev = None
         try:
-            if self.opts.val_split is None:
+            if run.opts.val_split is None:
                 ev = self.last_eval or self._evaluate("test")
             else:
-                ev, best_ev = self.best.test_at_the_end(
-                    self.model,
-                    self.history[-1]["epoch"],
+                ev, best_ev = run.best.test_at_the_end(
+                    run.model,
+                    run.history[-1]["epoch"],
                     lambda desc, averaged: self._evaluate(desc, on_test=True, averaged=averaged),
                 )
-        except _EvaluationStopped:
+        except EvaluationStopped:
             self._interrupted("before the final evaluation")
-        result = run_result(self.state(), ev, best_ev)
-        if self.dist.is_main:
-            save_final_model(self.state(), result)
-            self.runlog.write_result(result)
+        result = run_result(run, ev, best_ev)
+        if run.dist.is_main:
+            save_final_model(run, result)
+            run.runlog.write_result(result)
         return result
-
-
-def _engine_line(t: Trainer) -> str:
-    """The first line a run prints: the engine configuration used, and any fallback."""
-    used, rec = t.engine.used_options, t.engine.engine_record()
-    line = f"{t.opts.model} on {t.device}: engine {used.describe()}"
-    if rec["fallbacks"]:
-        asked = EngineOptions.from_dict(rec["requested"]).describe()
-        why = "; ".join(f"{f['from']}: {f['reason']}" for f in rec["fallbacks"])
-        line += f" (asked for {asked}; fell back: {why})"
-    return line
-
-
-def _on_device(data: CIFAR10, dev: torch.device) -> tuple[torch.Tensor, ...]:
-    """(x_train, y_train, x_test, y_test, x_val, y_val) on the device, as uint8 images: 150 MB
-    for CIFAR-10, not 600 MB as floats. Each epoch is evaluated on the held-out images when
-    there are some, else on the test set (the post's setting); with a split the test set is
-    used once, at the end."""
-    x_train, y_train, x_test, y_test = (
-        torch.from_numpy(a).to(dev) for a in (data.x_train, data.y_train, data.x_test, data.y_test)
-    )
-    if data.x_val is None:
-        return x_train, y_train, x_test, y_test, x_test, y_test
-    x_val, y_val = torch.from_numpy(data.x_val).to(dev), torch.from_numpy(data.y_val).to(dev)
-    return x_train, y_train, x_test, y_test, x_val, y_val
-
-
-def _device_and_ranks(name: str) -> tuple[torch.device, DistContext]:
-    """The device, and the process group when torchrun started this process (each rank then
-    uses its own GPU)."""
-    device = resolve_device(name)
-    dist = init_distributed(device.type)
-    if device.type == "cuda" and dist.enabled and device.index is None:
-        device = torch.device("cuda", dist.local_rank)
-    return device, dist
-
-
-def _rng_state(data_state: torch.Tensor, device: torch.device) -> dict:
-    """The random states a resumed run needs: the data draws' generator (as of the start of
-    the epoch being saved), torch's CPU generator (dropout) and the GPU's."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"data": data_state, "cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def _restore_rng(rng: dict, data_gen: torch.Generator, device: torch.device) -> None:
-    data_gen.set_state(rng["data"])
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _weights_finite(model: torch.nn.Module) -> bool:
@@ -507,8 +289,3 @@ def _nonfinite_error(out: Path, epoch: int, step: int | None, last_good: int):
     return NonFiniteLossError(
         f"{where}; training stopped and {kept}. A lower {param('lr')} usually helps."
     )
-
-
-def train(options: TrainOptions, **kwargs) -> dict:
-    """Train as ``options`` say; returns the result summary (also written to result.json)."""
-    return Trainer(options, **kwargs).run()
