@@ -15,7 +15,7 @@ from ..engine.evaluate import evaluate_model, evaluate_with_tta
 from ..errors import SettingError, param
 from ..training.checkpoint import load_model_and_progress, trained_engine
 from ..training.records import best_words
-from ..training.resume import run_settings
+from ..training.resume import check_resumable, run_settings
 from ..training.runlog import progress_bar
 from ..training.trainer import train
 from .flags import (
@@ -50,8 +50,9 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its checkpoint (flags left out are "
-        "taken from the run)",
+        help="continue the run in --out from its checkpoint (flags left out are taken from "
+        "the run); a folder without a checkpoint is refused, unless its config.json shows a run "
+        "stopped before its first checkpoint, which restarts from epoch 1",
     )
     t.add_argument(
         "--force",
@@ -154,6 +155,8 @@ def cmd_train(args) -> int:
             f"{param('force')} only changes the epochs of a run being resumed: add "
             f"{param('resume')} (or leave {param('force')} out to start a new run)"
         )
+    if args.resume:
+        check_resumable(out)  # a folder with nothing to continue is refused, not started
     prev = run_settings(out, warn=_warn) if args.resume else {}
     result = train(train_options(args, args.model, out, prev, args.resume))
     if int(os.environ.get("RANK", "0")) != 0:
