@@ -13,7 +13,11 @@ from ..distributed import resolve_device
 from ..engine.bench import BenchSettings, describe_device, format_row, run_bench
 from ..engine.evaluate import evaluate_model, evaluate_with_tta
 from ..errors import SettingError, param
-from ..training.checkpoint import load_model_and_progress, trained_engine
+from ..training.checkpoint import (
+    load_model_and_progress,
+    recorded_test_set,
+    trained_engine,
+)
 from ..training.records import best_words
 from ..training.resume import check_resumable, run_settings
 from ..training.runlog import progress_bar
@@ -123,10 +127,13 @@ def _add_evaluate_parser(sub) -> None:
         "--limit-test",
         type=int_at_least(1, "--limit-test"),
         metavar="N",
-        help="a class-balanced subset of N test images",
+        help="a class-balanced subset of N test images (default: a run folder's own, from its "
+        "config.json, so that it gives the figures of its result.json; else all)",
     )
     e.add_argument(
-        "--seed", type=int_at_least(0, "--seed"), default=0, help="fixes the --limit-test subset"
+        "--seed",
+        type=int_at_least(0, "--seed"),
+        help="fixes the --limit-test subset (default: the run's own, else 0)",
     )
     e.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -186,7 +193,8 @@ def cmd_evaluate(args) -> int:
     dev = resolve_device(args.device)
     model, progress = load_model_and_progress(args.path, device=dev)
     data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
-    data = data.subset(None, args.limit_test, args.seed)
+    test_set, note = _test_set(args, recorded_test_set(args.path))
+    data = data.subset(None, test_set["limit_test"], test_set["seed"])
     data.check_classes(model.config.num_classes, what=f"the model in {args.path}")
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     n = len(y) * (2 if args.tta else 1)
@@ -207,6 +215,7 @@ def cmd_evaluate(args) -> int:
             res = evaluate_model(model, x, y, **settings)
     if args.json:
         out = {"path": str(args.path), "model": model.config.name, "precision": precision}
+        out["test_set"] = test_set
         out.update(res.to_dict())
         if progress is not None:
             out["unfinished"] = {**progress, "note": _unfinished(progress)}
@@ -216,7 +225,7 @@ def cmd_evaluate(args) -> int:
         print_json(out)
         return 0
     print(
-        f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+        f"{model.config.name} on {res.n} test images{note}: loss {res.loss:.4f}  "
         f"accuracy {res.accuracy:.4f}  ({precision})"
         + (f" ({_unfinished(progress)})" if progress else "")
     )
@@ -234,6 +243,30 @@ def cmd_evaluate(args) -> int:
     for c, row in zip(res.classes, res.confusion):
         print(f"{c:<{width + 1}}" + "".join(f"{v:>6}" for v in row))
     return 0
+
+
+def _test_set(args, recorded: dict | None) -> tuple[dict, str]:
+    """The test subset to evaluate on: the flags given, else the run's own (config.json), else
+    the whole test set; and the words that say which, for the first line."""
+    own = recorded or {"limit_test": None, "seed": 0}
+    limit = args.limit_test if args.limit_test is not None else own["limit_test"]
+    seed = args.seed if args.seed is not None else own["seed"]
+    same = limit == own["limit_test"] and (limit is None or seed == own["seed"])
+    test_set = {"limit_test": limit, "seed": seed}
+    if recorded is None:
+        return test_set, ""
+    test_set["the_runs_own"] = same
+
+    def words(t: dict) -> str:
+        if t["limit_test"] is None:
+            return "the whole test set"
+        return f"--limit-test {t['limit_test']} --seed {t['seed']}"
+
+    if not same:
+        return test_set, f" ({words(test_set)}: not the run's, tested on {words(recorded)})"
+    if recorded["limit_test"] is None:
+        return test_set, " (the run's own test set)"
+    return test_set, f" (the run's own test set: {words(recorded)})"
 
 
 def cmd_bench(args) -> int:
