@@ -103,7 +103,7 @@ def test_a_run_folder_is_evaluated_on_its_own_test_subset_and_seed(tiny_run, tin
 
     data = tmp_path / "data"
     write_binary_folder(data, n_per_file=100)
-    config = {"model": "tiny", "limit_test": 20, "seed": 3, "limit_train": 50}
+    config = {"model": "tiny", "limit_test": 20, "seed": 3, "limit_train": 50, "recipe": {}}
     (tiny_run / "config.json").write_text(json.dumps(config))
     args = ["evaluate", tiny_run, "--data-dir", data, "--no-verify", "--device", "cpu"]
 

@@ -368,9 +368,9 @@ def _recorded_config(path: str | Path) -> dict | None:
 def recorded_test_set(path: str | Path) -> dict | None:
     """The test set a run was evaluated on, for a run folder or a file inside one:
     ``{"limit_test": N or None (all), "seed": S}`` from its config.json; None where the folder
-    records none (a model file on its own)."""
+    records none (a model file on its own, an imported model: no training run, no test)."""
     record = _recorded_config(path)
-    if record is None:
+    if record is None or "recipe" not in record:
         return None
     limit, seed = record.get("limit_test"), record.get("seed", 0)
     if not (limit is None or _whole(limit)) or not _whole(seed):

@@ -25,6 +25,7 @@ from ..data import CIFAR10, load_cifar10
 from ..distributed import DistContext, init_distributed, resolve_device
 from ..engine.core import Engine, EngineOptions, EpochSums
 from ..engine.evaluate import EvalResult
+from ..engine.memory import check_data_memory
 from ..engine.options import set_process_flags
 from ..errors import (
     CheckpointError,
@@ -156,6 +157,8 @@ class Trainer:
             opts.data_dir, verify=opts.verify, progress=not opts.quiet
         )
         data = data.subset(opts.limit_train, opts.limit_test, opts.seed, opts.val_split)
+        batches = (opts.recipe.batch_size, self._eval_batch())  # can the device hold them?
+        check_data_memory(get_config(opts.model, opts.num_classes), *batches, data, dev, self.dist)
         self.classes = data.classes
         x_train, y_train, self.x_test, self.y_test, self.x_val, self.y_val = _on_device(data, dev)
         self.best = BestEpoch()  # with a split: the best validation epoch and its weights
@@ -316,8 +319,10 @@ class Trainer:
                 if self.signals.signum is not None and not self.dist.enabled:
                     raise _EvaluationStopped
 
-            batch = self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
-            return self.engine.evaluate(x, y, self.classes, batch, on_batch, averaged)
+            return self.engine.evaluate(x, y, self.classes, self._eval_batch(), on_batch, averaged)
+
+    def _eval_batch(self) -> int:
+        return self.opts.eval_batch_size or (2000 if self.device.type == "cuda" else 500)
 
     def _stop_requested(self, step: int, last: bool) -> bool:
         """Whether a signal asks to stop here. Ranks agree, every few steps, on one step."""
