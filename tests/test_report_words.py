@@ -466,3 +466,53 @@ def test_figure_helpers_used_by_seed_figures_are_public():
     ]
     assert names and all(not n.startswith("_") for n in names)
     assert set(names) <= set(figures_module.__all__)
+
+
+# ---------------------------------------------------------------------- one measure, one name
+
+
+def test_near_chance_names_the_one_measure_it_shows():
+    """Not the larger of two measures, unlabelled: each run's headline accuracy, named."""
+    from alexnet_cifar.report.verdict import chance_note
+
+    split = {"label": "a", "epoch_chosen_by": "validation", "best_test_accuracy": 0.12}
+    split["best_val_accuracy"] = 0.15
+    plain = {"label": "b", "epoch_chosen_by": "test", "best_test_accuracy": 0.13}
+    plain["best_val_accuracy"] = 0.13
+    running = {"label": "c", "epoch_chosen_by": "validation", "best_test_accuracy": None}
+    running["best_val_accuracy"] = 0.14
+    learned = {"label": "d", "epoch_chosen_by": "validation", "best_test_accuracy": 0.18}
+    learned["best_val_accuracy"] = 0.45  # listed by its test figure, the one it is ranked by
+    note = chance_note([split, plain, running, learned])
+    assert "`a` (test accuracy at the best validation epoch 12.00%)" in note, note
+    assert "`b` (best test accuracy 13.00%)" in note
+    assert "`c` (best validation accuracy so far 14.00%)" in note
+    assert "`d` (test accuracy at the best validation epoch 18.00%)" in note
+    assert "15.00%" not in note and "45.00%" not in note
+
+
+def _set_seconds(run: Path, seconds: float) -> None:
+    """metrics.csv's seconds column set so that the run's total time is ``seconds``."""
+    lines = (run / "metrics.csv").read_text().splitlines()
+    head, rows = lines[0], [line.split(",") for line in lines[1:]]
+    col = head.split(",").index("seconds")
+    for r in rows:
+        r[col] = f"{seconds / len(rows):.3f}"
+    (run / "metrics.csv").write_text("\n".join([head, *(",".join(r) for r in rows)]) + "\n")
+
+
+@pytest.mark.slow
+def test_time_intervals_are_clipped_at_zero_marked_and_written_in_one_format(tmp_path):
+    for seed, seconds in enumerate((12.0, 1127.0)):  # a spread wider than the mean
+        _set_seconds(make_run(tmp_path / "s" / "alexnet" / f"seed-{seed}", "alexnet", 3, seed=seed),
+                     seconds)  # fmt: skip
+    summary = build_report([tmp_path / "s"], tmp_path / "r")
+    time = summary["variants"][0]["total_seconds"]
+    assert time["ci_low"] == 0.0 and time["ci_clipped"] is True
+    md = (tmp_path / "r" / "report.md").read_text()
+    row = next(r for r in md_tables(md)[0] if r["measure"] == "time")
+    cells = [row[k] for k in ("mean", "std", "95% CI", "min", "max")]
+    assert row["95% CI"].startswith("0h00m to ") and row["95% CI"].endswith("*†"), row
+    assert all(re.fullmatch(r"(\dh\d\dm( to \dh\d\dm)?)\*?†?", c) for c in cells), cells
+    assert "a time's or a loss's at 0" in md
+    assert not re.search(r"-\d+(\.\d+)? s to|-\d+m", md)  # no negative time anywhere
