@@ -516,3 +516,29 @@ def test_time_intervals_are_clipped_at_zero_marked_and_written_in_one_format(tmp
     assert all(re.fullmatch(r"(\dh\d\dm( to \dh\d\dm)?)\*?†?", c) for c in cells), cells
     assert "a time's or a loss's at 0" in md
     assert not re.search(r"-\d+(\.\d+)? s to|-\d+m", md)  # no negative time anywhere
+
+
+@pytest.mark.slow
+def test_figure_files_are_named_after_what_they_show(split_report, mixed_groups):
+    study, md, summary, _ = split_report
+    held_out = {k: v for k, v in summary["figures"].items() if not k.startswith("train_")}
+    assert held_out["validation_accuracy"] == "validation_accuracy.png"
+    assert held_out["validation_loss"] == "validation_loss.png"
+    assert not any("test_" in name for name in held_out.values())
+    assert not (study / "test_accuracy.png").exists() and (study / "validation_loss.png").exists()
+    assert "](validation_accuracy.png)" in md
+    _, out, _, mixed = mixed_groups
+    assert mixed["figures"]["validation_or_test_accuracy"] == "validation_or_test_accuracy.png"
+
+
+@pytest.mark.slow
+def test_model_size_draws_one_bar_per_variant(mixed_groups):
+    """9 runs of 2 variants: two bars of ours and two of the post's on each side."""
+    from alexnet_cifar.report.numbers import run_summary
+
+    root = mixed_groups[0]
+    runs = load_runs([root / "a", root / "b"])
+    fig = figures_module.model_size_figure(runs, [run_summary(r) for r in runs])
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["alexnet", "alexnet_thinner_4"]
+        assert len(ax.patches) == 4
