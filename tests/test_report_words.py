@@ -542,3 +542,34 @@ def test_model_size_draws_one_bar_per_variant(mixed_groups):
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["alexnet", "alexnet_thinner_4"]
         assert len(ax.patches) == 4
+
+
+# ---------------------------------------------------------------------- damaged values, copies
+
+
+@pytest.mark.slow
+def test_values_outside_their_range_leave_the_run_out_named_as_damaged(tmp_path):
+    from .helpers import run_main
+
+    good = make_run(tmp_path / "good", "alexnet_thinner_4", 3)
+    in_metrics = make_run(tmp_path / "metrics", "alexnet", 3, seed=1)
+    text = (in_metrics / "metrics.csv").read_text().splitlines()
+    cells = text[2].split(",")
+    cells[2] = "1.5"  # accuracy of epoch 2: 150%
+    text[2] = ",".join(cells)
+    (in_metrics / "metrics.csv").write_text("\n".join(text) + "\n")
+    in_result = make_run(tmp_path / "result", "alexnet_slim", 3, seed=2)
+    result = json.loads((in_result / "result.json").read_text())
+    (in_result / "result.json").write_text(json.dumps({**result, "test_accuracy": 1.5}))
+
+    p = run_main("report", good, in_metrics, in_result, "--out", tmp_path / "r")
+    assert p.returncode == 0, p.stderr
+    warnings = p.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all("damaged" in w for w in warnings), p.stderr
+    assert "line 3: accuracy is 1.5, outside 0 to 1" in p.stderr
+    assert "'test_accuracy' is 1.5, outside 0 to 1" in p.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [r["model"] for r in summary["runs"]] == ["alexnet_thinner_4"]
+    assert "150.00%" not in (tmp_path / "r" / "report.md").read_text()
+    p = run_main("report", in_metrics, "--out", tmp_path / "r2")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr

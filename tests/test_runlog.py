@@ -205,3 +205,29 @@ def test_progress_without_a_terminal_is_a_heartbeat_and_quiet_stays_quiet(tmp_pa
     for flag, out in (("--quiet", "b"), ("--no-progress", "c")):
         p = run_main(*args, "--out", tmp_path / out, flag)
         assert p.returncode == 0 and "epoch 1/1: step" not in p.stdout + p.stderr, p.stdout
+
+
+@pytest.mark.parametrize(
+    "column, value, says",
+    [
+        ("accuracy", "1.5", "accuracy is 1.5, outside 0 to 1"),
+        ("val_accuracy", "-0.1", "val_accuracy is -0.1, outside 0 to 1"),
+        ("loss", "-2", "loss is -2, below 0"),
+        ("val_loss", "-0.5", "val_loss is -0.5, below 0"),
+        ("seconds", "-542.7", "seconds is -542.7, below 0"),
+        ("lr", "-0.01", "lr is -0.01, below 0"),
+    ],
+)
+def test_values_outside_their_range_are_named_as_damaged(tmp_path, column, value, says):
+    rows = [dict(zip(METRIC_COLUMNS, [1, 0.5, 0.4, 0.6, 0.35, 0.01, 3.0]))]
+    rows.append(dict(zip(METRIC_COLUMNS, [2, 0.4, 0.5, 0.55, 0.4, 0.01, 3.0])))
+    rows[1][column] = value
+    RunLog(tmp_path, tensorboard=False).write_metrics(rows)
+    with pytest.raises(ReportError) as e:
+        read_metrics(tmp_path, error=ReportError)
+    text = str(e.value)
+    assert f"metrics.csv, line 3: {says}" in text and "damaged" in text and "\n" not in text
+    # a diverged run's NaN and infinities are not damage: they are what happened
+    rows[1][column] = "nan" if column != "loss" else "inf"
+    RunLog(tmp_path, tensorboard=False).write_metrics(rows)
+    assert len(read_metrics(tmp_path, error=ReportError)["epoch"]) == 2

@@ -109,6 +109,7 @@ def load_run(path: str | os.PathLike) -> RunData:
     if (path / RESULT_FILE).is_file():
         result = read_json_object(path / RESULT_FILE, RESULT_FILE, error=ReportError)
         check_fields(result, RESULT_FIELDS, str(path / RESULT_FILE), error=ReportError)
+        _check_accuracies(result, path / RESULT_FILE)
     model_file = path / MODEL_FILE
     model_bytes = model_file.stat().st_size if result is not None and model_file.is_file() else None
     return RunData(path, config, metrics, result, model_bytes)
@@ -132,6 +133,26 @@ RESULT_FIELDS = {
     "classes": "strs?",
     "confusion_matrix": "list?",
 }
+
+
+#: The accuracies of result.json the report reads: shares, 0 to 1 (null where none).
+RESULT_ACCURACIES = (
+    "test_accuracy",
+    "best_test_accuracy",
+    "test_accuracy_final",
+    "test_accuracy_at_best_val",
+    "best_val_accuracy",
+)
+
+
+def _check_accuracies(result: dict, result_file: Path) -> None:
+    for name in RESULT_ACCURACIES:
+        v = result.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 <= v <= 1:
+            raise ReportError(
+                f"{result_file}: the field {name!r} is {v!r}, outside 0 to 1: the file is "
+                "damaged (no run writes that)"
+            )
 
 
 def _check_config(config: dict, config_file: Path) -> None:

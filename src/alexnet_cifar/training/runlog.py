@@ -304,12 +304,36 @@ def read_metrics(folder: Path, error=AlexnetCifarError) -> dict[str, list]:
                 raise error(f"{f}, line {line}: {c} is {text_value!r}, not a number") from None
             if c == "epoch" and not (math.isfinite(v) and v == int(v)):
                 raise error(f"{f}, line {line}: epoch is {text_value!r}, not a whole number")
+            _check_range(f, line, c, v, text_value, error)
             cols[c].append(int(v) if c == "epoch" else v)
     if not cols["epoch"]:
         raise error(f"{f} holds no finished epoch: nothing to report")
     if cols["epoch"] != list(range(1, len(cols["epoch"]) + 1)):
         raise error(f"{f} is damaged: its epochs are not 1, 2, 3, ...")
     return cols
+
+
+#: The range each column's values lie in (None: no bound); NaN and infinities are a diverged
+#: run's, not damage.
+METRIC_RANGES = {
+    "loss": (0.0, None),
+    "accuracy": (0.0, 1.0),
+    "val_loss": (0.0, None),
+    "val_accuracy": (0.0, 1.0),
+    "lr": (0.0, None),
+    "seconds": (0.0, None),
+}
+
+
+def _check_range(f: Path, line: int, column: str, v: float, text: str, error) -> None:
+    low, high = METRIC_RANGES.get(column, (None, None))
+    if not math.isfinite(v) or (low is None or v >= low) and (high is None or v <= high):
+        return
+    where = f"outside {low:g} to {high:g}" if high is not None else f"below {low:g}"
+    raise error(
+        f"{f}, line {line}: {column} is {text}, {where}: the file is damaged (no run writes "
+        "that)"
+    )
 
 
 def class_names(path: str | os.PathLike, num_classes: int, meta: dict | None = None) -> list[str]:
