@@ -573,3 +573,24 @@ def test_values_outside_their_range_leave_the_run_out_named_as_damaged(tmp_path)
     assert "150.00%" not in (tmp_path / "r" / "report.md").read_text()
     p = run_main("report", in_metrics, "--out", tmp_path / "r2")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.slow
+def test_copies_of_one_run_are_named_and_counted_once(tmp_path):
+    import shutil
+
+    from .helpers import run_main
+
+    study = tmp_path / "s"
+    for seed in range(2):
+        make_run(study / "alexnet" / f"seed-{seed}", "alexnet", 3, seed=seed)
+    copy = tmp_path / "copy-of-seed-1"
+    shutil.copytree(study / "alexnet" / "seed-1", copy)
+    p = run_main("report", study, copy, "--out", tmp_path / "r")
+    assert p.returncode == 0, p.stderr
+    (warning,) = p.stderr.strip().splitlines()
+    assert str(copy) in warning and "seed-1" in warning and "counted once" in warning, warning
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(summary["runs"]) == 2
+    (alexnet,) = summary["variants"]
+    assert alexnet["n_runs"] == 2 and alexnet["best_test_accuracy"]["std"] > 0

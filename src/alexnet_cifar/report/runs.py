@@ -21,6 +21,7 @@ from ..files import (
 )
 from ..models import PRESETS, AlexNetConfig
 from ..recipe import Recipe
+from ..training.resume import identity_of_config
 from ..training.runlog import read_metrics
 
 __all__ = ["ClassResults", "RunData", "label_slug", "load_run", "load_runs"]
@@ -201,9 +202,18 @@ def load_runs(paths, warn=None) -> list[RunData]:
                 continue
             seen.add(key)
             try:
-                runs.append(load_run(folder))
+                run = load_run(folder)
             except ReportError as e:
                 problems.append(str(e))
+                continue
+            same = next((r for r in runs if _same_run(r, run)), None)
+            if same is not None:  # one sample, not two: the statistics would shrink to zero
+                problems.append(
+                    f"{folder} is a copy of {same.path} (the same settings, seed and metrics): "
+                    "counted once"
+                )
+                continue
+            runs.append(run)
     if not runs:
         raise ReportError("; ".join(problems) if problems else "no run folders given")
     for problem in problems:
@@ -215,6 +225,14 @@ def load_runs(paths, warn=None) -> list[RunData]:
     for i, r in enumerate(runs):
         r.color = f"C{i % 10}"
     return runs
+
+
+def _same_run(a: RunData, b: RunData) -> bool:
+    """Whether two folders hold one run: the same settings and seed (its identity) and the
+    same metrics in every column but the time (a copy, or the same computation again)."""
+    if identity_of_config(a.config) != identity_of_config(b.config):
+        return False
+    return all(a.metrics[c] == b.metrics[c] for c in a.metrics if c != "seconds")
 
 
 def _assign_labels(runs: list[RunData]) -> None:
