@@ -36,12 +36,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from alexnet_cifar.engine.bench import BenchSettings, environment, format_row, run_bench
-from alexnet_cifar.engine.capture import EmulatedGraphs
-from alexnet_cifar.engine.options import set_process_flags
 
 from alexnet_cifar.augment import draw_seed_augmentation, hflip, normalize, translate
+from alexnet_cifar.engine.bench import BenchSettings, environment, format_row, run_bench
+from alexnet_cifar.engine.capture import EmulatedGraphs
 from alexnet_cifar.engine.core import Engine, EngineOptions
+from alexnet_cifar.engine.options import set_process_flags
 from alexnet_cifar.models import PRESETS, AlexNet, get_config
 from alexnet_cifar.optim import plain_step
 from alexnet_cifar.recipe import Recipe, get_recipe
