@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test quick clean
+.PHONY: venv demo test quick clean chromium-note
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,17 @@ demo: venv
 	@echo "  $(BIN)/alexnet-cifar report runs/demo --out runs/demo-report   (curves, verdict)"
 	@echo "The whole study, five variants: $(BIN)/alexnet-cifar study --help"
 
-test: venv
-	@test -x /usr/bin/chromium || command -v chromium >/dev/null || echo "note: 3 checks of \
-	report.html need headless Chromium: sudo apt-get install chromium (as .ci/run does)"
+# The browser the tests of report.html open (tests/headless_chromium.py looks the same way).
+CHROMIUM ?= $(or $(shell command -v chromium chromium-browser 2>/dev/null | head -n 1),$(wildcard /usr/bin/chromium))
+
+# Without it those tests skip: say how many (the tests carry the marker "chromium", given by
+# tests/conftest.py to every test that opens a page) and how to install it.
+chromium-note: venv
+	@test -n "$(CHROMIUM)" || echo "note: $$($(BIN)/python -m pytest -q --collect-only -m \
+	chromium 2>/dev/null | grep -c '::') tests of report.html need headless Chromium and skip \
+	without it; on Debian: sudo apt-get install chromium (as .ci/run does)"
+
+test: venv chromium-note
 	$(BIN)/python -m pytest -q
 
 quick: venv

@@ -166,3 +166,11 @@ def tiny_run(tmp_path, tiny_model):
     from .helpers import make_run
 
     return make_run(tmp_path / "run", tiny_model)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that opens a page in headless Chromium (the ``chromium`` fixture) carries
+    the marker ``chromium``: ``make test`` counts them when the browser is missing."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.chromium)

@@ -2,12 +2,14 @@
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -537,3 +539,52 @@ def test_the_study_table_names_how_its_test_column_was_chosen(
     assert ("best test" in header) == (column == "best test")
     notes = [line for line in lines if line.startswith("test@val:")]
     assert (note in notes[0]) if note else not notes
+
+
+# ---------------------------------------------------------------------- engine flags at the edges
+
+
+def _tiny_train(root: Path, out: str, *extra, env=None):
+    """alexnet_thinner_4 for one epoch on a small made-up data folder (100 + 20 images)."""
+    if not (root / "cifar-10-batches-bin").exists():
+        write_binary_folder(root, n_per_file=20)
+    args = ["train", "alexnet_thinner_4", "--epochs", "1", "--batch-size", "50"]
+    args += ["--data-dir", root, "--no-verify", "--device", "cpu", "--no-progress"]
+    return run_main(*args, "--out", root / out, *extra, env=env)
+
+
+def _one_error_line(p) -> str:
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
+def test_an_unknown_compile_backend_and_a_mode_without_compile_are_one_line(tmp_path):
+    line = _one_error_line(_tiny_train(tmp_path, "a", "--compile", "--compile-backend", "nosuch"))
+    assert "--compile-backend 'nosuch'" in line and "inductor" in line
+    line = _one_error_line(_tiny_train(tmp_path, "b", "--compile-mode", "reduce-overhead"))
+    assert "--compile-mode" in line and "add --compile" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_the_fallback_test_hook_shows_the_warning_the_records_and_strict_refusing(tmp_path):
+    from alexnet_cifar.engine.capture import FAIL_RUNG_ENV
+
+    hook = {FAIL_RUNG_ENV: "compile"}
+    p = _tiny_train(tmp_path, "run", "--compile", env=hook)
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: compile failed"), p.stderr
+    assert FAIL_RUNG_ENV in warnings[0] and "falling back to eager" in warnings[0]
+    for name in ("config.json", "result.json"):
+        record = json.loads((tmp_path / "run" / name).read_text())
+        (fallback,) = record["engine_fallbacks"]
+        assert (fallback["from"], fallback["to"]) == ("compile", "eager"), name
+        assert record["engine_used"]["compile"] is False
+    strict = _tiny_train(tmp_path, "strict", "--compile", "--strict-engine", env=hook)
+    line = _one_error_line(strict)
+    assert "--strict-engine forbids falling back" in line and FAIL_RUNG_ENV in line
+    wrong = {FAIL_RUNG_ENV: "eager"}
+    assert FAIL_RUNG_ENV in _one_error_line(_tiny_train(tmp_path, "w", "--compile", env=wrong))

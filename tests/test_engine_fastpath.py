@@ -547,3 +547,59 @@ def test_inductor_compiles_two_graphs_once_with_no_break():
     assert sum(counters["graph_break"].values()) == 0
     assert engine.used_options.compile is True
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------- every failure reaches it
+
+
+def test_a_failure_to_set_up_compile_reaches_the_ladder(monkeypatch):
+    """torch.compile failing as it wraps the model (an unusable backend) is a rung failing,
+    not a traceback: one warning, a record, and eager steps."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this backend cannot be set up here")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    said = []
+    engine = _engine(replace(FP32, compile=True), warn=said.append)
+    engine.prepare()
+    assert engine.used_options.compile is False
+    assert len(said) == 1 and "cannot be set up here" in said[0]
+    assert _rungs(engine) == [("compile", "eager")]
+    with pytest.raises(EngineFallbackError, match="cannot be set up here"):
+        _engine(replace(FP32, compile=True, strict_engine=True)).prepare()
+
+
+# ---------------------------------------------------------------------- the test hook
+
+
+@pytest.mark.parametrize(
+    "named, asked, used",
+    [
+        ("CUDA graphs", dict(cuda_graphs=True), "eager"),
+        ("cuda-graphs", dict(cuda_graphs=True), "eager"),
+        ("Compile", dict(compile=True, cuda_graphs=False), "eager"),
+    ],
+)
+def test_the_test_hook_makes_the_named_rung_fail(monkeypatch, named, asked, used):
+    from alexnet_cifar.engine.options import rung_name
+
+    monkeypatch.setenv(engine_capture.FAIL_RUNG_ENV, named)
+    said = []
+    asked = replace(FP32, compile_backend="eager", **asked)
+    engine = _engine(asked, EmulatedGraphs(), warn=said.append)
+    engine.prepare()
+    assert rung_name(engine.used_options.compile, engine.used_options.cuda_graphs) == used
+    (fallback,) = engine.engine_record()["fallbacks"]
+    assert engine_capture.FAIL_RUNG_ENV in fallback["reason"] and len(said) == 1
+    monkeypatch.delenv(engine_capture.FAIL_RUNG_ENV)
+    engine = _engine(asked, EmulatedGraphs())
+    engine.prepare()
+    assert engine.engine_record()["fallbacks"] == []  # without the hook the rung works
+
+
+def test_the_test_hook_refuses_a_rung_it_cannot_fail(monkeypatch):
+    for wrong in ("eager", "graphs please"):
+        monkeypatch.setenv(engine_capture.FAIL_RUNG_ENV, wrong)
+        with pytest.raises(SettingError, match=engine_capture.FAIL_RUNG_ENV):
+            _engine(replace(FP32, cuda_graphs=True), EmulatedGraphs())

@@ -1,5 +1,6 @@
 """engine_options: what each speed-up resolves to per device, and which are refused where."""
 
+import pytest
 import torch
 
 from alexnet_cifar.engine import options as engine_options
@@ -46,3 +47,31 @@ def test_engine_options_resolve_per_device():
         torch.device("cuda")
     )
     assert (off.precision, off.compile, off.cuda_graphs) == ("fp32", False, False)
+
+
+def test_an_unknown_compile_backend_is_one_line_naming_the_available_ones():
+    from alexnet_cifar.errors import SettingError
+
+    with pytest.raises(SettingError, match="compile_backend") as refused:
+        EngineOptions(compile=True, compile_backend="nosuch").resolve(CPU)
+    text = str(refused.value)
+    assert "'nosuch'" in text and "inductor" in text and "\n" not in text
+    # also where compile is off: the name is wrong whatever runs
+    with pytest.raises(SettingError, match="nosuch"):
+        EngineOptions(compile_backend="nosuch").resolve(CPU)
+    for name in ("inductor", "eager", "aot_eager"):
+        assert EngineOptions(compile=True, compile_backend=name).resolve(CPU).compile is True
+
+
+def test_a_compile_mode_without_compile_is_refused_not_ignored():
+    from alexnet_cifar.errors import SettingError
+
+    # compile is off on a CPU unless asked for: a mode would be recorded and never run
+    with pytest.raises(SettingError, match="compile_mode.*compile") as refused:
+        EngineOptions(compile_mode="reduce-overhead").resolve(CPU)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(SettingError, match="compile_mode"):
+        EngineOptions(compile=False, compile_mode="default").resolve(torch.device("cuda"))
+    asked = EngineOptions(compile=True, compile_mode="reduce-overhead").resolve(CPU)
+    assert asked.compile is True and asked.compile_mode == "reduce-overhead"
+    assert EngineOptions(compile_mode="max-autotune").resolve(torch.device("cuda")).compile

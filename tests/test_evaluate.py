@@ -92,3 +92,37 @@ def test_evaluate_tta_command(tiny_run, tiny_model, tmp_path, capsys):
         f"flip-averaged (--tta): loss {expected(tta_p)[0]:.4f}  accuracy {tta_accuracy:.4f}  "
         f"({tta_accuracy - plain_accuracy:+.4f} against the plain prediction)"
     ) in text
+
+
+def test_a_run_folder_is_evaluated_on_its_own_test_subset_and_seed(tiny_run, tiny_model, tmp_path):
+    """A run trained on --limit-test 20 --seed 3 is evaluated on those 20 images by default
+    (as its result.json was), and says so; other flags are allowed and said to differ."""
+    from alexnet_cifar.data import load_cifar10
+
+    from .helpers import run_main
+
+    data = tmp_path / "data"
+    write_binary_folder(data, n_per_file=100)
+    config = {"model": "tiny", "limit_test": 20, "seed": 3, "limit_train": 50, "recipe": {}}
+    (tiny_run / "config.json").write_text(json.dumps(config))
+    args = ["evaluate", tiny_run, "--data-dir", data, "--no-verify", "--device", "cpu"]
+
+    def evaluated(*flags) -> dict:
+        p = run_main(*args, "--json", *flags)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    own = evaluated()
+    subset = load_cifar10(data, verify=False).subset(None, 20, 3)
+    want = evaluate_model(tiny_model, subset.x_test, subset.y_test, batch_size=500)
+    assert own["n"] == 20 and own["loss"] == pytest.approx(want.loss, rel=1e-6)
+    assert own["test_set"] == {"limit_test": 20, "seed": 3, "the_runs_own": True}
+    assert evaluated("--seed", "0")["test_set"]["the_runs_own"] is False
+    assert evaluated("--limit-test", "20", "--seed", "3")["loss"] == own["loss"]
+
+    first = run_main(*args).stdout.splitlines()[0]
+    assert "20 test images" in first and "the run's own test set" in first, first
+    assert "--limit-test 20" in first and "--seed 3" in first
+    other = run_main(*args, "--limit-test", "30").stdout.splitlines()[0]
+    assert "30 test images" in other and "not the run's, tested on" in other, other
+    assert "--limit-test 20 --seed 3" in other

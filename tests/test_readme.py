@@ -379,3 +379,39 @@ def test_the_normalisation_the_readme_states_is_the_one_used():
     mean, std = ", ".join(f"{v:g}" for v in SEED_MEAN), ", ".join(f"{v:g}" for v in SEED_STD)
     assert f"mean {mean}; std {std}" in text  # the seed recipe's table
     assert f"mean ({mean}) and std ({std})" in text  # export's input
+
+
+@pytest.mark.slow
+def test_make_test_counts_the_tests_that_need_chromium_from_the_tests(tmp_path):
+    """Without the browser, `make test` says how many tests skip for it, counted from the
+    tests themselves (those that take the chromium fixture), and how to install it."""
+    import ast
+
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    p = subprocess.run(
+        ["make", "-s", "-o", "venv", "chromium-note", f"VENV={tmp_path / 'venv'}", "CHROMIUM="],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert p.returncode == 0, p.stderr
+    taking = 0
+    for f in sorted((REPO / "tests").glob("test_*.py")):
+        for fn in ast.walk(ast.parse(f.read_text())):
+            if isinstance(fn, ast.FunctionDef) and fn.name.startswith("test_"):
+                taking += "chromium" in [a.arg for a in fn.args.args]
+    assert taking >= 5
+    assert f"note: {taking} tests of report.html need headless Chromium" in p.stdout, p.stdout
+    assert "on Debian: sudo apt-get install chromium" in p.stdout
+    # with the browser there, nothing is said
+    found = subprocess.run(
+        ["make", "-s", "-o", "venv", "chromium-note", f"VENV={tmp_path / 'venv'}", "CHROMIUM=x"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0 and found.stdout == "", found.stdout

@@ -45,10 +45,13 @@ def _curves(n: int, kind: str, top: float, seed: int) -> list[dict]:
                 "loss": train_loss,
                 "accuracy": min(0.999, 0.1 + (top + 0.05) * (1 - math.exp(-4 * t))),
                 "val_loss": val_loss,
-                "val_accuracy": 0.1
-                + (top - 0.1) * (1 - math.exp(-5 * t))
-                - (0.02 * t if kind == "swoosh" else 0.0)
-                + float(rng.uniform(0, 0.005)),
+                "val_accuracy": max(  # an accuracy: never below 0, or the run is damaged
+                    0.0,
+                    0.1
+                    + (top - 0.1) * (1 - math.exp(-5 * t))
+                    - (0.02 * t if kind == "swoosh" else 0.0)
+                    + float(rng.uniform(0, 0.005)),
+                ),
                 "lr": recipe.lr_at(e - 1),
                 "seconds": round(float(rng.uniform(1.0, 3.0)), 3),
             }

@@ -451,3 +451,131 @@ def test_every_cell_formatter_says_diverged_for_nan():
     from alexnet_cifar.report import seed_sections
 
     assert seed_sections._number(nan, "share") == "diverged"
+
+
+# ---------------------------------------------------------------------- one measure, one name
+
+
+def test_near_chance_names_the_one_measure_it_shows():
+    """Not the larger of two measures, unlabelled: each run's headline accuracy, named."""
+    from alexnet_cifar.report.verdict import chance_note
+
+    split = {"label": "a", "epoch_chosen_by": "validation", "best_test_accuracy": 0.12}
+    split["best_val_accuracy"] = 0.15
+    plain = {"label": "b", "epoch_chosen_by": "test", "best_test_accuracy": 0.13}
+    plain["best_val_accuracy"] = 0.13
+    running = {"label": "c", "epoch_chosen_by": "validation", "best_test_accuracy": None}
+    running["best_val_accuracy"] = 0.14
+    learned = {"label": "d", "epoch_chosen_by": "validation", "best_test_accuracy": 0.18}
+    learned["best_val_accuracy"] = 0.45  # listed by its test figure, the one it is ranked by
+    note = chance_note([split, plain, running, learned])
+    assert "`a` (test accuracy at the best validation epoch 12.00%)" in note, note
+    assert "`b` (best test accuracy 13.00%)" in note
+    assert "`c` (best validation accuracy so far 14.00%)" in note
+    assert "`d` (test accuracy at the best validation epoch 18.00%)" in note
+    assert "15.00%" not in note and "45.00%" not in note
+
+
+def _set_seconds(run: Path, seconds: float) -> None:
+    """metrics.csv's seconds column set so that the run's total time is ``seconds``."""
+    lines = (run / "metrics.csv").read_text().splitlines()
+    head, rows = lines[0], [line.split(",") for line in lines[1:]]
+    col = head.split(",").index("seconds")
+    for r in rows:
+        r[col] = f"{seconds / len(rows):.3f}"
+    (run / "metrics.csv").write_text("\n".join([head, *(",".join(r) for r in rows)]) + "\n")
+
+
+@pytest.mark.slow
+def test_time_intervals_are_clipped_at_zero_marked_and_written_in_one_format(tmp_path):
+    for seed, seconds in enumerate((12.0, 1127.0)):  # a spread wider than the mean
+        _set_seconds(make_run(tmp_path / "s" / "alexnet" / f"seed-{seed}", "alexnet", 3, seed=seed),
+                     seconds)  # fmt: skip
+    summary = build_report([tmp_path / "s"], tmp_path / "r")
+    time = summary["variants"][0]["total_seconds"]
+    assert time["ci_low"] == 0.0 and time["ci_clipped"] is True
+    md = (tmp_path / "r" / "report.md").read_text()
+    row = next(r for r in md_tables(md)[0] if r["measure"] == "time")
+    cells = [row[k] for k in ("mean", "std", "95% CI", "min", "max")]
+    assert row["95% CI"].startswith("0h00m to ") and row["95% CI"].endswith("*†"), row
+    assert all(re.fullmatch(r"(\dh\d\dm( to \dh\d\dm)?)\*?†?", c) for c in cells), cells
+    assert "a time's or a loss's at 0" in md
+    assert not re.search(r"-\d+(\.\d+)? s to|-\d+m", md)  # no negative time anywhere
+
+
+@pytest.mark.slow
+def test_figure_files_are_named_after_what_they_show(split_report, mixed_groups):
+    study, md, summary, _ = split_report
+    held_out = {k: v for k, v in summary["figures"].items() if not k.startswith("train_")}
+    assert held_out["validation_accuracy"] == "validation_accuracy.png"
+    assert held_out["validation_loss"] == "validation_loss.png"
+    assert not any("test_" in name for name in held_out.values())
+    assert not (study / "test_accuracy.png").exists() and (study / "validation_loss.png").exists()
+    assert "](validation_accuracy.png)" in md
+    _, out, _, mixed = mixed_groups
+    assert mixed["figures"]["validation_or_test_accuracy"] == "validation_or_test_accuracy.png"
+
+
+@pytest.mark.slow
+def test_model_size_draws_one_bar_per_variant(mixed_groups):
+    """9 runs of 2 variants: two bars of ours and two of the post's on each side."""
+    from alexnet_cifar.report.numbers import run_summary
+
+    root = mixed_groups[0]
+    runs = load_runs([root / "a", root / "b"])
+    fig = figures_module.model_size_figure(runs, [run_summary(r) for r in runs])
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["alexnet", "alexnet_thinner_4"]
+        assert len(ax.patches) == 4
+
+
+# ---------------------------------------------------------------------- damaged values, copies
+
+
+@pytest.mark.slow
+def test_values_outside_their_range_leave_the_run_out_named_as_damaged(tmp_path):
+    from .helpers import run_main
+
+    good = make_run(tmp_path / "good", "alexnet_thinner_4", 3)
+    in_metrics = make_run(tmp_path / "metrics", "alexnet", 3, seed=1)
+    text = (in_metrics / "metrics.csv").read_text().splitlines()
+    cells = text[2].split(",")
+    cells[2] = "1.5"  # accuracy of epoch 2: 150%
+    text[2] = ",".join(cells)
+    (in_metrics / "metrics.csv").write_text("\n".join(text) + "\n")
+    in_result = make_run(tmp_path / "result", "alexnet_slim", 3, seed=2)
+    result = json.loads((in_result / "result.json").read_text())
+    (in_result / "result.json").write_text(json.dumps({**result, "test_accuracy": 1.5}))
+
+    p = run_main("report", good, in_metrics, in_result, "--out", tmp_path / "r")
+    assert p.returncode == 0, p.stderr
+    warnings = p.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all("damaged" in w for w in warnings), p.stderr
+    assert "line 3: accuracy is 1.5, outside 0 to 1" in p.stderr
+    assert "'test_accuracy' is 1.5, outside 0 to 1" in p.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [r["model"] for r in summary["runs"]] == ["alexnet_thinner_4"]
+    assert "150.00%" not in (tmp_path / "r" / "report.md").read_text()
+    p = run_main("report", in_metrics, "--out", tmp_path / "r2")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.slow
+def test_copies_of_one_run_are_named_and_counted_once(tmp_path):
+    import shutil
+
+    from .helpers import run_main
+
+    study = tmp_path / "s"
+    for seed in range(2):
+        make_run(study / "alexnet" / f"seed-{seed}", "alexnet", 3, seed=seed)
+    copy = tmp_path / "copy-of-seed-1"
+    shutil.copytree(study / "alexnet" / "seed-1", copy)
+    p = run_main("report", study, copy, "--out", tmp_path / "r")
+    assert p.returncode == 0, p.stderr
+    (warning,) = p.stderr.strip().splitlines()
+    assert str(copy) in warning and "seed-1" in warning and "counted once" in warning, warning
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(summary["runs"]) == 2
+    (alexnet,) = summary["variants"]
+    assert alexnet["n_runs"] == 2 and alexnet["best_test_accuracy"]["std"] > 0

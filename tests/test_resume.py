@@ -339,3 +339,82 @@ def test_a_resume_keeps_the_checkpoint_cadence_and_records_a_new_one(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["checkpoint_every"] == 5
     assert config["changes"][-1]["checkpoint_every"] == [0, 5]
+
+
+# ---------------------------------------------------------------------- nothing to resume
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "a model without checkpoint"])
+def test_resume_of_a_folder_without_a_checkpoint_is_refused_in_one_line(tmp_path, kind):
+    """A mistyped or empty --out with --resume would start a whole new run: refused, naming
+    the folder and what it lacks, before anything is written."""
+    folder = tmp_path / "runs" / "alexnet"
+    if kind != "missing":
+        folder.mkdir(parents=True)
+    if kind == "a model without checkpoint":  # as import-keras leaves a folder
+        for name, text in (("config.json", "{}"), ("result.json", "{}"), ("model.pt", "")):
+            (folder / name).write_text(text)
+    before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+    no_data = {"CIFAR10_DIR": str(tmp_path / "no-data")}  # a run that starts stops at once
+    argv = ["train", "alexnet", "--out", folder, "--resume", "--quiet", "--device", "cpu"]
+    p = run_main(*argv, env=no_data)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("error: cannot resume") and str(folder) in line
+    lacks = {
+        "missing": "the folder does not exist",
+        "empty": "it holds no checkpoint.pt and no config.json of a run",
+        "a model without checkpoint": "it holds a model but no checkpoint.pt",
+    }[kind]
+    assert lacks in line
+    assert ("leave --resume out" in line) == (kind != "a model without checkpoint")
+    assert (sorted(q.name for q in folder.iterdir()) if folder.exists() else None) == before
+
+
+class _Killed(Exception):
+    """A stand-in for kill -9: the run stops with no checkpoint and no clean-up of its own."""
+
+
+def _killed_before_the_first_checkpoint(cifar10, out) -> None:
+    def kill(trainer, epoch, step):
+        if (epoch, step) == (0, 2):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(train_options(out), data=cifar10, on_step=kill)
+    assert (out / "config.json").is_file() and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_restarts_and_says_so_even_quiet(
+    cifar10, cifar10_dir, reference_run, tmp_path
+):
+    from .helpers import REF_ARGS
+
+    out = tmp_path / "run"
+    _killed_before_the_first_checkpoint(cifar10, out)
+    env = {"CIFAR10_DIR": str(cifar10_dir)}
+    p = run_main("train", *REF_ARGS, "--out", out, "--resume", "--quiet", env=env)
+    assert p.returncode == 0, p.stderr
+    notice = [line for line in p.stderr.splitlines() if "epoch 1" in line]
+    assert len(notice) == 1 and "restart" in notice[0] and str(out) in notice[0], p.stderr
+    assert "before its first checkpoint" in notice[0]
+    assert notice[0] in (out / "train.log").read_text()
+    assert metric_rows(out) == metric_rows(reference_run)  # a whole new run, from epoch 1
+
+
+@pytest.mark.real_data
+def test_a_missing_recorded_data_folder_is_named_as_recorded(cifar10_dir, interrupted_run):
+    import json
+
+    config = json.loads((interrupted_run / "config.json").read_text())
+    gone = str(interrupted_run.parent / "data-moved-away")
+    config["data_dir"] = gone
+    (interrupted_run / "config.json").write_text(json.dumps(config))
+    env = {"CIFAR10_DIR": str(cifar10_dir)}
+    p = run_main("train", "alexnet_thinner_4", "--out", interrupted_run, "--resume", env=env)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert gone in line and "--data-dir" in line and "config.json" in line, line
+    assert "(from --data-dir)" not in line

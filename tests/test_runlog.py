@@ -152,3 +152,82 @@ def test_versions_and_a_disabled_progress_bar():
         bar.update(3)
         bar.set_postfix(loss=1.0)
     assert not hasattr(bar, "n")  # no tqdm was made
+
+
+# ---------------------------------------------------------------------- the heartbeat
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_heartbeat_says_where_a_loop_stands_every_interval_and_no_more():
+    from alexnet_cifar.training.runlog import Heartbeat
+
+    said, clock = [], _Clock()
+    beat = Heartbeat(100, "epoch 2/30", said.append, initial=10, every=30, clock=clock)
+    with beat:
+        for _ in range(20):  # 20 steps in 20 s: less than an interval, nothing said
+            clock.now += 1
+            beat.update(1)
+        assert said == []
+        beat.set_postfix(loss="1.2345", acc="0.5000", img_s="640")
+        clock.now += 10  # 30 s since the start: one line
+        beat.update(1)
+        clock.now += 29
+        beat.update(1)
+    (line,) = said
+    # 21 steps in 30 s: the 69 left at 0.7 a second take 1m39s
+    assert line.startswith("epoch 2/30: step 31/100") and "loss 1.2345" in line
+    assert "accuracy 0.5000" in line and "640 images/s" in line and "ETA 1m39s" in line
+
+
+def test_progress_without_a_terminal_is_a_heartbeat_and_quiet_stays_quiet(tmp_path, monkeypatch):
+    """A training run whose output is a log prints heartbeat lines inside an epoch (every step
+    here, with the interval set to 0); --quiet and --no-progress print none."""
+    from alexnet_cifar.training import runlog
+
+    from .helpers import run_main, write_binary_folder
+
+    monkeypatch.setattr(runlog, "HEARTBEAT_SECONDS", 0.0, raising=False)
+    write_binary_folder(tmp_path, n_per_file=20)
+    args = ["train", "alexnet_thinner_4", "--epochs", "1", "--batch-size", "25"]
+    args += ["--data-dir", tmp_path, "--no-verify", "--device", "cpu"]
+    p = run_main(*args, "--out", tmp_path / "a")
+    assert p.returncode == 0, p.stderr
+    beats = [line for line in p.stdout.splitlines() if line.startswith("epoch 1/1: step")]
+    assert len(beats) >= 3 and "images/s" in beats[0] and "ETA" in beats[0], p.stdout
+    assert beats[0] in (tmp_path / "a" / "train.log").read_text()
+    for flag, out in (("--quiet", "b"), ("--no-progress", "c")):
+        p = run_main(*args, "--out", tmp_path / out, flag)
+        assert p.returncode == 0 and "epoch 1/1: step" not in p.stdout + p.stderr, p.stdout
+
+
+@pytest.mark.parametrize(
+    "column, value, says",
+    [
+        ("accuracy", "1.5", "accuracy is 1.5, outside 0 to 1"),
+        ("val_accuracy", "-0.1", "val_accuracy is -0.1, outside 0 to 1"),
+        ("loss", "-2", "loss is -2, below 0"),
+        ("val_loss", "-0.5", "val_loss is -0.5, below 0"),
+        ("seconds", "-542.7", "seconds is -542.7, below 0"),
+        ("lr", "-0.01", "lr is -0.01, below 0"),
+    ],
+)
+def test_values_outside_their_range_are_named_as_damaged(tmp_path, column, value, says):
+    rows = [dict(zip(METRIC_COLUMNS, [1, 0.5, 0.4, 0.6, 0.35, 0.01, 3.0]))]
+    rows.append(dict(zip(METRIC_COLUMNS, [2, 0.4, 0.5, 0.55, 0.4, 0.01, 3.0])))
+    rows[1][column] = value
+    RunLog(tmp_path, tensorboard=False).write_metrics(rows)
+    with pytest.raises(ReportError) as e:
+        read_metrics(tmp_path, error=ReportError)
+    text = str(e.value)
+    assert f"metrics.csv, line 3: {says}" in text and "damaged" in text and "\n" not in text
+    # a diverged run's NaN and infinities are not damage: they are what happened
+    rows[1][column] = "nan" if column != "loss" else "inf"
+    RunLog(tmp_path, tensorboard=False).write_metrics(rows)
+    assert len(read_metrics(tmp_path, error=ReportError)["epoch"]) == 2

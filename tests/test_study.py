@@ -361,9 +361,11 @@ def test_seeds_study_reports_mean_spread_and_welch_like_scipy(seeds_study):
             assert d["std"] == pytest.approx(np.std(x, ddof=1), rel=1e-12, abs=1e-15), key
             if d["std"] > 0:
                 lo, hi = stats.t.interval(0.95, 1, loc=np.mean(x), scale=stats.sem(x))
-                if key.endswith("accuracy"):  # an accuracy's interval is clipped to [0, 1]
-                    assert d["ci_clipped"] == (lo < 0 or hi > 1), key
-                    lo, hi = max(lo, 0.0), min(hi, 1.0)
+                # an accuracy's interval is clipped to [0, 1], a loss's and a time's at 0
+                top = 1.0 if key.endswith("accuracy") else float("inf")
+                if key != "generalisation_gap":
+                    assert d["ci_clipped"] == (lo < 0 or hi > top), key
+                    lo, hi = max(lo, 0.0), min(hi, top)
                 assert (d["ci_low"], d["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
     (pair,) = summary["other_pairs"]
     assert summary["claims"] == [] and (pair["a"], pair["b"]) == tuple(MODELS)
@@ -737,3 +739,66 @@ def test_a_continued_study_keeps_its_data_folder(cifar10_dir, tmp_path):
     p = subprocess.run(resume, shell=True, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, (resume, p.stderr)
     assert (tmp_path / "s" / "runs" / "alexnet_thinner_4" / "result.json").is_file()
+
+
+# ---------------------------------------------------------------------- what a study folder is
+
+
+def test_a_run_folder_or_a_folder_of_other_files_is_not_a_study_folder(
+    tmp_path, capsys, monkeypatch
+):
+    """A study there would nest a new full run inside the folder: refused in one line, before
+    anything is written."""
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "no-data"))  # a run that starts stops
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "checkpoint.pt", "train.log"):
+        (run / name).write_text("{}")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    for folder, says in ((run, "is a run folder (it holds"), (notes, "holds files (todo.txt)")):
+        before = sorted(p.name for p in folder.iterdir())
+        argv = ["study", "--models", "alexnet", "--out", str(folder), "--device", "cpu"]
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert str(folder) in line and says in line and "study.json" in line, line
+        assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_fresh_study_run_starts_without_saying_there_was_nothing_to_resume(study):
+    out, p = study
+    assert p.returncode == 0, p.stderr
+    assert "[1/2] alexnet: training in" in p.stdout
+    assert "nothing to resume" not in p.stdout + p.stderr
+
+
+class _Killed(Exception):
+    """A stand-in for kill -9: the run stops with no checkpoint and no clean-up of its own."""
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_study_run_killed_before_its_first_checkpoint_restarts_and_says_so(
+    cifar10, cifar10_dir, tmp_path
+):
+    from alexnet_cifar.study.executors import Sequential
+    from alexnet_cifar.study.runner import plan_runs, run_study
+
+    def kill(trainer, epoch, step):
+        raise _Killed
+
+    out = tmp_path / "s"
+    runs = plan_runs(out, ["alexnet_thinner_4"], [0], lambda m, d: _options(d, m))
+    with pytest.raises(_Killed):
+        run_study(out, runs, say=lambda msg: None, executor=Sequential(on_step=kill))
+    run = out / "runs" / "alexnet_thinner_4"
+    assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
+    env = {"CIFAR10_DIR": str(cifar10_dir)}
+    p = run_cli("study", "--out", str(out), "--no-progress", "--quiet", env=env)
+    assert p.returncode == 0, p.stderr
+    (notice,) = [line for line in p.stderr.splitlines() if "restarting" in line]
+    assert str(run) in notice and "from epoch 1" in notice and "first checkpoint" in notice
+    assert len(_metrics(run)) == 1

@@ -356,7 +356,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
         "the run's settings: a run started without it can be resumed with it",
     )
     add_engine_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (on a terminal), nor the heartbeat line printed every 30 s inside "
+        "an epoch when the output is not a terminal",
+    )
     p.add_argument(
         "--quiet", "-q", action="store_true", help="print nothing but errors and the final result"
     )

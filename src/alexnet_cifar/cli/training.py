@@ -15,9 +15,13 @@ from ..engine.bench import BenchSettings, describe_device, format_row, run_bench
 from ..engine.evaluate import eval_batch_size, evaluate_model, evaluate_with_tta
 from ..engine.options import PRECISIONS
 from ..errors import SettingError, param
-from ..training.checkpoint import load_model_and_progress, trained_engine
+from ..training.checkpoint import (
+    load_model_and_progress,
+    recorded_test_set,
+    trained_engine,
+)
 from ..training.records import best_words
-from ..training.resume import run_settings
+from ..training.resume import check_resumable, run_settings
 from ..training.run import CHECKPOINT_EVERY
 from ..training.runlog import progress_bar
 from ..training.trainer import train
@@ -61,8 +65,9 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its checkpoint (flags left out are "
-        "taken from the run)",
+        help="continue the run in --out from its checkpoint (flags left out are taken from "
+        "the run); a folder without a checkpoint is refused, unless its config.json shows a run "
+        "stopped before its first checkpoint, which restarts from epoch 1",
     )
     t.add_argument(
         "--force",
@@ -133,10 +138,13 @@ def _add_evaluate_parser(sub) -> None:
         "--limit-test",
         type=int_at_least(1, "--limit-test"),
         metavar="N",
-        help="a class-balanced subset of N test images",
+        help="a class-balanced subset of N test images (default: a run folder's own, from its "
+        "config.json, so that it gives the figures of its result.json; else all)",
     )
     e.add_argument(
-        "--seed", type=int_at_least(0, "--seed"), default=0, help="fixes the --limit-test subset"
+        "--seed",
+        type=int_at_least(0, "--seed"),
+        help="fixes the --limit-test subset (default: the run's own, else 0)",
     )
     e.add_argument("--no-verify", action="store_true", help="skip the md5 check of the data")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -169,6 +177,8 @@ def cmd_train(args) -> int:
     named = resolve_variant(args.model) if is_variant_file(args.model) else None
     name = named.name if named is not None else args.model
     out = args.out if args.out is not None else Path("runs") / name
+    if args.resume:
+        check_resumable(out)  # a folder with nothing to continue is refused, not started
     prev = run_settings(out, warn=_warn) if args.resume else {}
     recorded = {prev.get("model"): prev.get("model_config")}
     variant = named or resolve_variant(args.model, recorded)
@@ -206,7 +216,8 @@ def cmd_evaluate(args) -> int:
     dev = resolve_device(args.device)
     model, progress = load_model_and_progress(args.path, device=dev)
     data = load_cifar10(args.data_dir, verify=not args.no_verify, progress=not args.json)
-    data = data.subset(None, args.limit_test, args.seed)
+    test_set, note = _test_set(args, recorded_test_set(args.path))
+    data = data.subset(None, test_set["limit_test"], test_set["seed"])
     data.check_classes(model.config.num_classes, what=f"the model in {args.path}")
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     n = len(y) * (2 if args.tta else 1)
@@ -227,6 +238,7 @@ def cmd_evaluate(args) -> int:
             res = evaluate_model(model, x, y, **settings)
     if args.json:
         out = {"path": str(args.path), "model": model.config.name, "precision": precision}
+        out["test_set"] = test_set
         out.update(res.to_dict())
         if progress is not None:
             out["unfinished"] = {**progress, "note": _unfinished(progress)}
@@ -236,7 +248,7 @@ def cmd_evaluate(args) -> int:
         print_json(out)
         return 0
     print(
-        f"{model.config.name} on {res.n} test images: loss {res.loss:.4f}  "
+        f"{model.config.name} on {res.n} test images{note}: loss {res.loss:.4f}  "
         f"accuracy {res.accuracy:.4f}  ({precision})"
         + (f" ({_unfinished(progress)})" if progress else "")
     )
@@ -254,6 +266,30 @@ def cmd_evaluate(args) -> int:
     for c, row in zip(res.classes, res.confusion):
         print(f"{c:<{width + 1}}" + "".join(f"{v:>6}" for v in row))
     return 0
+
+
+def _test_set(args, recorded: dict | None) -> tuple[dict, str]:
+    """The test subset to evaluate on: the flags given, else the run's own (config.json), else
+    the whole test set; and the words that say which, for the first line."""
+    own = recorded or {"limit_test": None, "seed": 0}
+    limit = args.limit_test if args.limit_test is not None else own["limit_test"]
+    seed = args.seed if args.seed is not None else own["seed"]
+    same = limit == own["limit_test"] and (limit is None or seed == own["seed"])
+    test_set = {"limit_test": limit, "seed": seed}
+    if recorded is None:
+        return test_set, ""
+    test_set["the_runs_own"] = same
+
+    def words(t: dict) -> str:
+        if t["limit_test"] is None:
+            return "the whole test set"
+        return f"--limit-test {t['limit_test']} --seed {t['seed']}"
+
+    if not same:
+        return test_set, f" ({words(test_set)}: not the run's, tested on {words(recorded)})"
+    if recorded["limit_test"] is None:
+        return test_set, " (the run's own test set)"
+    return test_set, f" (the run's own test set: {words(recorded)})"
 
 
 def cmd_bench(args) -> int:

@@ -18,6 +18,7 @@ ladder on the CPU.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .options import EngineOptions, rung_name
 from .step import TrainStep
 
 __all__ = [
+    "FAIL_RUNG_ENV",
     "CudaGraphs",
     "EmulatedGraphs",
     "EngineFallbackError",
@@ -39,6 +41,7 @@ __all__ = [
     "restore",
     "root_cause",
     "snapshot",
+    "rungs_made_to_fail",
 ]
 
 #: Relative tolerance of the self-check on the parameters after one step, by precision.
@@ -64,6 +67,43 @@ def root_cause(e: BaseException) -> str:
         e = nxt
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+#: A test hook: the environment variable naming the rungs of the ladder that fail on purpose
+#: (comma-separated: ``compile + CUDA graphs``, ``CUDA graphs``, ``compile``; spaces, case, ``-``
+#: and ``_`` do not matter), so that a fallback, its warning, its record and
+#: ``--strict-engine`` can be watched where nothing really fails.
+FAIL_RUNG_ENV = "ALEXNET_CIFAR_FAIL_RUNG"
+#: The rungs it can name (eager, the last rung, cannot fail and fall back).
+_FAILABLE = {rung_name(c, g): (c, g) for c, g in [(True, True), (False, True), (True, False)]}
+
+
+def _rung_key(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch not in " -_")
+
+
+def rungs_made_to_fail() -> set[tuple[bool, bool]]:
+    """The rungs (compile, graphs) that :data:`FAIL_RUNG_ENV` names; refuses a name that is
+    no rung it can fail."""
+    text = os.environ.get(FAIL_RUNG_ENV, "").strip()
+    if not text:
+        return set()
+    keys = {_rung_key(name): rung for name, rung in _FAILABLE.items()}
+    wanted = [_rung_key(part) for part in text.split(",")]
+    unknown = [w for w in wanted if w not in keys]
+    if unknown:
+        raise SettingError(
+            f"{FAIL_RUNG_ENV}={text!r} names no rung that can fail; name one or more of: "
+            + ", ".join(_FAILABLE)
+        )
+    return {keys[w] for w in wanted}
+
+
+def _forced_failure(forced: set, compiled: bool, graphed: bool) -> None:
+    if (compiled, graphed) in forced:
+        raise RuntimeError(
+            f"made to fail by {FAIL_RUNG_ENV}={os.environ.get(FAIL_RUNG_ENV, '')!r} (a test hook)"
+        )
 
 
 class CudaGraphs:
@@ -162,6 +202,7 @@ class StepLadder:
         self.prepared: dict[int, Callable[[], None] | None] = {}
         self.setup_seconds = 0.0  # compile, warm-up, capture and checks: kept out of epochs
         self._compiled = None
+        self.forced = rungs_made_to_fail()  # the test hook: rungs that fail on purpose
 
     @property
     def used(self) -> EngineOptions:
@@ -202,11 +243,13 @@ class StepLadder:
         try:
             while True:
                 compiled, graphed = self.rungs[self.rung]
-                self.step.forward = self._forward(compiled)
                 if not (compiled or graphed or self.fallbacks):
+                    self.step.forward = self.step.base_forward
                     self.prepared[b] = None  # eager as asked: nothing to prepare
                     return
-                try:
+                try:  # every failure of a rung's preparation, its compile's set-up included
+                    _forced_failure(self.forced, compiled, graphed)
+                    self.step.forward = self._forward(compiled)
                     self.prepared[b] = self._attempt(b, compiled, graphed)
                     return
                 except Exception as e:  # a rung that fails must not cost the run

@@ -29,6 +29,7 @@ __all__ = [
     "COMPILE_MODES",
     "PRECISIONS",
     "EngineOptions",
+    "compile_backends",
     "cpu_has_native_bf16",
     "engine_flag_specs",
     "engine_setting_kinds",
@@ -96,12 +97,18 @@ class EngineOptions:
         None,
         "str?",
         "compile-mode",
-        "torch.compile mode; inside CUDA graphs the modes that capture graphs themselves are "
-        "mapped to their variants without (reduce-overhead -> default, max-autotune -> "
-        "max-autotune-no-cudagraphs)",
+        "torch.compile mode, for a run that compiles (refused without it); inside CUDA graphs "
+        "the modes that capture graphs themselves are mapped to their variants without "
+        "(reduce-overhead -> default, max-autotune -> max-autotune-no-cudagraphs)",
         [m for m in COMPILE_MODES if m],
     )
-    compile_backend: str = _opt("inductor", "str", "compile-backend", "torch.compile backend")
+    compile_backend: str = _opt(
+        "inductor",
+        "str",
+        "compile-backend",
+        "torch.compile backend (default inductor); a name torch does not know is refused with "
+        "the list of those it knows",
+    )
     cuda_graphs: bool | None = _opt(
         None, "bool?", "cuda-graphs", "one CUDA graph per step (auto: on CUDA, one process)"
     )
@@ -145,11 +152,13 @@ class EngineOptions:
             raise SettingError(
                 f"{param('compile_mode')} must be one of {modes}, not {self.compile_mode!r}"
             )
+        compile_ = self.compile if self.compile is not None else cuda
+        _check_compile_settings(self, compile_)
         mode = COMPILE_MODES[self.compile_mode] if graphs else self.compile_mode
         return replace(
             self,
             **numerics,
-            compile=self.compile if self.compile is not None else cuda,
+            compile=compile_,
             compile_mode=mode,
             cuda_graphs=graphs,
             fused_optimizer=True if graphs else (self.fused_optimizer is not False),
@@ -200,6 +209,30 @@ class EngineOptions:
     def from_dict(cls, d: dict) -> EngineOptions:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def compile_backends() -> list[str]:
+    """The names torch.compile accepts as a backend here, its debugging ones included."""
+    return torch.compiler.list_backends(exclude_tags=())
+
+
+def _check_compile_settings(options: EngineOptions, compile_: bool) -> None:
+    """Refuse a compile backend that does not exist (whether compile runs or not: the name is
+    a mistake), and a compile mode for a run that does not compile (it would be recorded and
+    never run)."""
+    backend = options.compile_backend
+    if backend != "inductor" and backend not in compile_backends():  # the default is there
+        raise SettingError(
+            f"{param('compile_backend')} {backend!r} is not a torch.compile backend here; "
+            f"available: {', '.join(torch.compiler.list_backends())} (and, for debugging, "
+            "eager, aot_eager and the others of torch.compiler.list_backends(exclude_tags=()))"
+        )
+    if options.compile_mode is not None and not compile_:
+        raise SettingError(
+            f"{param('compile_mode')} {options.compile_mode} is a mode of torch.compile, which "
+            f"this run does not use (off unless {param('compile', True)} is given, except on "
+            f"CUDA): add {param('compile', True)} or leave {param('compile_mode')} out"
+        )
 
 
 def rung_name(compile: bool, graphs: bool) -> str:

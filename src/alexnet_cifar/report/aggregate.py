@@ -79,6 +79,8 @@ AGGREGATED = [
     ("generalisation_gap", "generalisation gap", "points"),
     ("total_seconds", "time", "seconds"),
 ]
+#: The range each kind of number cannot leave: its interval is clipped to it (and marked).
+BOUNDS = {"share": (0.0, 1.0), "loss": (0.0, math.inf), "seconds": (0.0, math.inf)}
 #: The number pairs of groups are compared on.
 COMPARED = "best_test_accuracy"
 
@@ -117,7 +119,7 @@ def _group_numbers(group: dict, runs: list[RunData], summaries: list[dict]) -> d
     }
     out["folders"] = [s["run_dir"] for s in members]
     for key, _name, kind in AGGREGATED:
-        out[key] = describe([s[key] for s in finished], (0.0, 1.0) if kind == "share" else None)
+        out[key] = describe([s[key] for s in finished], BOUNDS.get(kind))
     return out
 
 

@@ -15,6 +15,8 @@ from .document import code
 __all__ = [
     "count",
     "duration",
+    "duration_in",
+    "duration_unit",
     "epochs",
     "giga_macs",
     "megabytes",
@@ -51,6 +53,27 @@ def seconds(x) -> str:
 
 def duration(x) -> str:
     return number(x, format_duration)
+
+
+def duration_unit(values) -> str:
+    """The one unit a row of durations is written in, set by its largest: "s" (42.0 s) below
+    a minute, "m" (3m05s) below an hour, else "h" (2h07m)."""
+    top = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
+    return "s" if top < 59.95 else "m" if top < 3599.5 else "h"
+
+
+def duration_in(x, unit: str) -> str:
+    """A duration in the unit :func:`duration_unit` chose for its row."""
+
+    def text(v: float) -> str:
+        if unit == "s":
+            return f"{v:.1f} s"
+        whole = int(round(v))
+        if unit == "m":
+            return f"{whole // 60}m{whole % 60:02d}s"
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+    return number(x, text)
 
 
 def count(x) -> str:

@@ -14,18 +14,20 @@ from ..errors import ReportError
 from ..files import atomic_write_bytes, read_json_object
 from ..models import fp32_mb
 from ..recipe import Recipe
-from .numbers import held_out
+from .numbers import held_out, held_out_of
 from .runs import RunData, label_slug
 
 __all__ = [
     "CURVES",
     "HELD_STYLE",
     "STYLE",
+    "curve_file_stem",
     "curve_labels",
     "curves_figure",
     "draw_figures",
     "epoch_axis",
     "legend_outside",
+    "model_size_figure",
     "new_figure",
     "remove_stale_figures",
     "save_figure",
@@ -74,6 +76,15 @@ def curve_labels(column: str, quantity: str, percent: bool, held: str) -> tuple[
     return title, f"{where} {quantity}{unit}"
 
 
+def curve_file_stem(stem: str, column: str, held: str) -> str:
+    """The name of a curve's figure (and its key in summary.json) after what it shows: the
+    per-epoch held-out curves are ``test_*``, ``validation_*`` or ``validation_or_test_*``."""
+    if not column.startswith("val_"):
+        return stem
+    where = {"test": "test", "validation": "validation", "mixed": "validation_or_test"}[held]
+    return stem.replace("test", where, 1)
+
+
 def legend_outside(ax, title: str | None = None) -> None:
     """The legend right of the axes, where it covers no data."""
     ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
@@ -106,13 +117,14 @@ def draw_figures(
     held = [held_out(s) for s in summaries]
     with matplotlib.rc_context(STYLE):
         for stem, column, quantity, percent in CURVES:
-            figures[stem] = f"{stem}.png"
+            name = curve_file_stem(stem, column, held_out_of(summaries))
+            figures[name] = f"{name}.png"
             fig = curves_figure(runs, held, column, quantity, percent)
-            save_figure(fig, out / figures[stem])
+            save_figure(fig, out / figures[name])
         for r, s in zip(runs, summaries):
             save_figure(train_vs_held_out_figure(r, s), out / s["figures"]["train_vs_test"])
         figures["model_size"] = "model_size.png"
-        save_figure(_model_size_figure(runs, summaries), out / figures["model_size"])
+        save_figure(model_size_figure(runs, summaries), out / figures["model_size"])
         if class_index is not None:
             run = runs[class_index]
             classes, confusion, per_class = run.class_results()
@@ -297,14 +309,24 @@ def train_vs_held_out_figure(run: RunData, s: dict):
     return fig
 
 
-def _model_size_figure(runs: list[RunData], summaries: list[dict]):
+def model_size_figure(runs: list[RunData], summaries: list[dict]):
+    """Parameters and model file size, one bar of each per variant (its runs share them: the
+    first run of a variant stands for it, a finished one where there is one)."""
+    first: dict[str, int] = {}
+    for i, s in enumerate(summaries):
+        if s["model"] not in first or (
+            summaries[first[s["model"]]]["checkpoint_mb"] is None and s["checkpoint_mb"] is not None
+        ):
+            first[s["model"]] = i
+    shown = list(first.values())
+    runs, summaries = [runs[i] for i in shown], [summaries[i] for i in shown]
     fig = new_figure((11.5, 5))
     ax_params, ax_size = fig.subplots(1, 2)
     x = np.arange(len(runs))
     colors = [r.color for r in runs]
     heights_params = _params_bars(ax_params, x, colors, summaries)
     heights_size = _checkpoint_bars(ax_size, x, colors, summaries)
-    labels = [r.label for r in runs]
+    labels = [s["model"] for s in summaries]
     for ax, heights in ((ax_params, heights_params), (ax_size, heights_size)):
         ax.set_xticks(x, labels, rotation=20, ha="right")
         ax.set_ylim(0, 1.4 * max(max(heights), 1e-9))  # headroom: the legend sits above the bars

@@ -20,6 +20,7 @@ from ..files import (
     study_run_folders,
 )
 from ..recipe import Recipe
+from ..training.resume import identity_of_config
 from ..training.runlog import read_metrics
 from ..variants import recorded_variant, variant_order
 
@@ -109,6 +110,7 @@ def load_run(path: str | os.PathLike) -> RunData:
     if (path / RESULT_FILE).is_file():
         result = read_json_object(path / RESULT_FILE, RESULT_FILE, error=ReportError)
         check_fields(result, RESULT_FIELDS, str(path / RESULT_FILE), error=ReportError)
+        _check_accuracies(result, path / RESULT_FILE)
     model_file = path / MODEL_FILE
     model_bytes = model_file.stat().st_size if result is not None and model_file.is_file() else None
     return RunData(path, config, metrics, result, model_bytes)
@@ -132,6 +134,26 @@ RESULT_FIELDS = {
     "classes": "strs?",
     "confusion_matrix": "list?",
 }
+
+
+#: The accuracies of result.json the report reads: shares, 0 to 1 (null where none).
+RESULT_ACCURACIES = (
+    "test_accuracy",
+    "best_test_accuracy",
+    "test_accuracy_final",
+    "test_accuracy_at_best_val",
+    "best_val_accuracy",
+)
+
+
+def _check_accuracies(result: dict, result_file: Path) -> None:
+    for name in RESULT_ACCURACIES:
+        v = result.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 <= v <= 1:
+            raise ReportError(
+                f"{result_file}: the field {name!r} is {v!r}, outside 0 to 1: the file is "
+                "damaged (no run writes that)"
+            )
 
 
 def _check_config(config: dict, config_file: Path) -> None:
@@ -176,9 +198,18 @@ def load_runs(paths, warn=None) -> list[RunData]:
                 continue
             seen.add(key)
             try:
-                runs.append(load_run(folder))
+                run = load_run(folder)
             except ReportError as e:
                 problems.append(str(e))
+                continue
+            same = next((r for r in runs if _same_run(r, run)), None)
+            if same is not None:  # one sample, not two: the statistics would shrink to zero
+                problems.append(
+                    f"{folder} is a copy of {same.path} (the same settings, seed and metrics): "
+                    "counted once"
+                )
+                continue
+            runs.append(run)
     if not runs:
         raise ReportError("; ".join(problems) if problems else "no run folders given")
     for problem in problems:
@@ -189,6 +220,14 @@ def load_runs(paths, warn=None) -> list[RunData]:
     for i, r in enumerate(runs):
         r.color = f"C{i % 10}"
     return runs
+
+
+def _same_run(a: RunData, b: RunData) -> bool:
+    """Whether two folders hold one run: the same settings and seed (its identity) and the
+    same metrics in every column but the time (a copy, or the same computation again)."""
+    if identity_of_config(a.config) != identity_of_config(b.config):
+        return False
+    return all(a.metrics[c] == b.metrics[c] for c in a.metrics if c != "seconds")
 
 
 def _assign_labels(runs: list[RunData]) -> None:

@@ -15,7 +15,7 @@ from ..variants import variant_order
 from . import cells
 from .columns import post_columns, result_columns
 from .document import Document, code, literal
-from .figures import CURVES, curve_labels
+from .figures import CURVES, curve_file_stem, curve_labels
 from .numbers import (
     NOT_IN_POST,
     POST_BEST,
@@ -216,7 +216,8 @@ def learning_curves_section(doc: Document, content: ReportContent) -> None:
     captions = _curve_captions(content.held)
     for stem, column, quantity, percent in CURVES:
         title, _ylabel = curve_labels(column, quantity, percent, content.held)
-        doc.figure(content.figures[stem], title, captions[stem])
+        name = curve_file_stem(stem, column, content.held)
+        doc.figure(content.figures[name], title, captions[stem])
 
 
 def train_vs_held_out_section(doc: Document, content: ReportContent) -> None:

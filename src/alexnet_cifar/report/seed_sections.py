@@ -19,7 +19,8 @@ __all__ = ["SEED_DEFINITIONS", "seeds_section", "seeds_summary", "selection_sect
 SEED_DEFINITIONS = {
     "variants": "runs that differ only in their seed, described over their finished runs: "
     "mean, std (n - 1), 95% confidence interval of the mean (Student t), min and max; an "
-    "accuracy's interval is clipped to 0-1 (ci_clipped), and ci_informative is false with "
+    "accuracy's interval is clipped to 0-1 and a time's or a loss's at 0 (ci_clipped), and "
+    "ci_informative is false with "
     f"fewer than {INFORMATIVE_N} runs; folders and differs_in say which runs a group holds",
     "best_variant": "the group with the highest mean headline accuracy, its interval, and "
     "Welch's t-test of its lead over the next (lead; significant at p < "
@@ -30,23 +31,29 @@ SEED_DEFINITIONS = {
 }
 
 
-def _number(x, kind: str, spread: bool = False) -> str:
-    """A value of an aggregated number; ``spread``: a standard deviation of it."""
+def _number(x, kind: str, spread: bool = False, unit: str = "m") -> str:
+    """A value of an aggregated number; ``spread``: a standard deviation of it; ``unit``: a
+    duration's, one for its whole row."""
     if kind == "share":
         return cells.points(x, sign=False) if spread else cells.percent(x)
     if kind == "points":
         return cells.points(x, sign=not spread)
     if kind == "seconds":
-        return cells.duration(x)
+        return cells.duration_in(x, unit)
     return cells.number(x, lambda v: f"{v:.4f}")
 
 
+def _cell(r: dict, key: str, spread: bool = False) -> str:
+    return _number(r[key], r["kind"], spread, r.get("unit", "m"))
+
+
 def _interval(r: dict) -> str:
-    """An interval, marked * where clipped to 0-100% and † where too few runs inform it."""
+    """An interval, marked * where clipped to what the number can be (0-100%, or 0) and †
+    where too few runs inform it."""
     if r["ci_low"] is None:
         return "–"
     marks = ("*" if r.get("ci_clipped") else "") + ("†" if not r.get("ci_informative") else "")
-    return f"{_number(r['ci_low'], r['kind'])} to {_number(r['ci_high'], r['kind'])}{marks}"
+    return f"{_cell(r, 'ci_low')} to {_cell(r, 'ci_high')}{marks}"
 
 
 def _measure_name(name: str, key: str, variant: dict) -> str:
@@ -58,12 +65,19 @@ def _measure_name(name: str, key: str, variant: dict) -> str:
     }.get(key, name)
 
 
+#: The values of a described number that a row shows.
+_VALUES = ("mean", "std", "ci_low", "ci_high", "min", "max")
+
+
 def _variant_rows(agg: dict) -> list[dict]:
     rows = []
     for v in agg["variants"]:
         for key, name, kind in AGGREGATED:
             d = v[key]
-            rows.append({"variant": v, "name": _measure_name(name, key, v), "kind": kind, **d})
+            row = {"variant": v, "name": _measure_name(name, key, v), "kind": kind, **d}
+            if kind == "seconds":  # one unit for the row's every cell
+                row["unit"] = cells.duration_unit([d[k] for k in _VALUES])
+            rows.append(row)
     return rows
 
 
@@ -71,11 +85,11 @@ VARIANT_COLUMNS = [
     Column("variant", lambda r: code(r["variant"]["label"])),
     Column("measure", lambda r: r["name"]),
     Column("runs", lambda r: f"{r['n']}", numeric=True),
-    Column("mean", lambda r: _number(r["mean"], r["kind"]), numeric=True),
-    Column("std", lambda r: _number(r["std"], r["kind"], spread=True), numeric=True),
+    Column("mean", lambda r: _cell(r, "mean"), numeric=True),
+    Column("std", lambda r: _cell(r, "std", spread=True), numeric=True),
     Column(f"{CONFIDENCE:.0%} CI", _interval, numeric=True),
-    Column("min", lambda r: _number(r["min"], r["kind"]), numeric=True),
-    Column("max", lambda r: _number(r["max"], r["kind"]), numeric=True),
+    Column("min", lambda r: _cell(r, "min"), numeric=True),
+    Column("max", lambda r: _cell(r, "max"), numeric=True),
 ]
 
 
@@ -133,7 +147,8 @@ def seeds_section(doc: Document, content) -> None:
         "described over the finished runs of a group: mean, standard deviation, "
         f"{CONFIDENCE:.0%} confidence interval of the mean (Student t) and range; with one run "
         "the spread and the interval are undefined (–). An accuracy's interval is clipped to "
-        f"0-100% where it would reach past them (marked *); with fewer than {INFORMATIVE_N} "
+        "0-100%, and a time's or a loss's at 0, where it would reach past them (marked *); a "
+        f"row of times is written in one unit; with fewer than {INFORMATIVE_N} "
         "runs the interval is too wide to inform (marked †: t is 12.7 with two runs). "
         + _chosen_by_text(agg)
     )

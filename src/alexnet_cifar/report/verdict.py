@@ -15,7 +15,7 @@ from .document import code
 from .numbers import POST_BEST, POST_BEST_ACCURACY, held_out, held_out_of
 from .stats import CONFIDENCE, SIGNIFICANCE
 
-__all__ = ["CHANCE", "accuracy", "chance_note", "interval_text",
+__all__ = ["CHANCE", "accuracy", "chance_measure", "chance_note", "interval_text",
     "measure_name", "run_best_text", "verdict"]
 
 #: The accuracy of guessing among CIFAR-10's ten classes.
@@ -158,19 +158,27 @@ def _post_line(summaries: list[dict], model: str, label: str, value) -> str:
     )
 
 
+def chance_measure(s: dict) -> tuple[str, float] | None:
+    """The accuracy a run is judged by, with its name: its headline test accuracy, or for a
+    run with a split that has not reached its test yet, its best validation accuracy."""
+    v = s["best_test_accuracy"]
+    if v is not None and math.isfinite(v):
+        if held_out(s) == "validation":
+            return "test accuracy at the best validation epoch", v
+        return "best test accuracy", v
+    v = s.get("best_val_accuracy")
+    if held_out(s) == "validation" and v is not None and math.isfinite(v):
+        return "best validation accuracy so far", v
+    return None
+
+
 def chance_note(summaries: list[dict]) -> str | None:
-    """Runs whose accuracy is near 10%, the accuracy of guessing one of ten classes."""
-    near = [
-        s
-        for s in summaries
-        if -math.inf < max(accuracy(s), s.get("best_val_accuracy") or -math.inf) < NEAR_CHANCE
-    ]
+    """Runs whose accuracy is near 10%, the accuracy of guessing one of ten classes, each
+    with the one accuracy that puts it there, named."""
+    near = [(s, m) for s in summaries if (m := chance_measure(s)) and m[1] < NEAR_CHANCE]
     if not near:
         return None
-    listed = ", ".join(
-        f"{code(s['label'])} ({cells.percent(max(accuracy(s), s.get('best_val_accuracy') or 0))})"
-        for s in near
-    )
+    listed = ", ".join(f"{code(s['label'])} ({name} {cells.percent(v)})" for s, (name, v) in near)
     return (
         f"Near chance: {listed}. 10% is chance for CIFAR-10's ten classes (guessing), so "
         f"{'this run has' if len(near) == 1 else 'these runs have'} barely learned yet."

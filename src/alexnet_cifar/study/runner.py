@@ -21,6 +21,7 @@ from ..errors import SettingError, param
 from ..files import (
     CONFIG_FILE,
     RESULT_FILE,
+    RUN_FILES,
     STUDY_FILE,
     atomic_write_json,
     check_fields,
@@ -46,6 +47,7 @@ __all__ = [
     "STUDY_FIELDS",
     "StudyRun",
     "check_kept_runs",
+    "check_study_folder",
     "check_existing",
     "plan_runs",
     "read_study_settings",
@@ -268,6 +270,27 @@ def check_existing(run: StudyRun) -> None:
         )
 
 
+def check_study_folder(out: Path) -> None:
+    """Refuse a folder that holds files but no study.json (a run folder above all): a study
+    there would nest its runs among files that are not its own. A new or empty folder, or
+    one that holds only folders (runs trained into its layout beforehand), is a study's."""
+    out = Path(out)
+    if not out.is_dir() or (out / STUDY_FILE).exists():
+        return
+    found = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.is_file())
+    if not found:
+        return
+    of_run = [name for name in found if name in RUN_FILES]
+    if of_run:
+        what = f"is a run folder (it holds {', '.join(of_run)})"
+    else:
+        what = f"holds files ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
+    raise SettingError(
+        f"{out} {what} and no {STUDY_FILE}: it is not a study folder. Choose another "
+        f"{param('out')} for the study: a new or empty folder, or one a study wrote"
+    )
+
+
 def run_study(
     out: Path,
     runs: list[StudyRun],
@@ -279,6 +302,7 @@ def run_study(
     runs are skipped, unfinished ones resumed), then write the report into ``out``; returns
     the report's summary. Another study running in ``out`` is refused."""
     out = Path(out)
+    check_study_folder(out)
     for run in runs:
         check_existing(run)
     try:

@@ -17,6 +17,8 @@ from .. import files
 from ..data import CIFAR10, load_cifar10
 from ..distributed import DistContext, init_distributed, resolve_device
 from ..engine.core import Engine, EngineOptions, EpochSums
+from ..engine.evaluate import eval_batch_size
+from ..engine.memory import check_data_memory
 from ..engine.options import set_process_flags
 from ..errors import CheckpointError
 from ..models import AlexNet
@@ -67,6 +69,8 @@ def build_run(
     data = data or load_cifar10(opts.data_dir, verify=opts.verify, progress=not opts.quiet)
     data = data.subset(opts.limit_train, opts.limit_test, opts.seed, opts.val_split)
     check_images(opts.model_shape(), data.x_train.shape[1:])
+    batches = (opts.recipe.batch_size, opts.eval_batch_size or eval_batch_size(device))
+    check_data_memory(opts.model_shape(), *batches, data, device, dist)  # can the device hold them?
     x_train, y_train, x_test, y_test, x_val, y_val = _on_device(data, device)
     torch.manual_seed(opts.seed)
     if device.type == "cuda":

@@ -36,6 +36,7 @@ __all__ = [
     "resolve_weights_file",
     "save_checkpoint",
     "save_model_file",
+    "recorded_test_set",
     "trained_engine",
 ]
 
@@ -352,17 +353,42 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
     return load_model_and_progress(path, device)[0]
 
 
-def trained_engine(path: str | Path) -> dict | None:
-    """The engine configuration a run trained with (config.json's ``engine_used``, or its
-    ``engine`` in older runs) for a run folder or a file inside one; None where the folder
-    records none (a model file on its own, an imported model, a damaged config.json)."""
+def _recorded_config(path: str | Path) -> dict | None:
+    """config.json of a run folder or of the folder of a file inside one; None where there is
+    none or it is damaged (no record to follow: the caller's default holds)."""
     path = Path(path)
     config = (path if path.is_dir() else path.parent) / CONFIG_FILE
     if not config.is_file():
         return None
     try:
-        record = files.read_json_object(config)
-    except AlexnetCifarError:  # damaged: no record to follow, the caller's default holds
+        return files.read_json_object(config)
+    except AlexnetCifarError:
+        return None
+
+
+def recorded_test_set(path: str | Path) -> dict | None:
+    """The test set a run was evaluated on, for a run folder or a file inside one:
+    ``{"limit_test": N or None (all), "seed": S}`` from its config.json; None where the folder
+    records none (a model file on its own, an imported model: no training run, no test)."""
+    record = _recorded_config(path)
+    if record is None or "recipe" not in record:
+        return None
+    limit, seed = record.get("limit_test"), record.get("seed", 0)
+    if not (limit is None or _whole(limit)) or not _whole(seed):
+        return None
+    return {"limit_test": limit, "seed": seed}
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def trained_engine(path: str | Path) -> dict | None:
+    """The engine configuration a run trained with (config.json's ``engine_used``, or its
+    ``engine`` in older runs) for a run folder or a file inside one; None where the folder
+    records none (a model file on its own, an imported model, a damaged config.json)."""
+    record = _recorded_config(path)
+    if record is None:
         return None
     engine = record.get("engine_used") or record.get("engine")
     if not isinstance(engine, dict) or engine.get("precision") not in PRECISIONS:

@@ -18,11 +18,20 @@ from pathlib import Path
 
 from ..distributed import resolve_device
 from ..engine.options import engine_setting_kinds
-from ..errors import AlexnetCifarError, CheckpointError, RunSetupError, SettingError, param
+from ..errors import (
+    AlexnetCifarError,
+    CheckpointError,
+    DataNotFoundError,
+    RunSetupError,
+    SettingError,
+    param,
+)
 from ..files import (
     CHECKPOINT,
     CONFIG_FILE,
+    MODEL_FILE,
     PREV_CHECKPOINT,
+    RESULT_FILE,
     atomic_write_json,
     check_fields,
     read_json_object,
@@ -39,6 +48,8 @@ __all__ = [
     "SAFE_CHANGES",
     "RUN_SETTINGS",
     "Kept",
+    "check_recorded_data_folder",
+    "check_resumable",
     "data_folder",
     "kept_settings",
     "kept_settings_of",
@@ -48,9 +59,11 @@ __all__ = [
     "has_checkpoint",
     "identity_of_config",
     "load_resume_state",
+    "restart_notice",
     "run_identity",
     "run_settings",
     "settings_on_resume",
+    "stopped_before_first_checkpoint",
 ]
 
 #: The run's identity outside its recipe and its numerics (what config.json and the checkpoint
@@ -167,6 +180,45 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any((Path(run_dir) / n).exists() for n in (CHECKPOINT, PREV_CHECKPOINT))
 
 
+def stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """Whether a folder's own records show a run stopped before its first checkpoint: the
+    config.json a run writes as it starts, and no checkpoint, result or final model."""
+    run_dir = Path(run_dir)
+    finished = (RESULT_FILE, MODEL_FILE)
+    return (
+        (run_dir / CONFIG_FILE).is_file()
+        and not has_checkpoint(run_dir)
+        and not any((run_dir / name).exists() for name in finished)
+    )
+
+
+def restart_notice(run_dir: Path) -> str:
+    return (
+        f"restarting {run_dir} from epoch 1: it holds the {CONFIG_FILE} of a run stopped before "
+        f"its first checkpoint, and no {CHECKPOINT} to continue from"
+    )
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse a resume of a folder with nothing to continue: a mistyped or empty folder would
+    otherwise start a whole new run. A run stopped before its first checkpoint restarts."""
+    run_dir = Path(run_dir)
+    if has_checkpoint(run_dir) or stopped_before_first_checkpoint(run_dir):
+        return
+    start_new = f"leave {param('resume', True)} out to start a new run there"
+    if not run_dir.is_dir():
+        why = f"the folder does not exist. Check its name, or {start_new}"
+    elif any((run_dir / name).exists() for name in (RESULT_FILE, MODEL_FILE)):
+        why = (
+            f"it holds a model but no {CHECKPOINT} to continue training from; choose another "
+            f"{param('out')} for a new run"
+        )
+    else:
+        why = f"it holds no {CHECKPOINT} and no {CONFIG_FILE} of a run. Check its name, or "
+        why += start_new
+    raise RunSetupError(f"cannot resume {run_dir}: {why}.")
+
+
 def load_resume_state(
     run_dir: Path, recipe: Recipe, identity, resume: bool, force: bool, say, warn
 ) -> tuple[dict | None, Recipe]:
@@ -184,8 +236,9 @@ def load_resume_state(
                 f"or choose another {param('out')} for a new run."
             )
         return None, recipe
-    if not has_checkpoint(run_dir):
-        say(f"nothing to resume in {run_dir}: starting a new run there")
+    if not has_checkpoint(run_dir):  # a new run (a study's), or one to restart
+        if stopped_before_first_checkpoint(run_dir):
+            warn(restart_notice(run_dir))  # on the terminal even when quiet
         return None, recipe
     state, path = load_checkpoint(run_dir, warn=warn)
     theirs = dict(state.get("run_identity") or {})
@@ -295,7 +348,9 @@ def kept_settings(config: dict) -> dict:
 def settings_on_resume(recorded: dict, given: dict, where) -> dict:
     """The kept settings for a continued run, by option name: ``given`` (None: the flag was
     left out) over ``recorded`` (:func:`kept_settings`). Refuses a change that :data:`KEPT`
-    says would change what is computed, naming each."""
+    says would change what is computed, naming each. A data folder the run recorded that is
+    gone is named as recorded."""
+    check_recorded_data_folder(recorded, given, where)
     chosen = {}
     for k in KEPT:
         asked = given.get(k.name)
@@ -323,6 +378,20 @@ def settings_on_resume(recorded: dict, given: dict, where) -> dict:
             f"{param('out')}."
         )
     return chosen
+
+
+def check_recorded_data_folder(recorded: dict, given: dict, where) -> None:
+    """A data folder that a run (``where``: its folder) or a study recorded and that is gone
+    is named with where it was recorded, not as if it had been given."""
+    have = recorded.get("data_dir")
+    if given.get("data_dir") is not None or have is None or Path(have).is_dir():
+        return
+    source = f"in {Path(where) / CONFIG_FILE}" if isinstance(where, Path) else f"by {where}"
+    raise DataNotFoundError(
+        f"the data folder {have}, recorded {source}, does not exist: give "
+        f"{param('data_dir')} with the folder that holds CIFAR-10 now (the md5 check tells "
+        "whether it holds the same files)"
+    )
 
 
 def _same_device(a: str, b: str) -> bool:

@@ -15,6 +15,7 @@ import io
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..data import CLASSES
@@ -30,7 +31,9 @@ from ..files import (
 )
 
 __all__ = [
+    "HEARTBEAT_SECONDS",
     "METRIC_COLUMNS",
+    "Heartbeat",
     "RunLog",
     "class_names",
     "epoch_line",
@@ -89,9 +92,60 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, desc: str, *, enabled: bool | None, initial: int = 0, unit="step"):
+#: Seconds between two heartbeat lines.
+HEARTBEAT_SECONDS = 30.0
+#: How a heartbeat line names the figures a bar shows (the engine's postfix).
+_BEAT_FIGURES = {"loss": "loss {}", "acc": "accuracy {}", "img_s": "{} images/s"}
+
+
+class Heartbeat:
+    """Where no bar can show (the output is a log, CI, nohup), a line every ``every`` seconds
+    of a long loop through ``say``: where it stands, the figures a bar would show and the time
+    the loop has left. A loop shorter than ``every`` says nothing. The methods of a bar."""
+
+    def __init__(self, total, desc, say, *, initial=0, unit="step", every=None, clock=None):
+        self.total, self.desc, self.say, self.unit = total, desc, say, unit
+        self.every = HEARTBEAT_SECONDS if every is None else every
+        self.clock = clock or time.monotonic
+        self.n = self.first = initial
+        self.start = self.last = self.clock()
+        self.figures: dict = {}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            self.say(self.line(now))
+
+    def set_postfix(self, refresh: bool = True, **figures) -> None:
+        self.figures = figures
+
+    def line(self, now: float) -> str:
+        rate = (self.n - self.first) / max(now - self.start, 1e-9)
+        left = (self.total - self.n) / rate if rate > 0 else None
+        shown = [_BEAT_FIGURES.get(k, f"{k} {{}}").format(v) for k, v in self.figures.items()]
+        where = f"{self.desc}: {self.unit} {self.n}/{self.total}"
+        return "  ".join([where, *shown, f"ETA {format_duration(left)}"])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def progress_bar(
+    total: int, desc: str, *, enabled: bool | None, initial: int = 0, unit="step", heartbeat=None
+):
     """A tqdm bar on stderr that disappears when done; ``enabled=None``: when stderr is a
-    terminal. A disabled bar is an object with the same methods that does nothing."""
+    terminal, else a :class:`Heartbeat` through ``heartbeat`` where one is given. A disabled
+    bar is an object with the same methods that does nothing."""
+    if enabled is None and heartbeat is not None and not sys.stderr.isatty():
+        return Heartbeat(total, desc, heartbeat, initial=initial, unit=unit)
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
@@ -250,12 +304,36 @@ def read_metrics(folder: Path, error=AlexnetCifarError) -> dict[str, list]:
                 raise error(f"{f}, line {line}: {c} is {text_value!r}, not a number") from None
             if c == "epoch" and not (math.isfinite(v) and v == int(v)):
                 raise error(f"{f}, line {line}: epoch is {text_value!r}, not a whole number")
+            _check_range(f, line, c, v, text_value, error)
             cols[c].append(int(v) if c == "epoch" else v)
     if not cols["epoch"]:
         raise error(f"{f} holds no finished epoch: nothing to report")
     if cols["epoch"] != list(range(1, len(cols["epoch"]) + 1)):
         raise error(f"{f} is damaged: its epochs are not 1, 2, 3, ...")
     return cols
+
+
+#: The range each column's values lie in (None: no bound); NaN and infinities are a diverged
+#: run's, not damage.
+METRIC_RANGES = {
+    "loss": (0.0, None),
+    "accuracy": (0.0, 1.0),
+    "val_loss": (0.0, None),
+    "val_accuracy": (0.0, 1.0),
+    "lr": (0.0, None),
+    "seconds": (0.0, None),
+}
+
+
+def _check_range(f: Path, line: int, column: str, v: float, text: str, error) -> None:
+    low, high = METRIC_RANGES.get(column, (None, None))
+    if not math.isfinite(v) or (low is None or v >= low) and (high is None or v <= high):
+        return
+    where = f"outside {low:g} to {high:g}" if high is not None else f"below {low:g}"
+    raise error(
+        f"{f}, line {line}: {column} is {text}, {where}: the file is damaged (no run writes "
+        "that)"
+    )
 
 
 def class_names(path: str | os.PathLike, num_classes: int, meta: dict | None = None) -> list[str]:

@@ -200,7 +200,10 @@ class Trainer:
     def _bar(self, total: int, desc: str, initial: int = 0, unit: str = "step"):
         opts = self.run.opts
         enabled = False if opts.quiet or not self.run.dist.is_main else opts.progress
-        return progress_bar(total, desc, enabled=enabled, initial=initial, unit=unit)
+        # where no bar shows (the output is not a terminal), a heartbeat line now and then
+        return progress_bar(
+            total, desc, enabled=enabled, initial=initial, unit=unit, heartbeat=self.run.runlog.say
+        )
 
     def _evaluate(self, desc: str, on_test: bool = False, averaged: bool = True) -> EvalResult:
         """The epoch's evaluation set (or with ``on_test`` the test set) as the recipe
