@@ -95,10 +95,10 @@ class _Progress:
     def __call__(self, trainer, epoch: int, step: int) -> None:
         self.early.deliver()
         now = time.monotonic()
-        steps = trainer.engine.steps_per_epoch
+        steps = trainer.run.engine.steps_per_epoch
         if now - self.last >= PROGRESS_EVERY_S or step + 1 == steps:
             self.last = now
-            epochs = trainer.opts.recipe.epochs
+            epochs = trainer.run.epochs
             where = {"epoch": epoch + 1, "epochs": epochs, "step": step + 1, "steps": steps}
             self.channel.send(progress=where)
 
