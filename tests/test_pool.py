@@ -164,12 +164,26 @@ def test_ctrl_c_stops_every_run_and_the_same_command_continues_them(
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_a_signal_before_the_runs_start_stops_them_cleanly(cifar10_dir, tmp_path):
-    # SIGINT to the study's process alone, while its workers are still starting
-    p = _start([*STUDY, "--out", tmp_path / "study", "--jobs", "2"], cifar10_dir)
-    while "(process " not in (line := p.stdout.readline()):
-        assert line, p.communicate()
-    p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 130, (stdout[-2000:], stderr)
-    assert "the study stopped" in stderr and "Traceback" not in stdout + stderr
+def test_a_signal_while_a_worker_starts_stops_the_runs_cleanly(cifar10_dir, tmp_path, monkeypatch):
+    # SIGINT lands in the middle of starting the first worker, between its process and the
+    # threads that listen to it: the study still signals every worker, waits for it and stops
+    import alexnet_cifar.study.pool as pool
+
+    started, real_popen = [], subprocess.Popen
+
+    def popen_then_sigint(*args, **kw):
+        proc = real_popen(*args, **kw)
+        started.append(proc)
+        if len(started) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return proc
+
+    monkeypatch.setattr(pool.subprocess, "Popen", popen_then_sigint)
+    out = tmp_path / "study"
+    p = run_main(
+        "study", *STUDY, "--out", out, "--jobs", "2", env={"CIFAR10_DIR": str(cifar10_dir)}
+    )
+    assert p.returncode == 130, (p.stdout[-2000:], p.stderr)
+    assert "SIGINT: the study stopped" in p.stderr and "Traceback" not in p.stdout + p.stderr
+    assert started and all(proc.poll() is not None for proc in started)  # none left running
+    assert not any((out / run / "result.json").exists() for run in RUNS)

@@ -34,7 +34,7 @@ from pathlib import Path
 from ..distributed import resolve_device
 from ..errors import AlexnetCifarError, ExecutorError, SettingError, TrainingInterrupted, param
 from ..training.resume import data_folder, has_checkpoint
-from .executors import Job, Sequential, StopOnTerm, error_of, result_line
+from .executors import Job, Sequential, error_of, result_line
 
 __all__ = ["LocalPool", "available_cores", "check_jobs", "plan_processes"]
 
@@ -123,26 +123,24 @@ class _Driver:
     def __init__(self, jobs: list[Job], processes: int, threads: int, say):
         self.waiting, self.processes, self.threads = list(jobs), processes, threads
         self.total, self.say = len(jobs), say
-        self.events: queue.Queue = queue.Queue()
+        # SimpleQueue: its put may interrupt a get in the same thread, as a signal does
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.running: dict[int, _Worker] = {}
         self.failures: list[AlexnetCifarError] = []
         self.done = 0
         self.stop_signal: int | None = None
+        self.deadline: float | None = None  # set by a stop: when the study stops waiting
         self.first_dir = jobs[0].options.out  # what the command that continues names
         quiet = all(j.options.quiet for j in jobs)
         show = not quiet and all(j.options.progress is not False for j in jobs)
         self.bars = _Bars(processes, enabled=show and sys.stderr.isatty())
 
     def run(self) -> None:
-        stop = StopOnTerm()
+        signals = _SignalEvents(self.events)
         try:
-            try:
-                self._loop()
-            except KeyboardInterrupt:
-                self.stop_signal = stop.signum
-                self._stop_all()
+            self._loop()
         finally:
-            stop.restore()
+            signals.restore()
             self.bars.close()
             self._kill_leftovers()
         if self.stop_signal is not None:
@@ -156,27 +154,37 @@ class _Driver:
             raise self.failures[0]
 
     def _loop(self) -> None:
+        """Start workers while there are runs to start, then handle what comes next; a
+        signal is one more event, so it never lands in the middle of starting a worker."""
         while self.waiting or self.running:
             while self.waiting and len(self.running) < self.processes:
                 self._start(self.waiting.pop(0))
-            self._handle(self.events.get())
+            wait = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            try:
+                event = self.events.get(timeout=wait)
+            except queue.Empty:
+                return  # stopped, and the runs still going had their time to save
+            if event[1] == "signal":
+                if self._stop(event[2]):
+                    return
+            else:
+                self._handle(event)
 
-    def _stop_all(self) -> None:
-        """Each running worker gets one signal (a worker not yet ready gets it when it is),
-        and the study waits for their checkpoints; a second Ctrl-C stops them at once."""
-        self.waiting.clear()
-        for w in self.running.values():
-            self._signal(w)
-        deadline = time.monotonic() + LocalPool.STOP_WAIT_S
-        try:
-            while self.running:
-                self._handle(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
-        except queue.Empty:
-            pass
-        except KeyboardInterrupt:
+    def _stop(self, signum: int) -> bool:
+        """The first signal: each running worker gets one (a worker not yet ready gets it
+        when it is), no run starts, and the study waits up to ``STOP_WAIT_S`` for their
+        checkpoints. The second: each gets another and the study leaves at once (True)."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            self.waiting.clear()
+            self.deadline = time.monotonic() + LocalPool.STOP_WAIT_S
             for w in self.running.values():
-                w.signalled = False
-                self._signal(w)  # the second signal: stopped at once
+                self._signal(w)
+            return False
+        for w in self.running.values():
+            w.signalled = False
+            self._signal(w)  # the second signal: stopped at once
+        return True
 
     def _signal(self, w: _Worker) -> None:
         if w.ready and not w.signalled and w.proc.poll() is None:
@@ -294,6 +302,25 @@ class _Driver:
                 w.proc.stdin.close()
             except OSError:
                 pass
+
+
+class _SignalEvents:
+    """While the driver runs, SIGINT and SIGTERM are events on its queue, handled in turn
+    (not an exception that could come between starting a worker and listening to it)."""
+
+    def __init__(self, events: queue.SimpleQueue):
+        self._events = events
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self._events.put((None, "signal", signum))
+
+    def restore(self) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 class _Bars:
