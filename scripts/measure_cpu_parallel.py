@@ -164,7 +164,8 @@ def worker(args) -> None:
 def study(args) -> dict:
     """Part 3: the wall time of a two-run study, --jobs 1 and --jobs 2 in turn."""
     flags = [
-        "--models", args.study_models, "--epochs", str(args.study_epochs), "--limit-train",
+        "--models", args.study_models, "--seeds", str(args.study_seeds), "--epochs",
+        str(args.study_epochs), "--limit-train",
         str(args.study_limit_train), "--limit-test", str(args.study_limit_test), "--device",
         "cpu", "--quiet", "--no-tensorboard",
     ]  # fmt: skip
@@ -205,6 +206,9 @@ def main() -> int:
     p.add_argument("--study-limit-train", type=int, default=10_000)
     p.add_argument("--study-limit-test", type=int, default=1_000)
     p.add_argument("--study-rounds", type=int, default=2)
+    p.add_argument(
+        "--study-seeds", type=int, default=1, help="seeds per model (2 with one model: alike runs)"
+    )
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--quick", action="store_true", help="tiny sizes: does the script run?")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -34,7 +34,10 @@ STUDY = [
 @pytest.mark.parametrize(
     "jobs, runs, cores, device, planned",
     [
-        ("auto", 5, 2, "cpu", (2, 1)),  # one process per core, one thread each
+        ("auto", 5, 2, "cpu", (1, 2)),  # 2 cores: one run on both, as --jobs 1
+        ("auto", 5, 7, "cpu", (1, 7)),
+        ("auto", 5, 8, "cpu", (2, 4)),  # at least 4 threads a run
+        ("auto", 5, 16, "cpu", (4, 4)),
         ("auto", 2, 16, "cpu", (2, 8)),  # never more processes than runs
         ("auto", 1, 2, "cpu", (1, 2)),
         ("auto", 3, 8, "cuda", (1, 8)),  # one card: one run at a time

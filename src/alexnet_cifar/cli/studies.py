@@ -74,11 +74,11 @@ def add_parsers(sub) -> None:
         metavar="N|auto",
         help="train up to N runs at once on this machine, each in a process of its own with "
         "cores // N torch threads (at least one; never more processes than runs left to "
-        "train); default 1: one run after another in this process. On some CPUs one run gains "
-        "little from a second thread, so runs side by side finish sooner "
-        "(docs/performance.md). auto: one process per run still to train, up to one per core "
-        "(on CUDA: 1). Ctrl-C stops every run with its checkpoint; the same command "
-        "continues them all",
+        "train); default 1: one run after another in this process, on every core. Runs side "
+        "by side finish sooner only where one run gains little from more threads "
+        "(docs/performance.md: on 2 cores it does not pay). auto: at least 4 threads a run, "
+        "so one process below 8 cores (on CUDA: 1). Ctrl-C stops every run with its "
+        "checkpoint; the same command continues them all",
     )
     r_.add_argument(
         "--executor",

@@ -2,11 +2,13 @@
 
 ``LocalPool(jobs)`` trains up to ``jobs`` runs side by side, each in a worker process
 (:mod:`.worker`) with ``cores // jobs`` torch threads (at least one), set before anything
-runs. On some CPUs one run gains little from a second thread, and two runs of one thread
-each train nearly twice as many images a second as one run of two (docs/performance.md):
-there, runs side by side finish a study sooner. ``jobs="auto"`` takes one process per run
-still to train, up to one per core, and one process on CUDA (where the runs would share
-one card).
+runs. Where one run gains little from a second thread, runs side by side finish a study
+sooner. On the CPUs measured so far (docs/performance.md) one run already gains 1.8-1.9x
+from a second thread, and two runs side by side on 2 cores took longer than one after
+another, alike or not.
+``jobs="auto"`` therefore gives each run at least :data:`AUTO_THREADS_PER_RUN` threads:
+one process on 2 to 7 cores (the same as ``jobs=1``), more on larger machines, never more
+than the runs still to train, and one process on CUDA (where the runs would share one card).
 
 Every run is ``train(options)`` in its own folder with ``resume`` on, exactly as one after
 another (:class:`~.executors.Sequential`), so a run ends with the same metrics at the same
@@ -36,7 +38,12 @@ from ..errors import AlexnetCifarError, ExecutorError, SettingError, TrainingInt
 from ..training.resume import data_folder, has_checkpoint
 from .executors import Job, Sequential, error_of, result_line
 
-__all__ = ["LocalPool", "available_cores", "check_jobs", "plan_processes"]
+__all__ = ["AUTO_THREADS_PER_RUN", "LocalPool", "available_cores", "check_jobs", "plan_processes"]
+
+#: The fewest torch threads ``jobs="auto"`` gives a run: a run gains from every thread up to
+#: two on the CPUs measured (1.8-1.9x), so ``auto`` splits the cores between runs only where
+#: each still gets several.
+AUTO_THREADS_PER_RUN = 4
 
 #: Where this package's code lies, for the workers to import the same.
 _CODE_ROOT = Path(__file__).resolve().parents[2]
@@ -64,11 +71,11 @@ def check_jobs(jobs) -> int | str:
 def plan_processes(jobs, runs: int, cores: int, device_type: str = "cpu") -> tuple[int, int]:
     """(processes, torch threads each) for ``runs`` runs to train with ``jobs`` (a number or
     ``auto``) on ``cores`` cores: never more processes than runs, each process
-    ``cores // processes`` threads, at least one. ``auto``: one process per run, up to one
-    per core; one on CUDA."""
+    ``cores // processes`` threads, at least one. ``auto``: one process for every
+    ``AUTO_THREADS_PER_RUN`` cores (at least one); one on CUDA."""
     jobs = check_jobs(jobs)
     if jobs == "auto":
-        jobs = 1 if device_type == "cuda" else cores
+        jobs = 1 if device_type == "cuda" else max(1, cores // AUTO_THREADS_PER_RUN)
     processes = max(1, min(jobs, runs))
     return processes, max(1, cores // processes)
 
