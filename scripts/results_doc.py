@@ -188,6 +188,48 @@ def _agreement(model: str, overfits) -> str:
     return "agrees" if expected == overfits else "disagrees"
 
 
+#: Epochs in each of the two windows whose mean validation losses give the smoothed trend.
+TREND_WINDOW = 10
+
+
+def smoothed_trend(losses: list[float], window: int = TREND_WINDOW) -> dict | None:
+    """The mean of the last ``window`` losses against the mean of the ``window`` before them
+    (epochs 1-based), and a word for it; None with fewer than two windows of epochs. One
+    epoch's loss swings by several per cent here, so a rise read from single epochs (the
+    report's rule) can be noise; the means of ten epochs show where the curve is going."""
+    n = len(losses)
+    if n < 2 * window:
+        return None
+    before = sum(losses[n - 2 * window : n - window]) / window
+    recent = sum(losses[n - window :]) / window
+    change = recent / before - 1
+    word = "rising" if change > 0.01 else "falling" if change < -0.01 else "flat"
+    return {
+        "before": before,
+        "recent": recent,
+        "change": change,
+        "word": word,
+        "before_epochs": (n - 2 * window + 1, n - window),
+        "recent_epochs": (n - window + 1, n),
+    }
+
+
+def _trend_text(t: dict | None) -> str:
+    if t is None:
+        return "–"
+    return f"{t['before']:.3f} → {t['recent']:.3f} ({t['change']:+.1%}): {t['word']}"
+
+
+def _trend_note(t: dict | None, held: str) -> str:
+    if t is None:
+        return ""
+    (a, b), (c, d) = t["before_epochs"], t["recent_epochs"]
+    return (
+        f" Smoothed, its {held} loss averaged {t['recent']:.3f} over epochs {c}-{d} against "
+        f"{t['before']:.3f} over epochs {a}-{b} ({t['change']:+.1%}): {t['word']}."
+    )
+
+
 def _contrast_row(run) -> tuple[str, dict]:
     s, m = run_summary(run), run.metrics
     last = -1
@@ -202,6 +244,7 @@ def _contrast_row(run) -> tuple[str, dict]:
         f"({s['lowest_test_loss_epoch']}) | {m['val_loss'][last]:.3f} | {rise:+.3f} "
         f"({(s['test_loss_rise'] or 0):+.1%}) | {m['loss'][last]:.3f} | {loss_gap:+.3f} | "
         f"{100 * acc_gap:+.2f} pts | **{s['overfitting_verdict']}**{so_far} | "
+        f"{_trend_text(smoothed_trend(m['val_loss']))} | "
         f"{POST_OVERFITTING.get(run.model, '–')} | {agreement} |"
     )
     return row, s
@@ -222,14 +265,17 @@ def contrast_text(docs: Path = DOCS) -> str:
         "",
         f"| variant | epochs | lowest {held} loss (epoch) | {held} loss at the last epoch | "
         f"rise since the lowest | train loss at the last epoch | gap: {held} - train loss | "
-        f"gap: train - {held} accuracy | verdict (the report's rule) | the post | agrees? |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        f"gap: train - {held} accuracy | verdict (the report's rule) | "
+        f"smoothed: mean {held} loss, {TREND_WINDOW} epochs before the last {TREND_WINDOW} → "
+        f"the last {TREND_WINDOW} | the post | agrees? |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     notes = []
     for run in runs:
         row, s = _contrast_row(run)
         lines.append(row)
-        notes.append(f"- `{run.model}`: {s['overfitting_note']}.")
+        trend = _trend_note(smoothed_trend(run.metrics["val_loss"]), held)
+        notes.append(f"- `{run.model}`: {s['overfitting_note']}.{trend}")
     done = sorted({r.epochs_done for r in runs})
     planned = sorted({r.epochs_planned for r in runs})
     lines += [
@@ -238,7 +284,10 @@ def contrast_text(docs: Path = DOCS) -> str:
         f"{OVERFIT_RISE:.0%} above its lowest; computed here on the epochs done "
         f"({', '.join(map(str, done))} of {', '.join(map(str, planned))}). The train figures "
         "are the epoch averages Keras reports (augmentation and dropout on), so the gaps are "
-        "those of the last epoch done, not of a finished run.",
+        "those of the last epoch done, not of a finished run. One epoch's "
+        f"{held} loss swings by several per cent, so the rule, read from single epochs, can "
+        f"call noise a rise; the smoothed column compares the means of {TREND_WINDOW} "
+        "epochs (a change within 1% is flat). \"agrees?\" follows the report's rule.",
         "",
         *notes,
     ]

@@ -154,9 +154,11 @@ def test_the_contrast_is_generated_from_two_runs(tmp_path):
         assert row[7] == f"{100 * (m['accuracy'][-1] - m['val_accuracy'][-1]):+.2f} pts"
     # the swoosh: lowest early, then a rise of more than 5%; the thin variant: no rise
     assert rows["alexnet"][8] == "**overfits** so far"
-    assert rows["alexnet"][10] == "agrees so far"
+    assert rows["alexnet"][9].endswith(": rising")  # smoothed over ten epochs too
+    assert rows["alexnet"][11] == "agrees so far"
     assert rows["alexnet_thinner_4"][8] == "**no sign yet** so far"
-    assert rows["alexnet_thinner_4"][10] == "agrees so far"
+    assert rows["alexnet_thinner_4"][9].endswith(": falling")
+    assert rows["alexnet_thinner_4"][11] == "agrees so far"
     assert "computed here on the epochs done (60 of 300)" in md
     assert "Unknown until the runs go on: epochs 61 to 300" in md
     assert "(on the 60 epochs done of 300: the run is unfinished)" in md
@@ -173,3 +175,19 @@ def test_the_contrast_is_generated_from_two_runs(tmp_path):
     figure.unlink()
     gone = "docs/results.md shows results/contrast_loss.png, which is missing"
     assert results_doc.check(docs) == [gone]
+
+
+def test_the_smoothed_trend_compares_the_last_ten_epochs_with_the_ten_before():
+    assert results_doc.smoothed_trend([1.0] * 19) is None  # fewer than two windows
+    # a bump of 0.08 in the last epoch (+14% on that epoch) moves the last ten's mean 1.4%
+    noisy = [0.60, 0.58] * 10
+    noisy[-1] = 0.66
+    t = results_doc.smoothed_trend(noisy)
+    assert t["before_epochs"] == (1, 10) and t["recent_epochs"] == (11, 20)
+    assert t["before"] == pytest.approx(0.59) and t["recent"] == pytest.approx(0.598)
+    assert t["word"] == "rising"  # +1.4%: above the 1% a flat curve is allowed
+    falling = [1.0 - 0.01 * i for i in range(25)]
+    t = results_doc.smoothed_trend(falling)
+    assert t["recent_epochs"] == (16, 25) and t["word"] == "falling"
+    assert t["change"] == pytest.approx((0.805 - 0.905) / 0.905)
+    assert results_doc.smoothed_trend([0.5, 0.502] * 10)["word"] == "flat"
