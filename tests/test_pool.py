@@ -190,3 +190,21 @@ def test_a_signal_while_a_worker_starts_stops_the_runs_cleanly(cifar10_dir, tmp_
     assert "SIGINT: the study stopped" in p.stderr and "Traceback" not in p.stdout + p.stderr
     assert started and all(proc.poll() is not None for proc in started)  # none left running
     assert not any((out / run / "result.json").exists() for run in RUNS)
+
+
+def test_auto_on_a_few_cores_trains_one_run_at_a_time_and_says_so(monkeypatch):
+    import alexnet_cifar.study.pool as pool
+    from alexnet_cifar.study.executors import Job
+    from alexnet_cifar.training.run import TrainOptions
+
+    ran, said = [], []
+    monkeypatch.setattr(pool.Sequential, "run", lambda self, jobs, say: ran.append(jobs))
+    monkeypatch.setattr(pool, "_Driver", None)  # no worker process may start
+    jobs = [Job(f"[{i}/3]", TrainOptions("alexnet", f"s{i}", device="cpu")) for i in (1, 2, 3)]
+    pool.LocalPool("auto", cores=2).run(jobs, said.append)
+    assert ran == [jobs]
+    assert said == ["3 runs, one at a time in this process on all 2 cores (auto gives each run "
+                    "at least 4 threads)"]  # fmt: skip
+    said.clear()
+    pool.LocalPool(1, cores=2).run(jobs, said.append)
+    assert said == []

@@ -115,6 +115,12 @@ class LocalPool:
             return
         processes, threads = self.plan(jobs)
         if processes == 1:
+            if self.jobs == "auto":
+                say(
+                    f"{len(jobs)} run{'s' if len(jobs) != 1 else ''}, one at a time in this "
+                    f"process on all {self.cores} cores (auto gives each run at least "
+                    f"{AUTO_THREADS_PER_RUN} threads)"
+                )
             Sequential().run(jobs, say)
             return
         say(
