@@ -230,8 +230,10 @@ def _trend_note(t: dict | None, held: str) -> str:
     )
 
 
-def _contrast_row(run) -> tuple[str, dict]:
+def _contrast_row(run) -> tuple[str, dict, dict | None]:
+    """The run's row of the contrast table, its summary and its smoothed trend."""
     s, m = run_summary(run), run.metrics
+    trend = smoothed_trend(m["val_loss"])
     last = -1
     rise = m["val_loss"][last] - s["lowest_test_loss"]
     loss_gap = m["val_loss"][last] - m["loss"][last]
@@ -244,10 +246,10 @@ def _contrast_row(run) -> tuple[str, dict]:
         f"({s['lowest_test_loss_epoch']}) | {m['val_loss'][last]:.3f} | {rise:+.3f} "
         f"({(s['test_loss_rise'] or 0):+.1%}) | {m['loss'][last]:.3f} | {loss_gap:+.3f} | "
         f"{100 * acc_gap:+.2f} pts | **{s['overfitting_verdict']}**{so_far} | "
-        f"{_trend_text(smoothed_trend(m['val_loss']))} | "
+        f"{_trend_text(trend)} | "
         f"{POST_OVERFITTING.get(run.model, '–')} | {agreement} |"
     )
-    return row, s
+    return row, s, trend
 
 
 def contrast_text(docs: Path = DOCS) -> str:
@@ -272,10 +274,9 @@ def contrast_text(docs: Path = DOCS) -> str:
     ]
     notes = []
     for run in runs:
-        row, s = _contrast_row(run)
+        row, s, trend = _contrast_row(run)
         lines.append(row)
-        trend = _trend_note(smoothed_trend(run.metrics["val_loss"]), held)
-        notes.append(f"- `{run.model}`: {s['overfitting_note']}.{trend}")
+        notes.append(f"- `{run.model}`: {s['overfitting_note']}.{_trend_note(trend, held)}")
     done = sorted({r.epochs_done for r in runs})
     planned = sorted({r.epochs_planned for r in runs})
     lines += [
